@@ -1,0 +1,83 @@
+"""The networks the project trains: the two seed models and the Per-FedAvg paper's MLP.
+
+Parameter counts (P), which decide what the curvature modes cost:
+
+* ``ANN``: 3·4 + 4 + 4·5 + 5 = 41.
+* ``Net(h, w)``: 32·C·9 + 32 + 32·h·w·K + K; with the seed's C = 1, K = 5 that is 325 + 160·h·w
+  (Net(12, 12): 23,365; Net(28, 28): 125,765).
+* ``MLP(d, K)``: d·80 + 80 + 80·60 + 60 + 60·K + K (784 → 10: 68,010).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ANN(nn.Module):
+    """The first seed's regression network: Linear(3, 4) → Linear(4, 5), no activation.
+
+    The seed defines a ``Sigmoid`` but never calls it in ``forward``; it is kept (it has no parameters) so the
+    module tree matches the seed, and it is not applied. Input ``[N, 3]`` (or ``[3]``), output ``[N, 5]``.
+    Used with mean-squared error.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigmoid = nn.Sigmoid()
+        self.fc1 = nn.Linear(3, 4)
+        self.fc2 = nn.Linear(4, 5)
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(data)
+        x = self.fc2(x)
+        return x
+
+
+class Net(nn.Module):
+    """The second seed's classifier: Conv2d(C, 32, 3, 1, 1) → flatten → Linear(32·h·w, K).
+
+    No activation, as in the seed. Input ``[N, C, h, w]``, output logits ``[N, K]``. The seed has C = 1 and
+    K = 5; both are constructor arguments with those defaults. Used with cross-entropy.
+    """
+
+    def __init__(self, h: int, w: int, in_channels: int = 1, num_classes: int = 5) -> None:
+        super().__init__()
+        if min(h, w, in_channels, num_classes) < 1:
+            raise ValueError(f"Net needs positive sizes, got h={h}, w={w}, C={in_channels}, K={num_classes}")
+        self.c1 = nn.Conv2d(in_channels, 32, 3, 1, 1)
+        self.f2 = nn.Linear(32 * h * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(x)
+        x = x.view(x.size(0), -1)
+        x = self.f2(x)
+        return x
+
+
+class MLP(nn.Module):
+    """The Per-FedAvg paper's network: input → 80 → 60 → classes, ELU after each hidden layer.
+
+    Any input ``[N, ...]`` is flattened to ``[N, in_features]``; output logits ``[N, num_classes]``.
+    Built as an ``nn.Sequential`` so layer-wise curvature (BackPACK) applies directly.
+    """
+
+    def __init__(self, in_features: int, num_classes: int = 10, hidden: tuple[int, ...] = (80, 60)) -> None:
+        super().__init__()
+        if in_features < 1 or num_classes < 1 or any(h < 1 for h in hidden):
+            raise ValueError(f"MLP needs positive sizes, got {in_features} → {hidden} → {num_classes}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ELU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars P (the side of the Hessian)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
