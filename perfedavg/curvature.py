@@ -215,8 +215,11 @@ def hvp(model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor) -> Tensor:
     if not live:  # the loss is linear in every parameter: H = 0
         return torch.zeros_like(v, dtype=grads[0].dtype)
     hv = torch.autograd.grad(
-        [g for g, _ in live], leaves, grad_outputs=[vb for _, vb in live],
-        allow_unused=True, materialize_grads=True,
+        [g for g, _ in live],
+        leaves,
+        grad_outputs=[vb for _, vb in live],
+        allow_unused=True,
+        materialize_grads=True,
     )
     return layout.flatten(hv)
 
@@ -291,17 +294,15 @@ def check_hessian_fits(num_params: int, dtype: torch.dtype, max_memory_gb: float
         )
 
 
-def hessian(
-    model: nn.Module, loss_fn: LossFn, batch: Batch, *, max_memory_gb: float | None = None
-) -> Tensor:
+def hessian(model: nn.Module, loss_fn: LossFn, batch: Batch, *, max_memory_gb: float | None = None) -> Tensor:
     """The exact Hessian ``∇²f(w; batch)`` over all trainable parameters, ``[P, P]``, rows in layout order.
 
     Built ``c`` rows at a time (:func:`_hessian_row_blocks`): one gradient with ``create_graph=True``, then per
     chunk one batched double backward (``is_grads_batched``) with one-hot cotangents, written straight into the
     preallocated result. Cost: P Hessian-vector products' worth of arithmetic in about P/64 vectorised passes
-    (Net(12, 12), P = 23,365: ~12 s on a 2-core CPU); peak memory: the ``P²`` result plus a few ``c × P`` blocks. Before allocating, the size is
-    checked against ``max_memory_gb`` (default: half the available memory) and :class:`HessianTooLargeError`
-    names P, the bytes and the budget.
+    (Net(12, 12), P = 23,365: ~12 s on a 2-core CPU); peak memory: the ``P²`` result plus a few ``c × P``
+    blocks. Before allocating, the size is checked against ``max_memory_gb`` (default: half the available
+    memory) and :class:`HessianTooLargeError` names P, the bytes and the budget.
     """
     layout = parameter_layout(model)
     p = layout.size
@@ -343,10 +344,13 @@ def _hessian_row_blocks(
             onehot = torch.zeros(count, block.numel, dtype=dtype, device=device)
             onehot[torch.arange(count), torch.arange(start, start + count)] = 1
             out = torch.autograd.grad(
-                flat, wrt, grad_outputs=onehot, retain_graph=True, is_grads_batched=True,
-                allow_unused=True, materialize_grads=True,
+                flat, wrt, grad_outputs=onehot, retain_graph=True, is_grads_batched=True, allow_unused=True
             )
-            yield block, start, torch.cat([o.reshape(count, -1) for o in out], dim=1)
+            parts = [
+                torch.zeros(count, w.numel(), dtype=dtype, device=device) if o is None else o.reshape(count, -1)
+                for o, w in zip(out, wrt)
+            ]
+            yield block, start, torch.cat(parts, dim=1)
 
 
 # --------------------------------------------------------------------------------------------------------------

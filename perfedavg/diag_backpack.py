@@ -32,9 +32,24 @@ Batch = tuple[Tensor, Tensor]
 #: Layers BackPACK's ``DiagHessian`` differentiates exactly (a subset of its extensions: the ones this project
 #: uses or that are parameter-free and elementwise/linear). Anything else in the graph means the fallback.
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Identity,
-    nn.ELU, nn.SELU, nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.LogSigmoid,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Dropout,
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Flatten,
+    nn.Identity,
+    nn.ELU,
+    nn.SELU,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LogSigmoid,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.Dropout,
 )
 
 
@@ -74,7 +89,7 @@ def _trace_for_backpack(model: nn.Module) -> fx.GraphModule | None:
     for node in graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
-        if node.op != "call_module" or not type(traced.get_submodule(node.target)) in SUPPORTED_LAYERS:
+        if node.op != "call_module" or type(traced.get_submodule(node.target)) not in SUPPORTED_LAYERS:
             return None
     return traced
 

@@ -1,0 +1,353 @@
+"""perfedavg.curvature against dense ground truth, as data: (model, loss, batch, seed) cases in float64/float32.
+
+Ground truth is ``torch.autograd.functional.hessian`` over the flattened parameters, evaluated with
+``functional_call`` (the seeds' recipe done right: no hand-written copy of the forward, no ``.data``).
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from perfedavg import curvature as C
+from perfedavg import diag_backpack
+from perfedavg.models import ANN, MLP, Net
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class WithUnused(nn.Module):
+    """ANN-sized model with a parameter the forward never touches (its Hessian rows must be zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 4)
+        self.unused = nn.Linear(2, 2)
+        self.fc2 = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+class WithBatchNorm(nn.Module):
+    """A model with buffers that a train-mode forward would update (they must stay unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.fc2 = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.bn(self.fc1(x)))
+
+
+def frozen_ann() -> nn.Module:
+    model = ANN()
+    model.fc1.bias.requires_grad_(False)
+    return model
+
+
+def regression_batch(n: int = 6) -> Callable[[torch.Generator, torch.dtype], Batch]:
+    return lambda g, dt: (torch.randn(n, 3, generator=g, dtype=dt), torch.randn(n, 5, generator=g, dtype=dt))
+
+
+def image_batch(c: int, h: int, w: int, k: int, n: int = 6) -> Callable[[torch.Generator, torch.dtype], Batch]:
+    return lambda g, dt: (torch.randn(n, c, h, w, generator=g, dtype=dt), torch.randint(0, k, (n,), generator=g))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: Callable[[], nn.Module]
+    loss: Callable[[], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    batch: Callable[[torch.Generator, torch.dtype], Batch]
+    seed: int = 0
+
+    def build(self, dtype: torch.dtype) -> tuple[nn.Module, Callable, Batch]:
+        torch.manual_seed(self.seed)
+        model = self.model().to(dtype)
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        return model, self.loss(), self.batch(gen, dtype)
+
+
+CASES = [
+    Case("ann-mse", ANN, nn.MSELoss, regression_batch()),
+    Case("net-4x4-ce", lambda: Net(4, 4), nn.CrossEntropyLoss, image_batch(1, 4, 4, 5), seed=1),
+    Case("net-5x3-ce", lambda: Net(5, 3), nn.CrossEntropyLoss, image_batch(1, 5, 3, 5), seed=2),
+    Case(
+        "net-3ch-sum",
+        lambda: Net(3, 3, in_channels=3, num_classes=4),
+        lambda: nn.CrossEntropyLoss(reduction="sum"),
+        image_batch(3, 3, 3, 4),
+        seed=3,
+    ),
+    Case("mlp-elu-ce", lambda: MLP(12, 4, hidden=(6, 5)), nn.CrossEntropyLoss, image_batch(1, 3, 4, 4), seed=4),
+    Case("frozen-param", frozen_ann, nn.MSELoss, regression_batch(), seed=5),
+    Case("unused-param", WithUnused, nn.MSELoss, regression_batch(), seed=6),
+    Case("functional-loss", lambda: MLP(12, 3, hidden=(5,)), lambda: F.cross_entropy, image_batch(1, 3, 4, 3), seed=7),
+    Case("batchnorm-train", WithBatchNorm, nn.MSELoss, regression_batch(), seed=8),
+]
+IDS = [c.name for c in CASES]
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def dense_hessian(model: nn.Module, loss_fn: Callable, batch: Batch) -> torch.Tensor:
+    """Ground truth: autograd.functional.hessian of the loss as a function of the flat parameter vector."""
+    layout = C.parameter_layout(model)
+    inputs, targets = batch
+    buffers = dict(model.named_buffers())
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        state = {**layout.as_dict(flat), **{k: b.clone() for k, b in buffers.items()}}
+        return loss_fn(functional_call(model, state, (inputs,)), targets)
+
+    return torch.autograd.functional.hessian(f, C.flat_parameters(model))
+
+
+@pytest.fixture(scope="module")
+def truth() -> dict[tuple[str, torch.dtype], torch.Tensor]:
+    out = {}
+    for case in CASES:
+        for dtype in TOL:
+            out[case.name, dtype] = dense_hessian(*case.build(dtype))
+    return out
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_hessian_matches_dense_ground_truth(case: Case, dtype: torch.dtype, truth) -> None:
+    model, loss_fn, batch = case.build(dtype)
+    H = C.hessian(model, loss_fn, batch)
+    ref = truth[case.name, dtype]
+    assert H.shape == ref.shape == (C.parameter_layout(model).size,) * 2
+    assert H.dtype == dtype
+    assert (H - ref).abs().max().item() <= TOL[dtype]
+    assert ref.abs().max().item() > 1e-3  # the comparison is not between two zero matrices
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_hessian_is_symmetric(case: Case) -> None:
+    H = C.hessian(*case.build(torch.float64))
+    assert torch.allclose(H, H.T, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_hvp_equals_dense_hessian_times_v(case: Case, dtype: torch.dtype, truth) -> None:
+    model, loss_fn, batch = case.build(dtype)
+    v = torch.randn(C.parameter_layout(model).size, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    hv = C.hvp(model, loss_fn, batch, v)
+    expected = truth[case.name, dtype] @ v
+    assert (hv - expected).abs().max().item() <= 10 * TOL[dtype] * max(1.0, expected.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_hessian_diag_equals_dense_diagonal(case: Case, dtype: torch.dtype, truth) -> None:
+    model, loss_fn, batch = case.build(dtype)
+    d = C.hessian_diag(model, loss_fn, batch)
+    assert (d - truth[case.name, dtype].diagonal()).abs().max().item() <= TOL[dtype]
+
+
+@pytest.mark.parametrize(
+    "case, fast",
+    [
+        (c, c.name in {"ann-mse", "net-4x4-ce", "net-5x3-ce", "net-3ch-sum", "mlp-elu-ce", "frozen-param"})
+        for c in CASES
+    ],
+    ids=IDS,
+)
+def test_diag_fast_path_taken_exactly_where_supported(case: Case, fast: bool) -> None:
+    """Seed models (and frozen params) use BackPACK; functional losses, unused params and BatchNorm fall back."""
+    model, loss_fn, batch = case.build(torch.float64)
+    assert (diag_backpack.diag_hessian(model, loss_fn, batch) is not None) == fast
+
+
+def test_diag_fast_path_follows_parameter_updates() -> None:
+    """The cached BackPACK copy is refreshed from the live parameters on every call."""
+    model, loss_fn, batch = CASES[1].build(torch.float64)
+    for _ in range(2):
+        d = diag_backpack.diag_hessian(model, loss_fn, batch)
+        assert torch.allclose(d, dense_hessian(model, loss_fn, batch).diagonal(), atol=1e-10, rtol=0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fd_hvp_converges_to_hvp_as_delta_shrinks(case: Case) -> None:
+    model, loss_fn, batch = case.build(torch.float64)
+    v = torch.randn(C.parameter_layout(model).size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = C.hvp(model, loss_fn, batch, v)
+    errors = [(C.fd_hvp(model, loss_fn, batch, v, delta) - exact).norm().item() for delta in (1e-1, 1e-2, 1e-3)]
+    scale = exact.norm().item()
+    assert errors[-1] <= 1e-4 * scale
+    if errors[0] > 1e-9 * scale:  # not a quadratic (where fd is exact for every delta)
+        assert errors[0] > errors[1] > errors[2]
+
+
+def test_layout_reports_where_each_block_sits() -> None:
+    """The (fc1.weight, fc2.bias) block of hessian(ANN) is where the layout says, in the seeds' tuple form too."""
+    model, loss_fn, (x, y) = CASES[0].build(torch.float64)
+    layout = C.parameter_layout(model)
+    assert layout.names == ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    assert [b.slice for b in layout.blocks] == [slice(0, 12), slice(12, 16), slice(16, 36), slice(36, 41)]
+    H = C.hessian(model, loss_fn, (x, y))
+    names = layout.names
+    shapes = [p.shape for p in model.parameters()]
+
+    def f(*flat_params: torch.Tensor) -> torch.Tensor:
+        params = {n: t.view(s) for n, t, s in zip(names, flat_params, shapes)}
+        return loss_fn(functional_call(model, params, (x,)), y)
+
+    blocks = torch.autograd.functional.hessian(f, tuple(p.detach().reshape(-1) for p in model.parameters()))
+    w1, b2 = layout.block("fc1.weight"), layout.block("fc2.bias")
+    assert torch.allclose(H[w1.slice, b2.slice], blocks[0][3], atol=1e-12, rtol=0)
+    assert blocks[0][3].abs().max() > 0
+    assert layout.describe().endswith("P = 41")
+
+
+def test_layout_round_trips_and_excludes_frozen_and_buffers() -> None:
+    model = WithBatchNorm()
+    model.fc1.weight.requires_grad_(False)
+    layout = C.parameter_layout(model)
+    assert "fc1.weight" not in layout.names and not any("running" in n for n in layout.names)
+    vec = torch.arange(layout.size, dtype=torch.float32)
+    assert torch.equal(layout.flatten(layout.unflatten(vec)), vec)
+    with pytest.raises(ValueError, match="length P=37"):
+        layout.unflatten(torch.zeros(3))
+
+
+def seed_diagonal_loop(model: nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
+    """The first seed's recipe, kept here as the reference: for each parameter element, one more backward of
+    its gradient entry, keeping that element's own second derivative (weights and biases handled apart)."""
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, retain_graph=True, create_graph=True)
+    out = []
+    for k, gk in enumerate(grads):
+        hk = torch.zeros_like(gk)
+        for i in range(gk.size(0)):
+            if gk.dim() == 2:
+                for j in range(gk.size(1)):
+                    hk[i, j] = torch.autograd.grad(gk[i][j], params, retain_graph=True)[k][i, j]
+            else:
+                hk[i] = torch.autograd.grad(gk[i], params, retain_graph=True)[k][i]
+        out.append(hk)
+    return out
+
+
+def test_seed_example_diagonal_equals_seed_loop() -> None:
+    """The first seed's own example: ANN, data [1, 2, 3], label [1, 1, 5, 7, 8], MSE (unbatched input)."""
+    torch.manual_seed(0)
+    model = ANN()
+    data = torch.tensor([1, 2, 3], dtype=torch.float)
+    label = torch.tensor([1, 1, 5, 7, 8], dtype=torch.float)
+    loss_fn = nn.MSELoss()
+    reference = torch.cat([h.reshape(-1) for h in seed_diagonal_loop(model, loss_fn(model(data), label))])
+    ours = C.hessian_diag(model, loss_fn, (data, label))
+    assert torch.allclose(ours, reference, atol=1e-6, rtol=1e-6)
+    assert reference.abs().max() > 0.1  # the seed's diagonal is not trivially zero for this example
+    # The example's Hessian has off-diagonal mass the diagonal mode ignores: the modes really differ.
+    H = C.hessian(model, loss_fn, (data, label))
+    assert (H - torch.diag(H.diagonal())).abs().max() > 0.1
+
+
+def test_memory_guard_refuses_net_28x28_before_allocating() -> None:
+    model = Net(28, 28)
+    assert C.parameter_layout(model).size == 125_765
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 5, (4,))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(C.HessianTooLargeError) as err:
+        C.hessian(model, nn.CrossEntropyLoss(), (x, y), max_memory_gb=16)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    msg = str(err.value)
+    assert "125,765" in msg and "63.3" in msg and "16.00 GB" in msg and "hessian=hvp" in msg
+    assert grown_mb < 200  # nothing of Hessian size was touched
+    with pytest.raises(C.HessianTooLargeError):  # correction(exact) goes through the same guard
+        C.correction("exact", model, nn.CrossEntropyLoss(), (x, y), torch.zeros(125_765), 0.1, max_memory_gb=16)
+
+
+def test_default_budget_is_half_the_available_memory(monkeypatch) -> None:
+    monkeypatch.setattr(C, "available_memory_bytes", lambda: 24 * 10**9)
+    assert C.default_memory_budget_gb() == pytest.approx(12.0)
+    with pytest.raises(C.HessianTooLargeError, match="12.00 GB"):
+        C.check_hessian_fits(125_765, torch.float32)
+    C.check_hessian_fits(23_365, torch.float32)  # Net(12, 12): 2.2 GB fits
+
+
+CALLS = {
+    "hessian": lambda m, lf, b, v: C.hessian(m, lf, b),
+    "hvp": lambda m, lf, b, v: C.hvp(m, lf, b, v),
+    "fd_hvp": lambda m, lf, b, v: C.fd_hvp(m, lf, b, v, 1e-3),
+    "hessian_diag": lambda m, lf, b, v: C.hessian_diag(m, lf, b),
+    "gradient": lambda m, lf, b, v: C.gradient(m, lf, b),
+    **{
+        f"correction-{mode}": functools.partial(lambda mode, m, lf, b, v: C.correction(mode, m, lf, b, v, 0.1), mode)
+        for mode in C.MODES
+    },
+}
+
+
+def assert_same_snapshot(a: dict, b: dict) -> None:
+    assert a["training"] == b["training"]
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    for k in a["grads"]:
+        assert (a["grads"][k] is None) == (b["grads"][k] is None), k
+        if a["grads"][k] is not None:
+            assert torch.equal(a["grads"][k], b["grads"][k]), k
+
+
+@pytest.mark.parametrize("call", list(CALLS), ids=list(CALLS))
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[8]], ids=["net", "unused", "batchnorm"])
+def test_every_call_leaves_the_model_bit_for_bit_unchanged(case: Case, call: str) -> None:
+    model, loss_fn, batch = case.build(torch.float32)
+    model.train()
+    first = next(model.children())
+    first.eval()  # a mixed train/eval state must survive too
+    next(model.parameters()).grad = torch.full_like(next(model.parameters()), 0.25)  # stale .grad must survive
+    before = C.snapshot(model)
+    v = torch.randn(C.parameter_layout(model).size)
+    CALLS[call](model, loss_fn, batch, v)
+    assert_same_snapshot(before, C.snapshot(model))
+
+
+def test_correction_modes_against_their_definitions(truth) -> None:
+    case = CASES[1]
+    model, loss_fn, batch = case.build(torch.float64)
+    H = truth[case.name, torch.float64]
+    g = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    alpha = 0.3
+    expected = g - alpha * H @ g
+    for mode in ("exact", "hvp"):
+        assert torch.allclose(C.correction(mode, model, loss_fn, batch, g, alpha), expected, atol=1e-10, rtol=0)
+    fd = C.correction("fd", model, loss_fn, batch, g, alpha, delta=1e-4)
+    assert (fd - expected).norm() <= 1e-5 * expected.norm()
+    diag = C.correction("diag", model, loss_fn, batch, g, alpha)
+    assert torch.allclose(diag, (1 - alpha * H.diagonal()) * g, atol=1e-10, rtol=0)
+    assert torch.equal(C.correction("fo", model, loss_fn, batch, g, alpha), g)
+    assert (diag - expected).abs().max() > 1e-6  # diag is an approximation here, not the exact correction
+
+
+def test_unknown_mode_is_a_clear_error() -> None:
+    model, loss_fn, batch = CASES[0].build(torch.float32)
+    with pytest.raises(ValueError, match=r"'bogus' is not one of: exact, hvp, fd, diag, fo"):
+        C.correction("bogus", model, loss_fn, batch, torch.zeros(41), 0.1)
+
+
+def test_bad_vectors_and_delta_are_clear_errors() -> None:
+    model, loss_fn, batch = CASES[0].build(torch.float32)
+    with pytest.raises(ValueError, match="length P=41"):
+        C.hvp(model, loss_fn, batch, torch.zeros(40))
+    with pytest.raises(ValueError, match="delta must be a positive"):
+        C.fd_hvp(model, loss_fn, batch, torch.zeros(41), delta=0.0)
