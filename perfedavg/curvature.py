@@ -126,6 +126,14 @@ def flat_parameters(model: nn.Module) -> Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
 
+def set_flat_parameters(model: nn.Module, vector: Tensor) -> None:
+    """Copy a flat ``[P]`` vector into the model's trainable parameters, in place (outside autograd)."""
+    layout = parameter_layout(model)
+    with torch.no_grad():
+        for p, v in zip(trainable_parameters(model), layout.unflatten(vector)):
+            p.copy_(v)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loss and gradient
 # --------------------------------------------------------------------------------------------------------------

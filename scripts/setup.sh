@@ -12,7 +12,11 @@ stamp=.venv/.perfedavg-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing perfedavg and its dependencies into .venv (first time: a few minutes)" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  log=.venv/pip-install.log
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "[setup] pip install failed; full log: $log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi

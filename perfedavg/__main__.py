@@ -1,0 +1,3 @@
+from perfedavg.cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""The structured configuration schema (types and allowed values) and the range checks Hydra cannot express.
+
+Hydra composes ``conf/config.yaml`` on top of :class:`Config` (registered as ``base_config``), so a wrong type
+(``alpha=abc``), an unknown enum value (``hessian.mode=bogus``) or a misspelled key (``alpah=0.1``) fails at
+composition with the key named. :func:`validate` then checks ranges and combinations and raises
+:class:`ConfigError` listing every problem, each naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """One or more configuration values are out of range or incompatible."""
+
+
+class HessianMode(str, Enum):
+    exact = "exact"
+    hvp = "hvp"
+    fd = "fd"
+    diag = "diag"
+    fo = "fo"
+
+
+class AlgorithmName(str, Enum):
+    perfedavg = "perfedavg"
+    fedavg = "fedavg"
+
+
+class ModelName(str, Enum):
+    ann = "ann"
+    net = "net"
+    mlp = "mlp"
+
+
+class DatasetName(str, Enum):
+    regression = "regression"
+    digits = "digits"
+
+
+class Task(str, Enum):
+    classification = "classification"
+    regression = "regression"
+
+
+class Aggregation(str, Enum):
+    uniform = "uniform"
+    weighted = "weighted"
+
+
+@dataclass
+class ModelConf:
+    name: ModelName = MISSING
+    input_shape: list[int] = MISSING  # per-example input shape, from the dataset
+    num_outputs: int = MISSING  # classes or regression targets, from the dataset
+    hidden: list[int] = field(default_factory=lambda: [80, 60])  # MLP only
+
+
+@dataclass
+class HessianConf:
+    mode: HessianMode = MISSING
+    max_memory_gb: float | None = None  # exact mode: budget for the P×P Hessian (default: half of free memory)
+
+
+@dataclass
+class AlgorithmConf:
+    name: AlgorithmName = MISSING
+
+
+@dataclass
+class DatasetConf:
+    name: DatasetName = MISSING
+    task: Task = MISSING
+    input_shape: list[int] = MISSING
+    num_classes: int = 0  # classification only
+    num_targets: int = 0  # regression only
+    test_fraction: float = 0.2
+    labels_per_client: int = 2  # digits: distinct labels per client
+    samples_per_client: int = 64  # regression: examples per client
+    heterogeneity: float = 1.0  # regression: spread of the per-client tasks
+    noise: float = 0.1  # regression: label noise standard deviation
+
+
+@dataclass
+class Config:
+    model: ModelConf = MISSING
+    hessian: HessianConf = MISSING
+    algorithm: AlgorithmConf = MISSING
+    dataset: DatasetConf = MISSING
+    num_rounds: int = 20
+    num_clients: int = 20
+    fraction: float = 0.5
+    local_steps: int = 5
+    batch_size: int = 16
+    alpha: float = 0.01
+    beta: float = 0.05
+    delta: float = 1e-3
+    adapt_steps: int = 1
+    seed: int = 0
+    eval_every: int = 1
+    eval_fraction: float = 1.0
+    aggregation: Aggregation = Aggregation.uniform
+    client_cpus: float = 1.0
+    verbose: bool = False
+
+
+def register_schema() -> None:
+    """Register :class:`Config` as ``base_config`` so ``conf/config.yaml`` can extend it."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _positive(name: str, value: Any, problems: list[str], integer: bool = False) -> None:
+    kind = "integer" if integer else "number"
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        problems.append(f"{name}={value}: must be a positive {kind}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check ranges and combinations; raise :class:`ConfigError` with one line per problem."""
+    problems: list[str] = []
+    for key in ("num_rounds", "num_clients", "local_steps", "batch_size", "adapt_steps", "eval_every"):
+        _positive(key, cfg[key], problems, integer=True)
+    for key in ("alpha", "beta", "delta", "client_cpus"):
+        _positive(key, cfg[key], problems)
+    for key in ("fraction", "eval_fraction"):
+        if not 0 < cfg[key] <= 1:
+            problems.append(f"{key}={cfg[key]}: must be in (0, 1]")
+    if not 0 < cfg.dataset.test_fraction < 1:
+        problems.append(f"dataset.test_fraction={cfg.dataset.test_fraction}: must be in (0, 1)")
+    if cfg.hessian.max_memory_gb is not None:
+        _positive("hessian.max_memory_gb", cfg.hessian.max_memory_gb, problems)
+    if cfg.seed < 0:
+        problems.append(f"seed={cfg.seed}: must be a non-negative integer")
+    problems += _model_dataset_problems(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _model_dataset_problems(cfg: DictConfig) -> list[str]:
+    model, data = cfg.model, cfg.dataset
+    shape = list(data.input_shape)
+    name, task = ModelName(model.name), Task(data.task)
+    if name is ModelName.ann:
+        if task is not Task.regression or shape != [3] or data.num_targets != 5:
+            return [
+                f"model=ann: the seed's ANN maps 3 features to 5 targets and needs a regression dataset "
+                f"(dataset=regression); dataset={data.name} gives {task.value} with input shape {shape}"
+            ]
+        return []
+    if task is not Task.classification:
+        return [f"model={name.value}: is a classifier; dataset={data.name} is a {task.value} dataset (use model=ann)"]
+    if name is ModelName.net and len(shape) != 3:
+        return [f"model=net: needs image inputs [channels, height, width]; dataset={data.name} gives {shape}"]
+    if name is ModelName.mlp and any(h < 1 for h in model.hidden):
+        return [f"model.hidden={list(model.hidden)}: hidden layer widths must be positive"]
+    return []
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python (enums as their string values)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]

@@ -1,0 +1,105 @@
+"""``run(cfg) -> summary``: validate a composed config, then launch the federation on Flower's simulation engine.
+
+Everything a user can get wrong is checked in :func:`prepare`, before Ray starts: types and allowed values (the
+schema, at composition), ranges and model/dataset combinations (:func:`perfedavg.config.validate`), whether the
+data set can serve ``num_clients`` clients, and whether ``hessian=exact`` fits its memory budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from perfedavg import curvature, task
+from perfedavg.config import ConfigError, register_schema, to_container, validate
+from perfedavg.data import check_dataset
+
+log = logging.getLogger("perfedavg")
+
+#: The conf/ tree (beside the package in the repository; the editable install keeps it there).
+CONF_DIR = Path(os.environ.get("PERFEDAVG_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides, outside ``@hydra.main`` (tests, ``flwr run``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """Validate everything that can be checked without Flower; return the resolved config as plain data."""
+    validate(cfg)
+    resolved = to_container(cfg)
+    check_dataset(resolved["dataset"], resolved["num_clients"], resolved["seed"])
+    if resolved["hessian"]["mode"] == "exact":
+        model = task.build_model(resolved["model"], resolved["seed"])
+        try:
+            curvature.check_hessian_fits(
+                curvature.parameter_layout(model).size, torch.float32, resolved["hessian"]["max_memory_gb"]
+            )
+        except curvature.HessianTooLargeError as e:
+            raise ConfigError(f"hessian=exact with model={resolved['model']['name']}: {e}") from None
+    return resolved
+
+
+def quiet_logs(verbose: bool) -> None:
+    """Flower's logger has its own handler and also propagates to Hydra's root logger (every line twice):
+    stop the propagation, and keep it to warnings unless ``verbose``."""
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.propagate = False
+    flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        warnings.filterwarnings("ignore", module="flwr")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Ray backend settings: ``client_cpus`` per client (Flower's default of 2 leaves no actor on a 2-core
+    machine), no dashboard, Ray's own logs only when verbose."""
+    init_args: dict[str, Any] = {"include_dashboard": False, "num_cpus": os.cpu_count() or 1}
+    if not cfg["verbose"]:
+        init_args.update({"logging_level": logging.ERROR, "log_to_driver": False})
+    return {"client_resources": {"num_cpus": cfg["client_cpus"], "num_gpus": 0.0}, "init_args": init_args}
+
+
+def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None) -> dict[str, Any]:
+    """Validate ``cfg`` and run the federation in simulation; TensorBoard and ``metrics.json`` go to ``run_dir``.
+
+    Returns the summary (``final`` metrics, per-round ``rounds``, ``client_failures``, ``wall_s``).
+    ``client_app`` replaces the standard ClientApp (tests wrap it with fault-injecting mods).
+    """
+    resolved = prepare(cfg) if isinstance(cfg, DictConfig) else cfg
+    quiet_logs(resolved["verbose"])
+    from flwr.simulation import run_simulation
+
+    from perfedavg.client_app import app as default_client_app
+    from perfedavg.server_app import build_server_app
+
+    results: dict[str, Any] = {}
+    server = build_server_app(resolved, Path(run_dir), results.update)
+    with warnings.catch_warnings():
+        if not resolved["verbose"]:
+            warnings.simplefilter("ignore")
+        run_simulation(
+            server_app=server,
+            client_app=client_app or default_client_app,
+            num_supernodes=resolved["num_clients"],
+            backend_config=backend_config(resolved),
+            verbose_logging=resolved["verbose"],
+        )
+    if not results:
+        raise RuntimeError("the simulation ended without a result (see the log above)")
+    return results
+
+
+__all__ = ["CONF_DIR", "ConfigError", "compose", "prepare", "run"]

@@ -1,0 +1,320 @@
+"""Flower ServerApp: client sampling, aggregation, evaluation rounds, TensorBoard and progress output.
+
+No client math here: clients run :mod:`perfedavg.algorithm` through :mod:`perfedavg.client_app`. The round loop
+is :func:`run_federation`; :func:`build_server_app` wraps it for the simulation launched by the CLI, and the
+module-level ``app`` serves ``flwr run .`` by composing the same Hydra config from the run config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from perfedavg import task
+
+log = logging.getLogger("perfedavg")
+
+#: How often the in-memory grid polls for replies. Flower's default (0.1 s) puts a ≈0.2 s floor under each round.
+POLL_INTERVAL_S = 0.002
+#: How long to wait for every simulated node to register before the first round.
+NODE_WAIT_S = 120.0
+
+Weights = dict[str, torch.Tensor]
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (e.g. every sampled client failed in a round)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure pieces (no grid): sampling, aggregation, metric averaging
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float) -> list[int]:
+    """``max(1, round(fraction · n))`` distinct client ids, sorted, drawn with ``rng``."""
+    m = min(num_clients, max(1, round(fraction * num_clients)))
+    return sorted(int(c) for c in rng.choice(num_clients, size=m, replace=False))
+
+
+def aggregate(updates: Sequence[Weights], weights: Sequence[float]) -> Weights:
+    """Weighted average of state dicts (weights normalised to sum to one); uniform weights give the paper's rule."""
+    total = float(sum(weights))
+    if not updates or total <= 0:
+        raise ValueError("nothing to aggregate")
+    return {
+        name: sum((w / total) * u[name].to(torch.float64) for u, w in zip(updates, weights)).to(updates[0][name].dtype)
+        for name in updates[0]
+    }
+
+
+def mean_metric(rows: Sequence[Mapping[str, float]], key: str, weight_key: str | None = None) -> float:
+    """Mean of ``key`` over rows, weighted by ``weight_key`` if given."""
+    weights = [float(r[weight_key]) if weight_key else 1.0 for r in rows]
+    return sum(w * float(r[key]) for r, w in zip(rows, weights)) / sum(weights)
+
+
+def all_finite(weights: Weights) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in weights.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The round loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """Per-round metrics as written to TensorBoard, plus the final summary."""
+
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    client_failures: int = 0
+
+    def final(self) -> dict[str, float]:
+        last_eval = next((r for r in reversed(self.rounds) if "eval/global_loss" in r), {})
+        out = {k: v for k, v in last_eval.items() if k.startswith("eval/")}
+        out["train/loss"] = self.rounds[-1]["train/loss"] if self.rounds else math.nan
+        return out
+
+
+class Federation:
+    """One federation over a :class:`~flwr.serverapp.Grid`; :meth:`run` executes every round."""
+
+    def __init__(self, grid: Grid, cfg: dict[str, Any], run_dir: Path, tracker: Any | None = None) -> None:
+        self.grid = grid
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.tracker = tracker
+        self.cfg_json = json.dumps(cfg, sort_keys=True)
+        self.sample_rng = np.random.default_rng([cfg["seed"], 1])
+        self.eval_rng = np.random.default_rng([cfg["seed"], 2])
+        self.history = History()
+        self.node_of: dict[int, int] = {}
+        self.client_of: dict[int, int] = {}
+
+    # -- plumbing ------------------------------------------------------------------------------------------------
+
+    def _messages(self, clients: Iterable[int], weights: Weights, server_round: int, kind: str) -> list[Message]:
+        arrays = ArrayRecord(weights)
+        config = ConfigRecord({"round": server_round, "run-config": self.cfg_json})
+        return [
+            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=self.node_of[c], message_type=kind)
+            for c in clients
+        ]
+
+    def _exchange(self, messages: list[Message]) -> tuple[list[Message], list[tuple[int, str]]]:
+        """Send, wait for every reply; return (successful replies, [(client id, error reason)])."""
+        replies = list(self.grid.send_and_receive(messages))
+        answered = {r.metadata.src_node_id for r in replies}
+        failures = [
+            (self.client_of[m.metadata.dst_node_id], "no reply")
+            for m in messages
+            if m.metadata.dst_node_id not in answered
+        ]
+        ok = []
+        for reply in replies:
+            if reply.has_error():
+                failures.append((self.client_of.get(reply.metadata.src_node_id, -1), str(reply.error.reason)))
+            else:
+                ok.append(reply)
+        return ok, failures
+
+    def discover_clients(self) -> None:
+        """Map client ids (partition ids) to node ids, so sampling depends on the seed, not on random node ids."""
+        n = int(self.cfg["num_clients"])
+        deadline = time.monotonic() + NODE_WAIT_S
+        nodes = list(self.grid.get_node_ids())
+        while len(nodes) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+            nodes = list(self.grid.get_node_ids())
+        if len(nodes) < n:
+            raise FederationError(f"only {len(nodes)} of num_clients={n} client nodes connected in {NODE_WAIT_S:.0f} s")
+        queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+        for reply in self.grid.send_and_receive(queries):
+            if reply.has_error():
+                raise FederationError(
+                    f"node {reply.metadata.src_node_id} failed to report its client id: {reply.error.reason}"
+                )
+            cid = int(reply.content["info"]["partition-id"])
+            self.node_of[cid] = reply.metadata.src_node_id
+        self.client_of = {node: cid for cid, node in self.node_of.items()}
+        missing = sorted(set(range(n)) - set(self.node_of))
+        if missing:
+            raise FederationError(f"no node serves client ids {missing[:10]} (num_clients={n})")
+
+    def _count_failures(self, server_round: int, phase: str, failures: list[tuple[int, str]]) -> None:
+        for cid, reason in failures:
+            log.warning("round %d: client %d failed in %s: %s", server_round, cid, phase, reason.strip()[-500:])
+        self.history.client_failures += len(failures)
+
+    # -- rounds --------------------------------------------------------------------------------------------------
+
+    def train_round(self, server_round: int, weights: Weights) -> tuple[Weights, dict[str, float]]:
+        clients = sample_clients(self.sample_rng, self.cfg["num_clients"], self.cfg["fraction"])
+        replies, failures = self._exchange(self._messages(clients, weights, server_round, MessageType.TRAIN))
+        self._count_failures(server_round, "training", failures)
+        updates, rows = [], []
+        for reply in replies:
+            update = reply.content["arrays"].to_torch_state_dict()
+            row = dict(reply.content["metrics"])
+            if not (all_finite(update) and math.isfinite(row["train-loss"])):
+                log.warning("round %d: client %d sent a non-finite update; excluded", server_round, row["client-id"])
+                failures.append((int(row["client-id"]), "non-finite update"))
+                continue
+            updates.append(update)
+            rows.append(row)
+        if not updates:
+            reasons = "; ".join(f"client {c}: {r.strip().splitlines()[-1] if r.strip() else r}" for c, r in failures)
+            raise FederationError(f"round {server_round}: all {len(clients)} sampled clients failed ({reasons})")
+        weighted = self.cfg["aggregation"] == "weighted"
+        new = aggregate(updates, [r["num-examples"] if weighted else 1.0 for r in rows])
+        metrics = {
+            "train/loss": mean_metric(rows, "train-loss", "num-examples" if weighted else None),
+            "time/curvature_s": mean_metric(rows, "curvature-s"),
+            "time/client_compute_s": mean_metric(rows, "compute-s"),
+            "clients/trained": float(len(updates)),
+            "clients/failed": float(len(failures)),
+        }
+        return new, metrics
+
+    def evaluate_round(self, server_round: int, weights: Weights) -> tuple[dict[str, float], list[float]]:
+        clients = sample_clients(self.eval_rng, self.cfg["num_clients"], self.cfg["eval_fraction"])
+        replies, failures = self._exchange(self._messages(clients, weights, server_round, MessageType.EVALUATE))
+        self._count_failures(server_round, "evaluation", failures)
+        rows = [dict(r.content["metrics"]) for r in replies]
+        if not rows:
+            raise FederationError(f"round {server_round}: all {len(clients)} clients failed in evaluation")
+        keys = [k for k in ("global_loss", "global_acc", "personalized_loss", "personalized_acc") if k in rows[0]]
+        metrics = {f"eval/{k}": mean_metric(rows, k, "num-examples") for k in keys}
+        per_client = [float(r["personalized_acc" if "personalized_acc" in r else "personalized_loss"]) for r in rows]
+        return metrics, per_client
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if hasattr(self.grid, "pull_interval"):
+            self.grid.pull_interval = POLL_INTERVAL_S
+        started = time.perf_counter()
+        self.discover_clients()
+        weights = task.build_model(cfg["model"], cfg["seed"]).state_dict()
+        total = int(cfg["num_rounds"])
+        for server_round in range(1, total + 1):
+            t0 = time.perf_counter()
+            weights, metrics = self.train_round(server_round, weights)
+            if not all_finite(weights):
+                raise FederationError(
+                    f"round {server_round}: the aggregated global model is not finite; the run diverged "
+                    f"(try smaller step sizes: alpha={cfg['alpha']}, beta={cfg['beta']})"
+                )
+            per_client: list[float] = []
+            if server_round % cfg["eval_every"] == 0 or server_round == total:
+                eval_metrics, per_client = self.evaluate_round(server_round, weights)
+                metrics.update(eval_metrics)
+            metrics["time/round_s"] = time.perf_counter() - t0
+            self.history.rounds.append({"round": server_round, **metrics})
+            if self.tracker is not None:
+                self.tracker.scalars(server_round, metrics)
+                tag = (
+                    "eval/personalized_acc_per_client"
+                    if "eval/personalized_acc" in metrics
+                    else "eval/personalized_loss_per_client"
+                )
+                self.tracker.histogram(tag, per_client, server_round)
+            log.info(progress_line(server_round, total, metrics))
+        summary = {
+            "final": self.history.final(),
+            "rounds": self.history.rounds,
+            "client_failures": self.history.client_failures,
+            "wall_s": time.perf_counter() - started,
+        }
+        return summary
+
+
+def progress_line(server_round: int, total: int, m: Mapping[str, float]) -> str:
+    """One console line per round: training loss, evaluation (global → personalized), clients, time."""
+    parts = [f"round {server_round:>{len(str(total))}}/{total}", f"train/loss {m['train/loss']:.4f}"]
+    if "eval/global_acc" in m:
+        parts.append(f"acc global {m['eval/global_acc']:.3f} → personalized {m['eval/personalized_acc']:.3f}")
+    elif "eval/global_loss" in m:
+        parts.append(f"loss global {m['eval/global_loss']:.4f} → personalized {m['eval/personalized_loss']:.4f}")
+    failed = int(m.get("clients/failed", 0))
+    parts.append(f"{int(m['clients/trained'])} clients" + (f" ({failed} failed)" if failed else ""))
+    parts.append(f"{m['time/round_s']:.2f} s")
+    return " | ".join(parts)
+
+
+def hparams_of(cfg: Mapping[str, Any]) -> dict[str, str | float | int]:
+    """The hyper-parameters shown in TensorBoard's HPARAMS tab."""
+    return {
+        "model": cfg["model"]["name"],
+        "dataset": cfg["dataset"]["name"],
+        "algorithm": cfg["algorithm"]["name"],
+        "hessian": cfg["hessian"]["mode"],
+        **{
+            k: cfg[k]
+            for k in (
+                "alpha",
+                "beta",
+                "delta",
+                "local_steps",
+                "batch_size",
+                "num_clients",
+                "fraction",
+                "num_rounds",
+                "seed",
+                "aggregation",
+            )
+        },
+    }
+
+
+def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too."""
+    from perfedavg.tracking import RunLogger
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = RunLogger(run_dir)
+    try:
+        summary = Federation(grid, cfg, run_dir, tracker).run()
+        tracker.hparams(hparams_of(cfg), {f"hparams/{k}": v for k, v in summary["final"].items()})
+    finally:
+        tracker.close()
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def build_server_app(cfg: dict[str, Any], run_dir: Path, on_done: Callable[[dict[str, Any]], None]) -> ServerApp:
+    """A ServerApp bound to one resolved config (the CLI's simulation path); ``on_done`` receives the summary."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        on_done(run_and_record(grid, cfg, run_dir))
+
+    return server
+
+
+# ``flwr run .``: the run config names Hydra overrides; the same conf/ tree is composed here.
+app = ServerApp()
+
+
+@app.main()
+def flwr_main(grid: Grid, context: Context) -> None:
+    from perfedavg.runner import compose, prepare
+
+    overrides = str(context.run_config.get("overrides", "")).split()
+    cfg = prepare(compose(overrides))
+    run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    summary = run_and_record(grid, cfg, run_dir)
+    log.info("final: %s", summary["final"])
