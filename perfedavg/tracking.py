@@ -23,7 +23,7 @@ class RunLogger:
 
     def histogram(self, tag: str, values: Sequence[float], step: int) -> None:
         if values:
-            self.writer.add_histogram(tag, torch.tensor(list(values), dtype=torch.float64), step)
+            self.writer.add_histogram(tag, torch.tensor(list(values), dtype=torch.float64), step, bins="auto")
 
     def hparams(self, params: Mapping[str, str | float | int | bool], final: Mapping[str, float]) -> None:
         """Record hyper-parameters and final metrics in this run's own event file (HPARAMS tab).

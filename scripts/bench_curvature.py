@@ -200,10 +200,7 @@ def main() -> None:
             vs = ""
             if seed and "seconds" in rows[seed]:
                 vs = f"{rows[seed]['seconds'] / r['seconds']:.0f}× faster"
-            print(
-                f"| {label} | {p} | {method} | {fmt_time(r['seconds'])} | {ratio} | "
-                f"{r['peak_mb']:.0f} MB | {vs} |"
-            )
+            print(f"| {label} | {p} | {method} | {fmt_time(r['seconds'])} | {ratio} | {r['peak_mb']:.0f} MB | {vs} |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Client ``i`` draws ``x ~ N(μ_i, I₃)`` and ``y = x W_i + b_i + ε`` with ``ε ~ N(0, noise²)``, where
 ``W_i = W₀ + heterogeneity · U_i`` and ``b_i = b₀ + heterogeneity · u_i`` perturb one shared task (W₀, b₀) with
-client-specific Gaussian draws, and ``μ_i ~ N(0, heterogeneity² I)`` shifts each client's inputs.
+client-specific Gaussian draws, and ``μ_i ~ N(0, (heterogeneity/2)² I)`` shifts each client's inputs.
+Weights are drawn with variance 1/3 and biases with standard deviation 1/2, so targets have roughly unit variance
+per unit of heterogeneity and the default step sizes are stable.
 With ``heterogeneity = 0`` all clients share one task; larger values make personalization matter more.
 Everything is drawn from ``torch.Generator``\\ s seeded by ``(seed, client id)``: the same seed gives the same data.
 """
@@ -36,12 +38,13 @@ def make_regression_client(
 ) -> ClientData:
     """Client ``client_id``'s task and data (float32): ``x [n, 3]``, ``y [n, 5]``, split into train/test."""
     shared = _generator(seed, 0)
-    w0 = torch.randn(NUM_FEATURES, NUM_TARGETS, generator=shared)
-    b0 = torch.randn(NUM_TARGETS, generator=shared)
+    w_scale, b_scale = NUM_FEATURES**-0.5, 0.5
+    w0 = w_scale * torch.randn(NUM_FEATURES, NUM_TARGETS, generator=shared)
+    b0 = b_scale * torch.randn(NUM_TARGETS, generator=shared)
     own = _generator(seed, 1, client_id)
-    w = w0 + heterogeneity * torch.randn(NUM_FEATURES, NUM_TARGETS, generator=own)
-    b = b0 + heterogeneity * torch.randn(NUM_TARGETS, generator=own)
-    mu = heterogeneity * torch.randn(NUM_FEATURES, generator=own)
+    w = w0 + heterogeneity * w_scale * torch.randn(NUM_FEATURES, NUM_TARGETS, generator=own)
+    b = b0 + heterogeneity * b_scale * torch.randn(NUM_TARGETS, generator=own)
+    mu = 0.5 * heterogeneity * torch.randn(NUM_FEATURES, generator=own)
     x = mu + torch.randn(samples_per_client, NUM_FEATURES, generator=own)
     y = x @ w + b + noise * torch.randn(samples_per_client, NUM_TARGETS, generator=own)
     return split_train_test(client_id, x, y, test_fraction, _generator(seed, 2, client_id))

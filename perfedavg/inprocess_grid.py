@@ -1,0 +1,84 @@
+"""A :class:`flwr.serverapp.Grid` that runs a ClientApp in this process, one message after another.
+
+No Ray, no SuperLink, no network: the same ServerApp loop and ClientApp handlers, called directly. It serves the
+tests (fast, deterministic federations), debugging (breakpoints inside a client), and the federation benchmark,
+which times client compute alone with it to separate it from the simulation engine's orchestration.
+A handler that raises becomes an error reply, as in Flower's simulation engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+FIRST_NODE_ID = 1000
+
+
+class InProcessGrid(Grid):
+    """``num_clients`` virtual nodes with ``partition-id`` 0…n−1, served by ``client_app`` in this process."""
+
+    def __init__(self, client_app: ClientApp, num_clients: int, run_id: int = 1) -> None:
+        self.client_app = client_app
+        self.run_id = run_id
+        # Messages take their run and sender from the process's task identity (run_simulation sets it the same way).
+        TaskIdentity.run_id = run_id
+        TaskIdentity.task_id = 1
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        self.contexts = {
+            FIRST_NODE_ID + i: Context(
+                run_id=run_id,
+                node_id=FIRST_NODE_ID + i,
+                node_config={"partition-id": i, "num-partitions": num_clients},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i in range(num_clients)
+        }
+        self._replies: dict[str, Message] = {}
+
+    # Grid API -------------------------------------------------------------------------------------------------------
+
+    def set_run(self, run) -> None:  # noqa: ANN001 - Flower's Run; nothing to set up here
+        pass
+
+    @property
+    def run(self):  # noqa: ANN201
+        raise NotImplementedError("InProcessGrid has no Flower Run object")
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            self._replies[message.metadata.message_id] = self._handle(message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(list(self.push_messages(messages)))
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def _handle(self, message: Message) -> Message:
+        context = self.contexts[message.metadata.dst_node_id]
+        try:
+            return self.client_app(message, context)
+        except Exception as ex:  # noqa: BLE001 - reported to the server as an error reply, like the simulation engine
+            reason = f"{type(ex)}:<'{ex}'>"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)

@@ -1,0 +1,150 @@
+"""The server loop and client app together: in-process (fast) and through Flower's simulation engine (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from perfedavg.client_app import build_client_app
+from perfedavg.client_app import app as client_app
+from perfedavg.inprocess_grid import InProcessGrid
+from perfedavg.runner import compose, prepare, run
+from perfedavg.server_app import FederationError, aggregate, run_and_record, sample_clients
+
+ANN_SMALL = [
+    "model=ann",
+    "dataset=regression",
+    "num_clients=4",
+    "num_rounds=3",
+    "fraction=0.5",
+    "local_steps=3",
+    "batch_size=8",
+]
+
+
+def federate(overrides: list[str], tmp_path: Path, app: ClientApp = client_app) -> dict:
+    cfg = prepare(compose(overrides))
+    return run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
+
+
+def test_exact_and_hvp_give_the_same_rounds_and_fo_differs(tmp_path: Path) -> None:
+    runs = {m: federate([*ANN_SMALL, f"hessian={m}"], tmp_path / m)["rounds"] for m in ("exact", "hvp", "fo")}
+    keys = ["train/loss", "eval/global_loss", "eval/personalized_loss"]
+    for a, b in zip(runs["exact"], runs["hvp"]):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    assert any(
+        abs(a["eval/personalized_loss"] - b["eval/personalized_loss"]) > 1e-4 for a, b in zip(runs["hvp"], runs["fo"])
+    )
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None:
+    a = federate([*ANN_SMALL, "hessian=fd"], tmp_path / "a")["rounds"]
+    b = federate([*ANN_SMALL, "hessian=fd"], tmp_path / "b")["rounds"]
+    c = federate([*ANN_SMALL, "hessian=fd", "seed=1"], tmp_path / "c")["rounds"]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_personalization_beats_the_global_model_on_the_default(tmp_path: Path) -> None:
+    """The embedded default's claim, on a shortened run: personalized accuracy above global accuracy."""
+    final = federate(["num_rounds=5"], tmp_path)["final"]
+    assert final["eval/personalized_acc"] > final["eval/global_acc"] + 0.2
+
+
+def test_rounds_sample_the_configured_share_and_record_metrics(tmp_path: Path) -> None:
+    summary = federate(["num_clients=10", "num_rounds=3", "fraction=0.3", "eval_every=2", "local_steps=1"], tmp_path)
+    rounds = summary["rounds"]
+    assert [r["clients/trained"] for r in rounds] == [3, 3, 3]
+    assert ["eval/personalized_acc" in r for r in rounds] == [False, True, True]  # every 2nd round and the last
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["final"] == summary["final"] and len(saved["rounds"]) == 3
+
+
+def failing_on(client_ids: set[int]):
+    def mod(message: Message, context: Context, call_next):
+        if int(context.node_config["partition-id"]) in client_ids and message.metadata.message_type == "train":
+            raise RuntimeError(f"injected failure on client {context.node_config['partition-id']}")
+        return call_next(message, context)
+
+    return mod
+
+
+def test_a_failing_client_is_counted_and_the_round_goes_on(tmp_path: Path, caplog) -> None:
+    app = build_client_app(mods=[failing_on({1})])
+    summary = federate([*ANN_SMALL, "fraction=1.0"], tmp_path, app)
+    assert [r["clients/failed"] for r in summary["rounds"]] == [1, 1, 1]
+    assert [r["clients/trained"] for r in summary["rounds"]] == [3, 3, 3]
+    assert summary["client_failures"] == 3
+    assert "client 1 failed in training" in caplog.text and "injected failure" in caplog.text
+
+
+def test_every_client_failing_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    app = build_client_app(mods=[failing_on({0, 1, 2, 3})])
+    with pytest.raises(FederationError, match=r"round 1: all 4 sampled clients failed .*injected failure"):
+        federate([*ANN_SMALL, "fraction=1.0"], tmp_path, app)
+
+
+def test_sampling_and_aggregation_rules() -> None:
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    assert len(sample_clients(rng, 20, 0.5)) == 10
+    assert len(sample_clients(rng, 20, 0.01)) == 1  # at least one
+    assert sample_clients(np.random.default_rng(3), 20, 0.5) == sample_clients(np.random.default_rng(3), 20, 0.5)
+    a, b = {"w": torch.tensor([0.0, 2.0])}, {"w": torch.tensor([4.0, 6.0])}
+    assert torch.equal(aggregate([a, b], [1, 1])["w"], torch.tensor([2.0, 4.0]))
+    assert torch.allclose(aggregate([a, b], [3, 1])["w"], torch.tensor([1.0, 3.0]))
+
+
+def test_weighted_aggregation_differs_from_uniform_when_sizes_differ(tmp_path: Path) -> None:
+    common = ["num_clients=6", "num_rounds=2", "fraction=1.0", "local_steps=2", "dataset.labels_per_client=3"]
+    uni = federate([*common, "aggregation=uniform"], tmp_path / "u")["final"]
+    wei = federate([*common, "aggregation=weighted"], tmp_path / "w")["final"]
+    assert uni["eval/global_loss"] != wei["eval/global_loss"]
+
+
+@pytest.mark.slow
+def test_simulation_engine_writes_the_tensorboard_scalars(tmp_path: Path) -> None:
+    """A real federation through Flower's simulation engine (Ray): 3 clients × 2 rounds, read back from disk."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = run(compose(["num_clients=3", "num_rounds=2", "fraction=1.0", "local_steps=2"]), tmp_path)
+    assert summary["client_failures"] == 0
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in (
+        "train/loss",
+        "eval/global_loss",
+        "eval/global_acc",
+        "eval/personalized_loss",
+        "eval/personalized_acc",
+        "time/round_s",
+        "time/curvature_s",
+    ):
+        assert tag in tags, tag
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert steps == [1, 2], (tag, steps)
+        assert all(math.isfinite(e.value) for e in acc.Scalars(tag))
+    assert acc.Scalars("eval/personalized_acc")[-1].value == pytest.approx(summary["final"]["eval/personalized_acc"])
+    assert "eval/personalized_acc_per_client" in acc.Tags()["histograms"]
+    assert "hparams/eval/personalized_acc" in tags  # the HPARAMS record's metric
+
+
+@pytest.mark.slow
+def test_simulation_matches_the_in_process_federation(tmp_path: Path) -> None:
+    """Which worker runs a client does not change its randomness: Ray and in-process runs agree exactly."""
+    overrides = [*ANN_SMALL, "hessian=hvp"]
+    ray_rounds = run(compose(overrides), tmp_path / "ray")["rounds"]
+    local_rounds = federate(overrides, tmp_path / "local")["rounds"]
+    for a, b in zip(ray_rounds, local_rounds):
+        assert {k: v for k, v in a.items() if not k.startswith("time/")} == {
+            k: v for k, v in b.items() if not k.startswith("time/")
+        }
