@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from perfedavg.config import ConfigError, register_schema
+from perfedavg.config import ConfigError, check_overrides, register_schema
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
 from perfedavg.runner import CONF_DIR, run
@@ -37,6 +37,11 @@ def _job(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    try:
+        check_overrides(sys.argv[1:], str(CONF_DIR))
+    except ConfigError as e:
+        print(f"perfedavg: error: {e}", file=sys.stderr)
+        sys.exit(2)
     register_schema()
     hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(_job)()
 

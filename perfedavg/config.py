@@ -146,18 +146,18 @@ def validate(cfg: DictConfig) -> None:
 def _model_dataset_problems(cfg: DictConfig) -> list[str]:
     model, data = cfg.model, cfg.dataset
     shape = list(data.input_shape)
-    name, task = ModelName(model.name), Task(data.task)
+    name, task, data_name = ModelName(model.name), Task(data.task), DatasetName(data.name).value
     if name is ModelName.ann:
         if task is not Task.regression or shape != [3] or data.num_targets != 5:
             return [
                 f"model=ann: the seed's ANN maps 3 features to 5 targets and needs a regression dataset "
-                f"(dataset=regression); dataset={data.name} gives {task.value} with input shape {shape}"
+                f"(dataset=regression); dataset={data_name} gives {task.value} with input shape {shape}"
             ]
         return []
     if task is not Task.classification:
-        return [f"model={name.value}: is a classifier; dataset={data.name} is a {task.value} dataset (use model=ann)"]
+        return [f"model={name.value}: is a classifier; dataset={data_name} is a {task.value} dataset (use model=ann)"]
     if name is ModelName.net and len(shape) != 3:
-        return [f"model=net: needs image inputs [channels, height, width]; dataset={data.name} gives {shape}"]
+        return [f"model=net: needs image inputs [channels, height, width]; dataset={data_name} gives {shape}"]
     if name is ModelName.mlp and any(h < 1 for h in model.hidden):
         return [f"model.hidden={list(model.hidden)}: hidden layer widths must be positive"]
     return []
@@ -166,3 +166,44 @@ def _model_dataset_problems(cfg: DictConfig) -> list[str]:
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain Python (enums as their string values)."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+#: Config groups: choosing one is ``group=option`` with ``conf/<group>/<option>.yaml``.
+GROUPS: tuple[str, ...] = ("model", "dataset", "hessian", "algorithm", "experiment")
+
+
+def check_overrides(overrides: list[str], conf_dir: str) -> None:
+    """Catch misspelled keys and unknown group options before Hydra composes, with a suggestion.
+
+    ``key=value`` must name a field of :class:`Config` (dotted for nested groups, e.g. ``hessian.max_memory_gb``)
+    and ``group=option`` an existing ``conf/<group>/<option>.yaml``. Hydra's own overrides (``hydra.*``) and
+    explicit additions/deletions (``+key``, ``~key``) are left to Hydra.
+    """
+    import difflib
+    from dataclasses import fields, is_dataclass
+    from pathlib import Path
+
+    for override in overrides:
+        if override.startswith(("-", "+", "~")) or "=" not in override:
+            continue
+        key, value = override.split("=", 1)
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        if key in GROUPS:
+            options = sorted(p.stem for p in (Path(conf_dir) / key).glob("*.yaml"))
+            for choice in value.split(","):
+                if choice not in options and not (key == "experiment" and choice == "null"):
+                    raise ConfigError(f"{key}={choice}: not an option of '{key}'; allowed: {', '.join(options)}")
+            continue
+        node: Any = Config
+        for depth, part in enumerate(key.split(".")):
+            names = [f.name for f in fields(node)] if is_dataclass(node) else []
+            if part not in names:
+                where = ".".join(key.split(".")[:depth]) or "the top level"
+                hint = difflib.get_close_matches(part, names, n=1)
+                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise ConfigError(
+                    f"{key}={value}: unknown key '{part}' in {where}{suggestion}; allowed: {', '.join(names)}"
+                )
+            node = next(f.type for f in fields(node) if f.name == part)
+            node = globals().get(node, node) if isinstance(node, str) else node

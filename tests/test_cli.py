@@ -1,0 +1,106 @@
+"""The ``perfedavg`` command: bad input stops early with a clear message; groups compose; multirun works."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfedavg.config import ConfigError, check_overrides
+from perfedavg.runner import CONF_DIR, compose, prepare
+
+PERFEDAVG = [sys.executable, "-m", "perfedavg"]
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*PERFEDAVG, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+BAD_INPUTS = [
+    # (overrides, fragments the message must contain)
+    (["hessian=bogus"], ["hessian=bogus", "allowed: diag, exact, fd, fo, hvp"]),
+    (["alpah=0.1"], ["alpah=0.1", "did you mean 'alpha'", "allowed:"]),
+    (["hessian.max_memroy_gb=2"], ["max_memroy_gb", "did you mean 'max_memory_gb'"]),
+    (["alpha=-1"], ["alpha=-1.0", "must be a positive number"]),
+    (["beta=0"], ["beta=0.0", "must be a positive number"]),
+    (["local_steps=0"], ["local_steps=0", "positive integer"]),
+    (["batch_size=-3"], ["batch_size=-3", "positive integer"]),
+    (["fraction=1.5"], ["fraction=1.5", "(0, 1]"]),
+    (["fraction=0"], ["fraction=0.0", "(0, 1]"]),
+    (["alpha=abc"], ["alpha", "abc", "Float"]),
+    (["local_steps=2.5"], ["local_steps", "2.5"]),
+    (["num_clients=500"], ["num_clients=500", "at most 174 clients"]),
+    (["hessian=exact", "hessian.max_memory_gb=0.1"], ["P = 20,810", "max_memory_gb = 0.10 GB", "hessian=hvp"]),
+    (["model=ann"], ["model=ann", "dataset=regression", "dataset=digits"]),
+    (["hessian.mode=newton"], ["newton", "exact, hvp, fd, diag, fo"]),
+]
+
+
+@pytest.mark.parametrize("overrides, fragments", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_stops_early_with_a_clear_message(overrides, fragments, tmp_path: Path) -> None:
+    out = cli(overrides, tmp_path, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "Traceback" not in text
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+    assert "| train/loss" not in text  # no round ran
+    assert not list(tmp_path.rglob("events.out.tfevents*"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [f"model={m}", f"dataset={d}", f"hessian={h}", f"algorithm={a}"]
+        for (m, d), h, a in itertools.product(
+            [("ann", "regression"), ("net", "digits"), ("mlp", "digits")],
+            ["exact", "hvp", "fd", "diag", "fo"],
+            ["perfedavg", "fedavg"],
+        )
+    ],
+    ids=lambda o: "-".join(v.split("=")[1] for v in o),
+)
+def test_every_config_group_composes(overrides: list[str]) -> None:
+    cfg = prepare(compose(overrides))
+    assert cfg["model"]["name"] == overrides[0].split("=")[1]
+    assert cfg["hessian"]["mode"] == overrides[2].split("=")[1]
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_overrides_the_root(experiment: str) -> None:
+    cfg = prepare(compose([f"experiment={experiment}"]))
+    root = prepare(compose([]))
+    assert cfg != root
+
+
+def test_model_input_follows_the_dataset() -> None:
+    assert prepare(compose(["model=mlp"]))["model"]["input_shape"] == [1, 8, 8]
+    assert prepare(compose(["model=net"]))["model"]["num_outputs"] == 10
+    assert prepare(compose(["model=ann", "dataset=regression"]))["model"]["num_outputs"] == 5
+
+
+def test_override_precheck_leaves_hydra_syntax_alone() -> None:
+    check_overrides(
+        ["-m", "hessian=hvp,fo", "seed=0,1,2", "+extra=1", "hydra.run.dir=x", "experiment=null"], str(CONF_DIR)
+    )
+    with pytest.raises(ConfigError, match="seeed"):
+        check_overrides(["seeed=1"], str(CONF_DIR))
+
+
+@pytest.mark.slow
+def test_multirun_gives_one_run_directory_per_job(tmp_path: Path) -> None:
+    out = cli(["-m", "hessian=hvp,fo", "num_clients=3", "num_rounds=1", "fraction=1.0", "local_steps=1"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = sorted(p.parent for p in tmp_path.glob("multirun/*/*/*/metrics.json"))
+    assert len(jobs) == 2
+    modes = {(j / ".hydra" / "overrides.yaml").read_text().split("hessian=")[1].split()[0] for j in jobs}
+    assert modes == {"hvp", "fo"}
+    assert all(list(j.glob("events.out.tfevents*")) for j in jobs)
+    log = out.stdout + out.stderr
+    assert "round 1/1" in log and "tensorboard --logdir" in log
+    assert log.count("round 1/1 |") == 2  # Flower's lines are not printed twice; one progress line per job
