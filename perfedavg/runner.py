@@ -54,10 +54,10 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 
 def quiet_logs(verbose: bool) -> None:
     """Flower's logger has its own handler and also propagates to Hydra's root logger (every line twice):
-    stop the propagation, and keep it to warnings unless ``verbose``."""
+    stop the propagation, and keep it to errors (a failing client's traceback) unless ``verbose``."""
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False
-    flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    flwr_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
     if not verbose:
         warnings.filterwarnings("ignore", module="flwr")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -82,9 +82,11 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
     quiet_logs(resolved["verbose"])
     from flwr.simulation import run_simulation
 
+    from perfedavg import sim_engine
     from perfedavg.client_app import app as default_client_app
     from perfedavg.server_app import build_server_app
 
+    sim_engine.install()
     results: dict[str, Any] = {}
     server = build_server_app(resolved, Path(run_dir), results.update)
     with warnings.catch_warnings():

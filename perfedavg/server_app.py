@@ -21,12 +21,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from perfedavg import task
+from perfedavg import sim_engine, task
 
 log = logging.getLogger("perfedavg")
 
-#: How often the in-memory grid polls for replies. Flower's default (0.1 s) puts a ≈0.2 s floor under each round.
-POLL_INTERVAL_S = 0.002
 #: How long to wait for every simulated node to register before the first round.
 NODE_WAIT_S = 120.0
 
@@ -115,7 +113,7 @@ class Federation:
 
     def _exchange(self, messages: list[Message]) -> tuple[list[Message], list[tuple[int, str]]]:
         """Send, wait for every reply; return (successful replies, [(client id, error reason)])."""
-        replies = list(self.grid.send_and_receive(messages))
+        replies = sim_engine.exchange(self.grid, messages)
         answered = {r.metadata.src_node_id for r in replies}
         failures = [
             (self.client_of[m.metadata.dst_node_id], "no reply")
@@ -141,7 +139,7 @@ class Federation:
         if len(nodes) < n:
             raise FederationError(f"only {len(nodes)} of num_clients={n} client nodes connected in {NODE_WAIT_S:.0f} s")
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-        for reply in self.grid.send_and_receive(queries):
+        for reply in sim_engine.exchange(self.grid, queries):
             if reply.has_error():
                 raise FederationError(
                     f"node {reply.metadata.src_node_id} failed to report its client id: {reply.error.reason}"
@@ -183,6 +181,7 @@ class Federation:
             "train/loss": mean_metric(rows, "train-loss", "num-examples" if weighted else None),
             "time/curvature_s": mean_metric(rows, "curvature-s"),
             "time/client_compute_s": mean_metric(rows, "compute-s"),
+            "time/train_compute_total_s": sum(float(r["compute-s"]) for r in rows),
             "clients/trained": float(len(updates)),
             "clients/failed": float(len(failures)),
         }
@@ -197,15 +196,16 @@ class Federation:
             raise FederationError(f"round {server_round}: all {len(clients)} clients failed in evaluation")
         keys = [k for k in ("global_loss", "global_acc", "personalized_loss", "personalized_acc") if k in rows[0]]
         metrics = {f"eval/{k}": mean_metric(rows, k, "num-examples") for k in keys}
+        metrics["time/eval_compute_total_s"] = sum(float(r["compute-s"]) for r in rows)
         per_client = [float(r["personalized_acc" if "personalized_acc" in r else "personalized_loss"]) for r in rows]
         return metrics, per_client
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        if hasattr(self.grid, "pull_interval"):
-            self.grid.pull_interval = POLL_INTERVAL_S
         started = time.perf_counter()
+        timeline = {"server_start": time.time()}
         self.discover_clients()
+        timeline["first_round_start"] = time.time()
         weights = task.build_model(cfg["model"], cfg["seed"]).state_dict()
         total = int(cfg["num_rounds"])
         for server_round in range(1, total + 1):
@@ -236,6 +236,7 @@ class Federation:
             "rounds": self.history.rounds,
             "client_failures": self.history.client_failures,
             "wall_s": time.perf_counter() - started,
+            "timeline": {**timeline, "end": time.time()},
         }
         return summary
 
