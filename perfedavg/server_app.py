@@ -310,12 +310,24 @@ def build_server_app(cfg: dict[str, Any], run_dir: Path, on_done: Callable[[dict
 app = ServerApp()
 
 
+class _ToFlowerLog(logging.Handler):
+    """Under ``flwr run`` only Flower's logger reaches the user's console (``--stream``): forward ours to it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("flwr").log(record.levelno, self.format(record))
+
+
 @app.main()
 def flwr_main(grid: Grid, context: Context) -> None:
     from perfedavg.runner import compose, prepare
+
+    if not any(isinstance(h, _ToFlowerLog) for h in log.handlers):
+        log.addHandler(_ToFlowerLog())
+        log.setLevel(logging.INFO)
 
     overrides = str(context.run_config.get("overrides", "")).split()
     cfg = prepare(compose(overrides))
     run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
     summary = run_and_record(grid, cfg, run_dir)
-    log.info("final: %s", summary["final"])
+    log.info("done in %.1f s: %s", summary["wall_s"], summary["final"])
+    log.info("curves: tensorboard --logdir %s", run_dir.resolve())
