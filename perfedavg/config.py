@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -21,7 +21,7 @@ class ConfigError(ValueError):
     """One or more configuration values are out of range or incompatible."""
 
 
-class HessianMode(str, Enum):
+class HessianMode(StrEnum):
     exact = "exact"
     hvp = "hvp"
     fd = "fd"
@@ -29,28 +29,28 @@ class HessianMode(str, Enum):
     fo = "fo"
 
 
-class AlgorithmName(str, Enum):
+class AlgorithmName(StrEnum):
     perfedavg = "perfedavg"
     fedavg = "fedavg"
 
 
-class ModelName(str, Enum):
+class ModelName(StrEnum):
     ann = "ann"
     net = "net"
     mlp = "mlp"
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     regression = "regression"
     digits = "digits"
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     classification = "classification"
     regression = "regression"
 
 
-class Aggregation(str, Enum):
+class Aggregation(StrEnum):
     uniform = "uniform"
     weighted = "weighted"
 
