@@ -54,10 +54,13 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 
 def quiet_logs(verbose: bool) -> None:
     """Flower's logger has its own handler and also propagates to Hydra's root logger (every line twice):
-    stop the propagation, and keep it to errors (a failing client's traceback) unless ``verbose``."""
+    stop the propagation, and keep it to errors (a failing client's traceback) unless ``verbose``; likewise
+    for the libraries Flower brings along."""
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # Flower's state store imports alembic, whose plugin set-up logs at INFO through Hydra's root handler.
+    logging.getLogger("alembic").setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
         warnings.filterwarnings("ignore", module="flwr")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")

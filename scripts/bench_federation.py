@@ -75,7 +75,7 @@ def step_cost_table(overrides: list[str], repeats: int = 7) -> None:
     data = client_data(base, 0)
     print(
         f"Local update of one client (`local_steps={base['local_steps']}`, `batch_size={base['batch_size']}`, "
-        f"model={base['model']['name']}), median of {repeats}:\n"
+        f"model={base['model']['name']}), median of {repeats} after a warm-up (one run for updates over 5 s):\n"
     )
     print("| algorithm / hessian | seconds | × fo |")
     print("|---|---:|---:|")
