@@ -83,14 +83,18 @@ def local_spec(cfg: dict[str, Any]) -> algorithm.LocalSpec:
     )
 
 
-def train(message: Message, context: Context) -> Message:
-    """Local update from the global weights; reply with the new weights and training metrics."""
-    start = time.perf_counter()
+def _receive(message: Message, context: Context) -> tuple[int, dict[str, Any], int, ClientData, torch.nn.Module]:
+    """What every handler starts from: (round, run config, client id, its data, the model with the sent weights)."""
     server_round, cfg = run_config(message)
     _setup_threads(cfg)
     cid = partition_id(context)
-    data = client_data(cfg, cid)
-    model = _model_from(message, cfg)
+    return server_round, cfg, cid, client_data(cfg, cid), _model_from(message, cfg)
+
+
+def train(message: Message, context: Context) -> Message:
+    """Local update from the global weights; reply with the new weights and training metrics."""
+    start = time.perf_counter()
+    server_round, cfg, cid, data, model = _receive(message, context)
     result = algorithm.local_update(
         model,
         task.build_loss(cfg["dataset"]),
@@ -115,11 +119,7 @@ def train(message: Message, context: Context) -> Message:
 def evaluate(message: Message, context: Context) -> Message:
     """Global and personalized (α-step on the training split) test metrics of the received weights."""
     start = time.perf_counter()
-    _, cfg = run_config(message)
-    _setup_threads(cfg)
-    cid = partition_id(context)
-    data = client_data(cfg, cid)
-    model = _model_from(message, cfg)
+    _, cfg, cid, data, model = _receive(message, context)
     metrics = algorithm.personalized_evaluation(
         model,
         task.build_loss(cfg["dataset"]),

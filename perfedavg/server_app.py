@@ -169,6 +169,7 @@ class Federation:
             if not (all_finite(update) and math.isfinite(row["train-loss"])):
                 log.warning("round %d: client %d sent a non-finite update; excluded", server_round, row["client-id"])
                 failures.append((int(row["client-id"]), "non-finite update"))
+                self.history.client_failures += 1
                 continue
             updates.append(update)
             rows.append(row)

@@ -148,3 +148,28 @@ def test_simulation_matches_the_in_process_federation(tmp_path: Path) -> None:
         assert {k: v for k, v in a.items() if not k.startswith("time/")} == {
             k: v for k, v in b.items() if not k.startswith("time/")
         }
+
+
+def poisoning(client_id: int):
+    """A mod that replaces one client's trained weights with NaNs (a diverged client)."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    def mod(message: Message, context: Context, call_next):
+        reply = call_next(message, context)
+        if int(context.node_config["partition-id"]) == client_id and message.metadata.message_type == "train":
+            state = reply.content["arrays"].to_torch_state_dict()
+            reply.content["arrays"] = ArrayRecord({k: torch.full_like(v, float("nan")) for k, v in state.items()})
+        return reply
+
+    return mod
+
+
+def test_a_non_finite_update_is_excluded_and_counted(tmp_path: Path, caplog) -> None:
+    clean = federate([*ANN_SMALL, "fraction=1.0"], tmp_path / "clean")
+    poisoned = federate([*ANN_SMALL, "fraction=1.0"], tmp_path / "poisoned", build_client_app(mods=[poisoning(2)]))
+    assert [r["clients/failed"] for r in poisoned["rounds"]] == [1, 1, 1]
+    assert poisoned["client_failures"] == 3
+    assert all(math.isfinite(v) for v in poisoned["final"].values())
+    assert poisoned["final"] != clean["final"]  # the average is over the three healthy clients
+    assert "client 2 sent a non-finite update; excluded" in caplog.text
