@@ -124,8 +124,9 @@ def test_personalization_uses_train_split_only_and_leaves_global_model() -> None
         adapted.bias -= 0.3 * gb
     with torch.no_grad():
         expected = float(loss_fn(adapted(x_test), y_test))
+        expected_global = float(loss_fn(model(x_test), y_test))
     assert metrics["personalized_loss"] == pytest.approx(expected, rel=1e-12)
-    assert metrics["global_loss"] == pytest.approx(float(loss_fn(model(x_test), y_test)), rel=1e-12)
+    assert metrics["global_loss"] == pytest.approx(expected_global, rel=1e-12)
     assert set(metrics) == {"global_loss", "personalized_loss"}
     for k, v in before.items():
         assert torch.equal(model.state_dict()[k], v)
