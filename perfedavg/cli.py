@@ -36,8 +36,35 @@ def _job(cfg: DictConfig) -> float | None:
     return final.get("eval/personalized_acc", final.get("eval/personalized_loss"))
 
 
+def resume_arguments(argv: list[str]) -> list[str]:
+    """With ``resume=<run dir>``: the run's original overrides (the user's own replace those with the same key),
+    its ``num_rounds`` as last checkpointed (an extended run stays extended), the user's arguments, and Hydra told
+    to write into that directory without rewriting its ``.hydra/`` record (a refused resume changes nothing)."""
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("resume= continues one run; it cannot be combined with a multirun (-m)")
+    run_dir = Path(given[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.exists():
+        raise ConfigError(f"resume={run_dir}: not a perfedavg run directory (no {saved})")
+    import yaml
+
+    from perfedavg import checkpoint
+
+    keys = {a.split("=", 1)[0] for a in argv if "=" in a}
+    original = [o for o in yaml.safe_load(saved.read_text()) or [] if o.split("=", 1)[0] not in keys | {"resume"}]
+    state = checkpoint.load(run_dir)
+    if state is not None and "num_rounds" not in keys:
+        original = [o for o in original if not o.startswith("num_rounds=")]
+        original.append(f"num_rounds={state['config']['num_rounds']}")
+    return [*original, *argv, f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
+
+
 def main() -> None:
     try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))
     except ConfigError as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)

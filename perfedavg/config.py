@@ -55,6 +55,11 @@ class Aggregation(StrEnum):
     weighted = "weighted"
 
 
+class Backend(StrEnum):
+    ray = "ray"  # Flower's simulation engine: clients in parallel Ray actors
+    inprocess = "inprocess"  # clients one after another in this process: no Ray, breakpoints work
+
+
 @dataclass
 class ModelConf:
     name: ModelName = MISSING
@@ -109,6 +114,8 @@ class Config:
     aggregation: Aggregation = Aggregation.uniform
     client_cpus: float = 1.0
     verbose: bool = False
+    backend: Backend = Backend.ray
+    resume: str | None = None  # a run directory whose last checkpoint to continue from
 
 
 def register_schema() -> None:

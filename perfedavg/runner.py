@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from perfedavg import curvature, task
+from perfedavg import checkpoint, curvature, task
 from perfedavg.config import ConfigError, register_schema, to_container, validate
 from perfedavg.data import check_dataset
 
@@ -40,6 +40,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Validate everything that can be checked without Flower; return the resolved config as plain data."""
     validate(cfg)
     resolved = to_container(cfg)
+    if resolved["resume"]:
+        check_resumable(resolved)
     check_dataset(resolved["dataset"], resolved["num_clients"], resolved["seed"])
     if resolved["hessian"]["mode"] == "exact":
         model = task.build_model(resolved["model"], resolved["seed"])
@@ -50,6 +52,27 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         except curvature.HessianTooLargeError as e:
             raise ConfigError(f"hessian=exact with model={resolved['model']['name']}: {e}") from None
     return resolved
+
+
+def check_resumable(resolved: dict[str, Any]) -> None:
+    """``resume=<run dir>`` must name a run with a checkpoint whose config matches in everything that matters."""
+    run_dir = Path(resolved["resume"])
+    state = checkpoint.load(run_dir) if run_dir.is_dir() else None
+    if state is None:
+        raise ConfigError(
+            f"resume={resolved['resume']}: no checkpoint there "
+            f"(expected {checkpoint.checkpoint_path(run_dir)}, written after every completed round)"
+        )
+    differences = checkpoint.result_differences(state["config"], resolved)
+    if differences:
+        raise ConfigError(
+            f"resume={resolved['resume']}: the config differs from the checkpointed run in keys that change "
+            "results:\n    " + "\n    ".join(differences)
+        )
+    if resolved["num_rounds"] < state["round"]:
+        raise ConfigError(
+            f"num_rounds={resolved['num_rounds']}: the run to resume has already completed {state['round']} rounds"
+        )
 
 
 def quiet_logs(verbose: bool) -> None:
@@ -82,7 +105,16 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
     ``client_app`` replaces the standard ClientApp (tests wrap it with fault-injecting mods).
     """
     resolved = prepare(cfg) if isinstance(cfg, DictConfig) else cfg
+    if resolved.get("resume"):
+        run_dir = Path(resolved["resume"])  # a resumed run continues in its own directory and TensorBoard log
     quiet_logs(resolved["verbose"])
+    if resolved.get("backend") == "inprocess":
+        from perfedavg.client_app import app as inprocess_app
+        from perfedavg.inprocess_grid import InProcessGrid
+        from perfedavg.server_app import run_and_record
+
+        grid = InProcessGrid(client_app or inprocess_app, resolved["num_clients"])
+        return run_and_record(grid, resolved, Path(run_dir))
     from flwr.simulation import run_simulation
 
     from perfedavg import sim_engine

@@ -21,7 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from perfedavg import sim_engine, task
+from perfedavg import checkpoint, sim_engine, task
 
 log = logging.getLogger("perfedavg")
 
@@ -89,8 +89,16 @@ class History:
 class Federation:
     """One federation over a :class:`~flwr.serverapp.Grid`; :meth:`run` executes every round."""
 
-    def __init__(self, grid: Grid, cfg: dict[str, Any], run_dir: Path, tracker: Any | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: dict[str, Any],
+        run_dir: Path,
+        tracker: Any | None = None,
+        resume_state: dict[str, Any] | None = None,
+    ) -> None:
         self.grid = grid
+        self.resume_state = resume_state
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.tracker = tracker
@@ -121,7 +129,8 @@ class Federation:
             if m.metadata.dst_node_id not in answered
         ]
         ok = []
-        for reply in replies:
+        # Replies come in completion order; floating-point sums depend on order, so fix it: by client id.
+        for reply in sorted(replies, key=lambda r: self.client_of.get(r.metadata.src_node_id, -1)):
             if reply.has_error():
                 failures.append((self.client_of.get(reply.metadata.src_node_id, -1), str(reply.error.reason)))
             else:
@@ -201,15 +210,41 @@ class Federation:
         per_client = [float(r["personalized_acc" if "personalized_acc" in r else "personalized_loss"]) for r in rows]
         return metrics, per_client
 
+    def _initial_state(self) -> tuple[Weights, int]:
+        """The global weights and the first round to run: fresh, or where the checkpoint left off."""
+        state = self.resume_state
+        if state is None:
+            return task.build_model(self.cfg["model"], self.cfg["seed"]).state_dict(), 1
+        self.sample_rng.bit_generator.state = state["sample_rng"]
+        self.eval_rng.bit_generator.state = state["eval_rng"]
+        self.history.rounds = list(state["rounds"])
+        self.history.client_failures = int(state["client_failures"])
+        log.info("resuming after round %d of %d", state["round"], self.cfg["num_rounds"])
+        return state["weights"], int(state["round"]) + 1
+
+    def _checkpoint(self, server_round: int, weights: Weights) -> None:
+        checkpoint.save(
+            self.run_dir,
+            {
+                "round": server_round,
+                "weights": weights,
+                "sample_rng": self.sample_rng.bit_generator.state,
+                "eval_rng": self.eval_rng.bit_generator.state,
+                "rounds": self.history.rounds,
+                "client_failures": self.history.client_failures,
+                "config": self.cfg,
+            },
+        )
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.perf_counter()
         timeline = {"server_start": time.time()}
         self.discover_clients()
         timeline["first_round_start"] = time.time()
-        weights = task.build_model(cfg["model"], cfg["seed"]).state_dict()
+        weights, first = self._initial_state()
         total = int(cfg["num_rounds"])
-        for server_round in range(1, total + 1):
+        for server_round in range(first, total + 1):
             t0 = time.perf_counter()
             weights, metrics = self.train_round(server_round, weights)
             if not all_finite(weights):
@@ -232,6 +267,7 @@ class Federation:
                 )
                 self.tracker.histogram(tag, per_client, server_round)
             log.info(progress_line(server_round, total, metrics))
+            self._checkpoint(server_round, weights)
         summary = {
             "final": self.history.final(),
             "rounds": self.history.rounds,
@@ -286,9 +322,11 @@ def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, 
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = RunLogger(run_dir)
+    state = checkpoint.load(run_dir) if cfg.get("resume") else None
+    # Events of a round the interrupted run logged but did not checkpoint are dropped from the log.
+    tracker = RunLogger(run_dir, purge_step=None if state is None else int(state["round"]) + 1)
     try:
-        summary = Federation(grid, cfg, run_dir, tracker).run()
+        summary = Federation(grid, cfg, run_dir, tracker, resume_state=state).run()
         tracker.hparams(hparams_of(cfg), {f"hparams/{k}": v for k, v in summary["final"].items()})
     finally:
         tracker.close()

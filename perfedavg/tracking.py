@@ -13,9 +13,10 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 class RunLogger:
     """Writes one run's event file into ``logdir`` (the Hydra run directory)."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, purge_step: int | None = None) -> None:
+        """``purge_step``: when resuming, events at this step and later from the earlier run are discarded."""
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(log_dir=str(self.logdir))
+        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=purge_step)
 
     def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
         for tag, value in metrics.items():

@@ -1,0 +1,104 @@
+"""Checkpoints and resume: a run killed with SIGKILL and resumed ends exactly as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perfedavg import checkpoint
+from perfedavg.config import ConfigError
+from perfedavg.runner import compose, prepare
+
+PERFEDAVG = [sys.executable, "-m", "perfedavg"]
+COMMON = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=6", "local_steps=10"]
+
+
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*PERFEDAVG, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def non_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rounds = 25
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    out = cli([*COMMON, f"num_rounds={rounds}", f"hydra.run.dir={full}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+    proc = subprocess.Popen(
+        [*PERFEDAVG, *COMMON, f"num_rounds={rounds}", f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    state = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = checkpoint.load(killed)
+        if state is not None and state["round"] >= 3:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = checkpoint.load(killed)["round"]
+    assert 3 <= done < rounds, f"the run was not interrupted mid-way (checkpoint at round {done})"
+    assert not (killed / "metrics.json").exists()
+
+    out = cli([f"resume={killed}"], tmp_path)  # the original overrides come from the run directory
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"resuming after round {done}" in out.stdout + out.stderr
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert b["final"] == a["final"]
+    assert non_time(b["rounds"]) == non_time(a["rounds"])
+
+    # One TensorBoard log: every round once, the interrupted run's stale events purged.
+    acc = EventAccumulator(str(killed), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, rounds + 1))
+    assert acc.Scalars("train/loss")[-1].value == pytest.approx(a["final"]["train/loss"])
+
+
+def test_resume_refuses_a_config_that_changes_results(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert cli([*COMMON, "num_rounds=2", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    out = cli([f"resume={run_dir}", "alpha=0.2", "batch_size=4"], tmp_path)
+    assert out.returncode == 2
+    assert "alpha: 0.05 → 0.2" in out.stderr and "batch_size: 16 → 4" in out.stderr
+    assert "Traceback" not in out.stderr
+    extended = cli([f"resume={run_dir}", "num_rounds=3"], tmp_path)  # more rounds is allowed: it extends the run
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    assert checkpoint.load(run_dir)["round"] == 3
+
+
+def test_resume_errors_name_the_problem(tmp_path: Path) -> None:
+    out = cli([f"resume={tmp_path / 'nowhere'}"], tmp_path)
+    assert out.returncode == 2 and "not a perfedavg run directory" in out.stderr
+    with pytest.raises(ConfigError, match="no checkpoint there"):
+        prepare(compose([f"resume={tmp_path}"]))
+
+
+def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
+    import torch
+
+    checkpoint.save(tmp_path, {"round": 1, "weights": {"w": torch.zeros(2)}})
+    checkpoint.save(tmp_path, {"round": 2, "weights": {"w": torch.ones(2)}})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]  # no temporary left
+    assert checkpoint.load(tmp_path)["round"] == 2
+    diffs = checkpoint.result_differences(
+        {"alpha": 0.1, "hessian": {"mode": "hvp"}, "verbose": False},
+        {"alpha": 0.1, "hessian": {"mode": "fo"}, "verbose": True},
+    )
+    assert diffs == ["hessian.mode: hvp → fo"]
