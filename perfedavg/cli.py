@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from perfedavg.config import ConfigError, check_overrides, register_schema
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
-from perfedavg.runner import CONF_DIR, run
+from perfedavg.runner import CONF_DIR, check_output_dir, run
 from perfedavg.server_app import FederationError
 
 log = logging.getLogger("perfedavg")
@@ -62,10 +62,19 @@ def resume_arguments(argv: list[str]) -> list[str]:
     return [*original, *argv, f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
 
 
+def output_target(argv: list[str]) -> Path:
+    """Where Hydra will create this invocation's run (or sweep) directory."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    explicit = [a.split("=", 1)[1] for a in argv if a.startswith(key)]
+    return Path(explicit[-1]) if explicit else Path.cwd() / ("multirun" if multirun else "outputs")
+
+
 def main() -> None:
     try:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))
+        check_output_dir(output_target(sys.argv[1:]))
     except ConfigError as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)
         sys.exit(2)

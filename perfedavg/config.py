@@ -112,6 +112,7 @@ class Config:
     eval_every: int = 1
     eval_fraction: float = 1.0
     aggregation: Aggregation = Aggregation.uniform
+    min_clients: int = 1  # a training round with fewer successful clients stops the run
     client_cpus: float = 1.0
     verbose: bool = False
     backend: Backend = Backend.ray
@@ -132,7 +133,7 @@ def _positive(name: str, value: Any, problems: list[str], integer: bool = False)
 def validate(cfg: DictConfig) -> None:
     """Check ranges and combinations; raise :class:`ConfigError` with one line per problem."""
     problems: list[str] = []
-    for key in ("num_rounds", "num_clients", "local_steps", "batch_size", "adapt_steps", "eval_every"):
+    for key in ("num_rounds", "num_clients", "local_steps", "batch_size", "adapt_steps", "eval_every", "min_clients"):
         _positive(key, cfg[key], problems, integer=True)
     for key in ("alpha", "beta", "delta", "client_cpus"):
         _positive(key, cfg[key], problems)
@@ -143,6 +144,12 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"dataset.test_fraction={cfg.dataset.test_fraction}: must be in (0, 1)")
     if cfg.hessian.max_memory_gb is not None:
         _positive("hessian.max_memory_gb", cfg.hessian.max_memory_gb, problems)
+    sampled = min(cfg.num_clients, max(1, round(cfg.fraction * cfg.num_clients)))
+    if cfg.min_clients > sampled:
+        problems.append(
+            f"min_clients={cfg.min_clients}: more than the {sampled} clients sampled per round "
+            f"(fraction={cfg.fraction} of num_clients={cfg.num_clients})"
+        )
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed}: must be a non-negative integer")
     problems += _model_dataset_problems(cfg)

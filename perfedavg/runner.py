@@ -54,6 +54,36 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return resolved
 
 
+#: Free space a run needs at least where it writes (logs, event files, one checkpoint at a time).
+MIN_FREE_BYTES = 200 * 10**6
+
+
+def check_output_dir(path: Path) -> None:
+    """Fail early and clearly if a run could not write into ``path`` (created later if missing) or the disk is
+    nearly full: the nearest existing ancestor must be a writable directory with :data:`MIN_FREE_BYTES` free."""
+    import shutil
+    import tempfile
+
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output directory {path}: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".perfedavg-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"output directory {path}: cannot write in {existing} ({e.strerror})") from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"output directory {path}: only {free / 1e6:.0f} MB free on its disk; a run needs at least "
+            f"{MIN_FREE_BYTES / 1e6:.0f} MB for logs and checkpoints"
+        )
+
+
 def check_resumable(resolved: dict[str, Any]) -> None:
     """``resume=<run dir>`` must name a run with a checkpoint whose config matches in everything that matters."""
     run_dir = Path(resolved["resume"])
@@ -107,6 +137,7 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
     resolved = prepare(cfg) if isinstance(cfg, DictConfig) else cfg
     if resolved.get("resume"):
         run_dir = Path(resolved["resume"])  # a resumed run continues in its own directory and TensorBoard log
+    check_output_dir(Path(run_dir))
     quiet_logs(resolved["verbose"])
     if resolved.get("backend") == "inprocess":
         from perfedavg.client_app import app as inprocess_app

@@ -171,7 +171,7 @@ class Federation:
         clients = sample_clients(self.sample_rng, self.cfg["num_clients"], self.cfg["fraction"])
         replies, failures = self._exchange(self._messages(clients, weights, server_round, MessageType.TRAIN))
         self._count_failures(server_round, "training", failures)
-        updates, rows = [], []
+        updates, rows, non_finite = [], [], 0
         for reply in replies:
             update = reply.content["arrays"].to_torch_state_dict()
             row = dict(reply.content["metrics"])
@@ -179,12 +179,17 @@ class Federation:
                 log.warning("round %d: client %d sent a non-finite update; excluded", server_round, row["client-id"])
                 failures.append((int(row["client-id"]), "non-finite update"))
                 self.history.client_failures += 1
+                non_finite += 1
                 continue
             updates.append(update)
             rows.append(row)
-        if not updates:
+        if len(updates) < self.cfg["min_clients"] or not updates:
             reasons = "; ".join(f"client {c}: {r.strip().splitlines()[-1] if r.strip() else r}" for c, r in failures)
-            raise FederationError(f"round {server_round}: all {len(clients)} sampled clients failed ({reasons})")
+            what = f"all {len(clients)}" if not updates else f"{len(failures)} of {len(clients)}"
+            raise FederationError(
+                f"round {server_round}: {what} sampled clients failed, {len(updates)} succeeded "
+                f"(min_clients={self.cfg['min_clients']}): {reasons}"
+            )
         weighted = self.cfg["aggregation"] == "weighted"
         new = aggregate(updates, [r["num-examples"] if weighted else 1.0 for r in rows])
         metrics = {
@@ -194,6 +199,7 @@ class Federation:
             "time/train_compute_total_s": sum(float(r["compute-s"]) for r in rows),
             "clients/trained": float(len(updates)),
             "clients/failed": float(len(failures)),
+            "clients/non_finite": float(non_finite),
         }
         return new, metrics
 

@@ -38,6 +38,8 @@ BAD_INPUTS = [
     (["hessian=exact", "hessian.max_memory_gb=0.1"], ["P = 20,810", "max_memory_gb = 0.10 GB", "hessian=hvp"]),
     (["model=ann"], ["model=ann", "dataset=regression", "dataset=digits"]),
     (["hessian.mode=newton"], ["newton", "exact, hvp, fd, diag, fo"]),
+    (["min_clients=11"], ["min_clients=11", "more than the 10 clients sampled per round"]),
+    (["hydra.run.dir=/etc/hostname/run"], ["output directory /etc/hostname/run", "is a file, not a directory"]),
 ]
 
 
@@ -105,3 +107,16 @@ def test_multirun_gives_one_run_directory_per_job(tmp_path: Path) -> None:
     assert "round 1/1" in log and "tensorboard --logdir" in log
     assert log.count("round 1/1 |") == 2  # one progress line per job
     assert "DEPRECATED" not in log and "alembic" not in log  # Flower and its libraries stay quiet by default
+
+
+def test_a_nearly_full_disk_is_refused_before_the_run(monkeypatch, tmp_path: Path) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from perfedavg import runner
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
+    with pytest.raises(ConfigError, match="only 5 MB free on its disk; a run needs at least 200 MB"):
+        runner.run(compose(["experiment=smoke"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -87,8 +87,15 @@ def test_a_failing_client_is_counted_and_the_round_goes_on(tmp_path: Path, caplo
 
 def test_every_client_failing_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
     app = build_client_app(mods=[failing_on({0, 1, 2, 3})])
-    with pytest.raises(FederationError, match=r"round 1: all 4 sampled clients failed .*injected failure"):
+    with pytest.raises(FederationError, match=r"round 1: all 4 sampled clients failed.*injected failure"):
         federate([*ANN_SMALL, "fraction=1.0"], tmp_path, app)
+
+
+def test_a_round_below_min_clients_stops_the_run(tmp_path: Path) -> None:
+    app = build_client_app(mods=[failing_on({1})])
+    with pytest.raises(FederationError, match=r"round 1: 1 of 4 sampled clients failed, 3 succeeded \(min_clients=4\)"):
+        federate([*ANN_SMALL, "fraction=1.0", "min_clients=4"], tmp_path, app)
+    assert federate([*ANN_SMALL, "fraction=1.0", "min_clients=3"], tmp_path / "ok", app)["client_failures"] == 3
 
 
 def test_sampling_and_aggregation_rules() -> None:
@@ -169,6 +176,8 @@ def test_a_non_finite_update_is_excluded_and_counted(tmp_path: Path, caplog) -> 
     clean = federate([*ANN_SMALL, "fraction=1.0"], tmp_path / "clean")
     poisoned = federate([*ANN_SMALL, "fraction=1.0"], tmp_path / "poisoned", build_client_app(mods=[poisoning(2)]))
     assert [r["clients/failed"] for r in poisoned["rounds"]] == [1, 1, 1]
+    assert [r["clients/non_finite"] for r in poisoned["rounds"]] == [1, 1, 1]
+    assert [r["clients/non_finite"] for r in clean["rounds"]] == [0, 0, 0]
     assert poisoned["client_failures"] == 3
     assert all(math.isfinite(v) for v in poisoned["final"].values())
     assert poisoned["final"] != clean["final"]  # the average is over the three healthy clients
