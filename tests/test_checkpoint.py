@@ -102,3 +102,29 @@ def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
         {"alpha": 0.1, "hessian": {"mode": "fo"}, "verbose": True},
     )
     assert diffs == ["hessian.mode: hvp → fo"]
+
+
+def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
+    """The global model can only turn non-finite in aggregation (non-finite updates are excluded before it), e.g.
+    by overflow; force that in round 3 and check the stop, the message and what is kept."""
+    import torch
+
+    from perfedavg import server_app
+    from perfedavg.client_app import app
+    from perfedavg.inprocess_grid import InProcessGrid
+
+    real_aggregate = server_app.aggregate
+    calls = {"n": 0}
+
+    def overflowing(updates, weights):
+        calls["n"] += 1
+        out = real_aggregate(updates, weights)
+        return {k: torch.full_like(v, float("inf")) for k, v in out.items()} if calls["n"] == 3 else out
+
+    monkeypatch.setattr(server_app, "aggregate", overflowing)
+    cfg = prepare(compose([*COMMON, "num_rounds=5"]))
+    with pytest.raises(server_app.FederationError, match=r"round 3: the aggregated global model is not finite.*alpha="):
+        server_app.run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
+    state = checkpoint.load(tmp_path)
+    assert state["round"] == 2 and all(torch.isfinite(v).all() for v in state["weights"].values())
+    assert list(tmp_path.glob("events.out.tfevents*"))  # the log so far is kept
