@@ -212,8 +212,9 @@ def hvp(model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor) -> Tensor:
     """The exact Hessian-vector product ``H v`` ``[P]``, by double backward (Pearlmutter's trick).
 
     One forward, a backward that records its own graph, and a second backward through it. Cost measured at
-    about 2.7–2.9 gradients (``scripts/bench_curvature.py``); ``torch.func`` forward-over-reverse measured
-    5–6.5 gradients here and fails through ``F.mse_loss(reduction="mean")`` in torch 2.13, so it is not used.
+    1.85–2.30 gradients (``scripts/bench_curvature.py``, ANN to the 784-input MLP); ``torch.func``
+    forward-over-reverse costs 5–6.5 gradients (DESIGN.md's measurement) and fails through
+    ``F.mse_loss(reduction="mean")`` in torch 2.13, so it is not used.
     Memory: O(P) plus the graph of one gradient.
     """
     layout, leaves, grads = _graph_gradient(model, loss_fn, batch)
@@ -308,9 +309,9 @@ def hessian(model: nn.Module, loss_fn: LossFn, batch: Batch, *, max_memory_gb: f
     Built ``c`` rows at a time (:func:`_hessian_row_blocks`): one gradient with ``create_graph=True``, then per
     chunk one batched double backward (``is_grads_batched``) with one-hot cotangents, written straight into the
     preallocated result. Cost: P Hessian-vector products' worth of arithmetic in about P/64 vectorised passes
-    (Net(12, 12), P = 23,365: ~12 s on a 2-core CPU); peak memory: the ``P²`` result plus a few ``c × P``
-    blocks. Before allocating, the size is checked against ``max_memory_gb`` (default: half the available
-    memory) and :class:`HessianTooLargeError` names P, the bytes and the budget.
+    (Net(12, 12), P = 23,365: 15.5 s with 1 thread, 10.5 s with 2, on a 2-core CPU); peak memory: the ``P²``
+    result plus a few ``c × P`` blocks. Before allocating, the size is checked against ``max_memory_gb`` (default:
+    half the available memory) and :class:`HessianTooLargeError` names P, the bytes and the budget.
     """
     layout = parameter_layout(model)
     p = layout.size
@@ -419,7 +420,7 @@ def correction(
     ``mode``:
 
     * ``exact``: build H (:func:`hessian`) and multiply; O(P²) memory, ~P HVPs of work.
-    * ``hvp``: exact, via one :func:`hvp` (≈ 2.7–2.9 gradients).
+    * ``hvp``: exact, via one :func:`hvp` (≈ 2 gradients).
     * ``fd``: the paper's finite difference :func:`fd_hvp` with step ``delta`` (2 gradients).
     * ``diag``: ``(1 − α·diag H) ⊙ g`` with the exact diagonal (:func:`hessian_diag`), the first seed's variant.
     * ``fo``: ``g`` (first-order Per-FedAvg; no curvature).

@@ -77,7 +77,3 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable scalars P (the side of the Hessian)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -183,7 +183,7 @@ class Federation:
                 continue
             updates.append(update)
             rows.append(row)
-        if len(updates) < self.cfg["min_clients"] or not updates:
+        if len(updates) < max(1, self.cfg["min_clients"]):
             reasons = "; ".join(f"client {c}: {r.strip().splitlines()[-1] if r.strip() else r}" for c, r in failures)
             what = f"all {len(clients)}" if not updates else f"{len(failures)} of {len(clients)}"
             raise FederationError(

@@ -6,7 +6,7 @@ before it) is its own. Fast methods report the median of 50 calls after 5 warm-u
 gradient whose median gives the "× gradient" ratio; the slow ones run once, after one warm-up call on the tiny ANN
 (so one-off initialisation is not counted).
 
-    .venv/bin/python scripts/bench_curvature.py            # all models (about 3 minutes on 2 cores)
+    .venv/bin/python scripts/bench_curvature.py            # all models (about 4 minutes on 2 cores)
     .venv/bin/python scripts/bench_curvature.py --models ann net8
     .venv/bin/python scripts/bench_curvature.py --threads 2
 
