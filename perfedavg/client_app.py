@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from perfedavg import algorithm, task
-from perfedavg.data import ClientData, load_client
+from perfedavg.data import ClientData, data_params, load_client
 
 
 def run_config(message: Message) -> tuple[int, dict[str, Any]]:
@@ -39,7 +39,7 @@ def _client_data(dataset_json: str, client_id: int, num_clients: int, seed: int)
 
 def client_data(cfg: dict[str, Any], client_id: int) -> ClientData:
     """This client's data, built once per process (cached on the data set's parameters)."""
-    return _client_data(json.dumps(cfg["dataset"], sort_keys=True), client_id, cfg["num_clients"], cfg["seed"])
+    return _client_data(json.dumps(data_params(cfg), sort_keys=True), client_id, cfg["num_clients"], cfg["seed"])
 
 
 def client_generator(seed: int, client_id: int, server_round: int) -> torch.Generator:

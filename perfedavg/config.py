@@ -42,7 +42,19 @@ class ModelName(StrEnum):
 
 class DatasetName(StrEnum):
     regression = "regression"
+    synthetic = "synthetic"
     digits = "digits"
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+
+
+class PartitionName(StrEnum):
+    iid = "iid"
+    dirichlet = "dirichlet"
+    pathological = "pathological"
+    paper = "paper"
+    natural = "natural"  # generated per client: nothing to split
 
 
 class Task(StrEnum):
@@ -87,10 +99,24 @@ class DatasetConf:
     num_classes: int = 0  # classification only
     num_targets: int = 0  # regression only
     test_fraction: float = 0.2
-    labels_per_client: int = 2  # digits: distinct labels per client
     samples_per_client: int = 64  # regression: examples per client
     heterogeneity: float = 1.0  # regression: spread of the per-client tasks
     noise: float = 0.1  # regression: label noise standard deviation
+    synthetic_alpha: float = 0.5  # synthetic: spread of the users' models (FedProx's α)
+    synthetic_beta: float = 0.5  # synthetic: spread of the users' inputs (FedProx's β)
+    path: str | None = None  # hub data sets: a local directory (parquet files or an image folder) instead of the hub
+    cache_dir: str | None = None  # hub data sets: Hugging Face cache directory (default ~/.cache/huggingface)
+    image_key: str | None = None  # hub data sets: image column (default: the data set's own, else image/img)
+    label_key: str | None = None  # hub data sets: label column (default: label)
+
+
+@dataclass
+class PartitionConf:
+    name: PartitionName = MISSING
+    alpha: float = 0.5  # dirichlet: concentration (smaller: more skewed label mixes)
+    min_partition_size: int = 10  # dirichlet: resample until every client has at least this many examples
+    classes_per_client: int = 2  # pathological: distinct labels per client
+    images_per_class: int = 196  # paper: a (group A: a of each lower class; group B: a/2 lower + 2a upper)
 
 
 @dataclass
@@ -99,6 +125,7 @@ class Config:
     hessian: HessianConf = MISSING
     algorithm: AlgorithmConf = MISSING
     dataset: DatasetConf = MISSING
+    partition: PartitionConf = MISSING
     num_rounds: int = 20
     num_clients: int = 20
     fraction: float = 0.5
@@ -152,9 +179,40 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed}: must be a non-negative integer")
+    problems += _partition_problems(cfg)
     problems += _model_dataset_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+#: Data sets generated per client; they take ``partition=natural`` (the others are split by a partitioner).
+GENERATED_DATASETS = (DatasetName.regression, DatasetName.synthetic)
+
+
+def _partition_problems(cfg: DictConfig) -> list[str]:
+    data, part = DatasetName(cfg.dataset.name), PartitionName(cfg.partition.name)
+    if data in GENERATED_DATASETS and part is not PartitionName.natural:
+        return [f"partition={part.value}: dataset={data.value} is generated per client; use partition=natural"]
+    if data not in GENERATED_DATASETS and part is PartitionName.natural:
+        allowed = ", ".join(p.value for p in PartitionName if p is not PartitionName.natural)
+        return [f"partition=natural: dataset={data.value} is one pool split across clients; use one of: {allowed}"]
+    problems = []
+    if part is PartitionName.dirichlet and not cfg.partition.alpha > 0:
+        problems.append(f"partition.alpha={cfg.partition.alpha}: must be a positive number")
+    if part is PartitionName.dirichlet and cfg.partition.min_partition_size < 0:
+        problems.append(f"partition.min_partition_size={cfg.partition.min_partition_size}: must be ≥ 0")
+    if part is PartitionName.pathological and not 1 <= cfg.partition.classes_per_client <= cfg.dataset.num_classes:
+        problems.append(
+            f"partition.classes_per_client={cfg.partition.classes_per_client}: must be between 1 and "
+            f"{cfg.dataset.num_classes} (dataset={data.value} has {cfg.dataset.num_classes} classes)"
+        )
+    if part is PartitionName.paper:
+        a = cfg.partition.images_per_class
+        if a < 2 or a % 2:
+            problems.append(f"partition.images_per_class={a}: must be an even number ≥ 2 (group B gets a/2)")
+        if cfg.num_clients < 2:
+            problems.append(f"num_clients={cfg.num_clients}: partition=paper needs at least 2 clients (two groups)")
+    return problems
 
 
 def _model_dataset_problems(cfg: DictConfig) -> list[str]:
@@ -183,7 +241,7 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 
 #: Config groups: choosing one is ``group=option`` with ``conf/<group>/<option>.yaml``.
-GROUPS: tuple[str, ...] = ("model", "dataset", "hessian", "algorithm", "experiment")
+GROUPS: tuple[str, ...] = ("model", "dataset", "partition", "hessian", "algorithm", "experiment")
 
 
 def check_overrides(overrides: list[str], conf_dir: str) -> None:

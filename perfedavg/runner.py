@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from perfedavg import checkpoint, curvature, task
 from perfedavg.config import ConfigError, register_schema, to_container, validate
-from perfedavg.data import check_dataset
+from perfedavg.data import check_dataset, data_params
 
 log = logging.getLogger("perfedavg")
 
@@ -42,7 +42,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     resolved = to_container(cfg)
     if resolved["resume"]:
         check_resumable(resolved)
-    check_dataset(resolved["dataset"], resolved["num_clients"], resolved["seed"])
+    check_dataset(data_params(resolved), resolved["num_clients"], resolved["seed"])
     if resolved["hessian"]["mode"] == "exact":
         model = task.build_model(resolved["model"], resolved["seed"])
         try:

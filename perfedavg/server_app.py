@@ -302,6 +302,7 @@ def hparams_of(cfg: Mapping[str, Any]) -> dict[str, str | float | int]:
     return {
         "model": cfg["model"]["name"],
         "dataset": cfg["dataset"]["name"],
+        "partition": cfg["partition"]["name"],
         "algorithm": cfg["algorithm"]["name"],
         "hessian": cfg["hessian"]["mode"],
         **{

@@ -1,20 +1,231 @@
-"""Per-client data: the digits label split and the synthetic regression tasks (offline, deterministic)."""
+"""Per-client data: partition schemes, the image loaders on local files, FedProx's synthetic set, digits, regression.
+
+Nothing is downloaded: the hub loaders read parquet files and image folders that the tests write (same code path
+as a hub data set: ``FederatedDataset`` → ``datasets.load_dataset``).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from fake_images import images, write_image_folder, write_parquet
 from perfedavg.data import DataError, check_dataset, load_clients
 from perfedavg.data.digits import load_digits_arrays
+from perfedavg.data.partition import partition_indices
+from perfedavg.data.synthetic import synthetic_user
 
-DIGITS = {"name": "digits", "labels_per_client": 2, "test_fraction": 0.2}
-REGRESSION = {"name": "regression", "samples_per_client": 40, "heterogeneity": 1.0, "noise": 0.1, "test_fraction": 0.25}
+PATHOLOGICAL = {"name": "pathological", "classes_per_client": 2}
+DIGITS = {"name": "digits", "test_fraction": 0.2, "partition": PATHOLOGICAL}
+REGRESSION = {
+    "name": "regression",
+    "samples_per_client": 40,
+    "heterogeneity": 1.0,
+    "noise": 0.1,
+    "test_fraction": 0.25,
+    "partition": {"name": "natural"},
+}
+SYNTHETIC = {
+    "name": "synthetic",
+    "synthetic_alpha": 0.5,
+    "synthetic_beta": 0.5,
+    "input_shape": [60],
+    "num_classes": 10,
+    "test_fraction": 0.2,
+    "partition": {"name": "natural"},
+}
+#: A small labelled pool: 10 classes × 100 examples, classes interleaved.
+LABELS = np.tile(np.arange(10), 100)
+
+
+def label_counts(parts: list[np.ndarray], labels: np.ndarray = LABELS) -> list[Counter]:
+    return [Counter(int(v) for v in labels[p]) for p in parts]
+
+
+def assert_disjoint(parts: list[np.ndarray]) -> None:
+    joined = np.concatenate(parts)
+    assert len(joined) == len(set(joined.tolist()))
+
+
+# --- partition schemes: label structure on a small synthetic pool -------------------------------------------------
+
+
+def test_iid_partition_is_an_even_disjoint_cover_with_every_label() -> None:
+    parts = partition_indices(LABELS, {"name": "iid"}, 8, seed=0)
+    assert_disjoint(parts)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(LABELS)))
+    assert {len(p) for p in parts} <= {len(LABELS) // 8, len(LABELS) // 8 + 1}
+    assert all(len(c) == 10 for c in label_counts(parts))  # 125 random examples: every class shows up
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pathological_partition_gives_each_client_exactly_k_labels(k: int) -> None:
+    parts = partition_indices(LABELS, {"name": "pathological", "classes_per_client": k}, 12, seed=0)
+    assert_disjoint(parts)
+    assert [len(c) for c in label_counts(parts)] == [k] * 12
+    used = set().union(*label_counts(parts))
+    assert used == set(range(10))  # first class dealt deterministically: 12 clients cover all 10 classes
+
+
+def test_dirichlet_partition_is_skewed_and_respects_the_minimum_size() -> None:
+    spec = {"name": "dirichlet", "alpha": 0.1, "min_partition_size": 20}
+    parts = partition_indices(LABELS, spec, 8, seed=0)
+    assert_disjoint(parts)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(LABELS)))
+    assert min(len(p) for p in parts) >= 20
+    top_share = np.mean([max(c.values()) / sum(c.values()) for c in label_counts(parts)])
+    iid_share = np.mean([max(c.values()) / sum(c.values()) for c in label_counts(partition_indices(LABELS, {"name": "iid"}, 8, 0))])
+    assert top_share > 2 * iid_share  # α = 0.1: most of a client's examples come from one or two classes
+
+
+def test_paper_partition_has_the_papers_label_structure() -> None:
+    a, n = 8, 10
+    parts = partition_indices(LABELS, {"name": "paper", "images_per_class": a}, n, seed=0)
+    assert_disjoint(parts)
+    counts = label_counts(parts)
+    for c in counts[: n // 2]:  # group A: a images of each of classes 0–4
+        assert c == Counter({0: a, 1: a, 2: a, 3: a, 4: a})
+    lower_used = []
+    for c in counts[n // 2 :]:  # group B: a/2 of one class in 0–4 and 2a of one class in 5–9
+        (low, n_low), (high, n_high) = sorted(c.items())
+        assert low < 5 <= high and (n_low, n_high) == (a // 2, 2 * a)
+        lower_used.append(low)
+    assert sorted(lower_used) == [0, 1, 2, 3, 4]  # 5 group-B clients: each lower class dealt once
+
+
+def test_paper_partition_too_large_for_the_data_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match=r"partition=paper .* needs \d+ examples of class \d; the data has \d+"):
+        check_dataset({**DIGITS, "partition": {"name": "paper", "images_per_class": 100}}, 20, seed=0)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"name": "iid"}, PATHOLOGICAL, {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 10}, {"name": "paper", "images_per_class": 6}],
+)
+def test_every_partition_is_deterministic_in_the_seed(spec: dict) -> None:
+    a, b, c = (partition_indices(LABELS, spec, 10, seed=s) for s in (1, 1, 2))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert any(not np.array_equal(p, q) for p, q in zip(a, c))
+
+
+# --- image data sets from local files (the hub loader's code path) ----------------------------------------------
+
+HUB_CASES = [
+    ("mnist", "parquet", (28, 28), [1, 28, 28], "image"),
+    ("fashion_mnist", "image folder", (28, 28), [1, 28, 28], "image"),
+    ("cifar10", "parquet", (32, 32, 3), [3, 32, 32], "img"),
+]
+
+
+@pytest.mark.parametrize(("name", "layout", "shape", "input_shape", "key"), HUB_CASES)
+def test_image_data_sets_load_from_local_files(tmp_path: Path, name, layout, shape, input_shape, key) -> None:
+    x, y = images(12, shape)
+    if layout == "parquet":
+        root = write_parquet(tmp_path / "data", x, y, image_key=key)
+    else:
+        root = write_image_folder(tmp_path / "data", x, y)
+    params = {
+        "name": name,
+        "path": str(root),
+        "cache_dir": str(tmp_path / "cache"),
+        "input_shape": input_shape,
+        "test_fraction": 0.25,
+        "partition": {"name": "pathological", "classes_per_client": 2},
+    }
+    clients = load_clients(params, 5, seed=0)
+    used = set().union(*(set(c.train_labels()) | set(c.y_test.tolist()) for c in clients))
+    assert sum(c.num_train + c.num_test for c in clients) == 12 * len(used)  # every image of a used class, once
+    originals = {tuple(np.asarray(img, dtype=np.float32).flatten() / 255.0): int(lbl) for img, lbl in zip(x, y)}
+    for c in clients:
+        assert list(c.x_train.shape[1:]) == input_shape and c.x_train.dtype == torch.float32
+        assert len(set(c.train_labels()) | set(c.y_test.tolist())) == 2
+        for image, label in zip(c.x_train, c.y_train):  # pixels and labels survive the round trip exactly
+            hwc = image.permute(1, 2, 0) if input_shape[0] == 3 else image[0]
+            assert originals[tuple(hwc.flatten().tolist())] == int(label)
+    again = load_clients(params, 5, seed=0)
+    assert all(torch.equal(p.x_train, q.x_train) for p, q in zip(clients, again))
+
+
+def test_paper_partition_on_a_local_mnist(tmp_path: Path) -> None:
+    x, y = images(40, (28, 28))
+    params = {
+        "name": "mnist",
+        "path": str(write_parquet(tmp_path / "data", x, y)),
+        "cache_dir": str(tmp_path / "cache"),
+        "input_shape": [1, 28, 28],
+        "test_fraction": 0.2,
+        "partition": {"name": "paper", "images_per_class": 6},
+    }
+    clients = load_clients(params, 6, seed=0)
+    held = [Counter(c.train_labels() + c.y_test.tolist()) for c in clients]
+    assert [sum(Counter(c.y_train.tolist() + c.y_test.tolist()).values()) for c in clients] == [30] * 3 + [15] * 3
+    assert all(set(h) == {0, 1, 2, 3, 4} for h in held[:3])
+
+
+def test_missing_hub_data_set_is_a_clear_error_offline(tmp_path: Path) -> None:
+    params = {
+        "name": "cifar10",
+        "cache_dir": str(tmp_path / "empty-cache"),
+        "input_shape": [3, 32, 32],
+        "test_fraction": 0.2,
+        "partition": {"name": "iid"},
+    }
+    with pytest.raises(DataError, match=r"dataset=cifar10: cannot load 'uoft-cs/cifar10'.*perfedavg\.data\.fetch cifar10"):
+        check_dataset(params, 5, seed=0)
+
+
+def test_unreadable_local_path_and_wrong_shape_are_clear_errors(tmp_path: Path) -> None:
+    base = {"name": "mnist", "cache_dir": str(tmp_path / "c"), "test_fraction": 0.2, "partition": {"name": "iid"}}
+    with pytest.raises(DataError, match=r"dataset.path=.*missing.* must be a directory"):
+        check_dataset({**base, "path": str(tmp_path / "missing"), "input_shape": [1, 28, 28]}, 2, seed=0)
+    x, y = images(3, (32, 32, 3))
+    root = write_parquet(tmp_path / "rgb", x, y)
+    with pytest.raises(DataError, match=r"images have shape \[1, 32, 32\], dataset.input_shape is \[1, 28, 28\]"):
+        check_dataset({**base, "path": str(root), "input_shape": [1, 28, 28]}, 2, seed=0)
+
+
+# --- FedProx's Synthetic(α, β) -----------------------------------------------------------------------------------
+
+
+def test_synthetic_users_follow_fedprox_and_are_deterministic() -> None:
+    x, y = synthetic_user(3, seed=0, alpha=0.5, beta=0.5)
+    x2, y2 = synthetic_user(3, seed=0, alpha=0.5, beta=0.5)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert x.shape[1] == 60 and x.dtype == np.float32 and set(y.tolist()) <= set(range(10))
+    sizes = [len(synthetic_user(k, seed=0, alpha=0.5, beta=0.5)[1]) for k in range(200)]
+    assert min(sizes) >= 50
+    assert 80 < np.median(sizes) < 140  # ⌊LogNormal(4, 2)⌋ + 50 has median e⁴ + 50 ≈ 105
+    big = synthetic_user(0, seed=1, alpha=0.0, beta=0.0, num_features=60)[0]
+    spread = big.std(axis=0)  # per-feature std ≈ j^-0.6 (covariance diag(j^-1.2))
+    assert spread[0] > 2 * spread[-1]
+
+
+def test_synthetic_beta_spreads_the_users_input_means() -> None:
+    # v_k ~ N(B_k, 1) per feature with B_k ~ N(0, β): a user's mean feature value ≈ B_k, so across users its spread
+    # is ≈ sqrt(β² + 1/60) (≈ 0.13 at β = 0, ≈ 1 at β = 1).
+    def spread(beta: float) -> float:
+        return float(np.std([synthetic_user(k, seed=0, alpha=0.5, beta=beta)[0].mean() for k in range(60)]))
+
+    assert spread(0.0) < 0.3 < 0.6 < spread(1.0)
+
+
+def test_generated_data_sets_refuse_a_partitioner() -> None:
+    with pytest.raises(DataError, match=r"partition=iid: dataset=synthetic is generated per client"):
+        check_dataset({**SYNTHETIC, "partition": {"name": "iid"}}, 3, seed=0)
+    with pytest.raises(DataError, match=r"partition=natural: dataset=digits is split across clients"):
+        check_dataset({**DIGITS, "partition": {"name": "natural"}}, 3, seed=0)
+
+
+# --- digits and regression ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_digits_clients_hold_exactly_k_labels_and_disjoint_examples(k: int) -> None:
-    clients = load_clients({**DIGITS, "labels_per_client": k}, 20, seed=0)
+    clients = load_clients({**DIGITS, "partition": {"name": "pathological", "classes_per_client": k}}, 20, seed=0)
     x_all, _ = load_digits_arrays()
     seen = set()
     for c in clients:
@@ -34,7 +245,7 @@ def test_digits_split_is_deterministic_in_the_seed() -> None:
 
 
 def test_too_many_digits_clients_is_a_clear_error() -> None:
-    with pytest.raises(DataError, match=r"num_clients=500: .* at most \d+ clients"):
+    with pytest.raises(DataError, match=r"num_clients=500: .* client\(s\) get fewer than 10 examples"):
         check_dataset(DIGITS, 500, seed=0)
 
 

@@ -112,7 +112,7 @@ def test_sampling_and_aggregation_rules() -> None:
 
 
 def test_weighted_aggregation_differs_from_uniform_when_sizes_differ(tmp_path: Path) -> None:
-    common = ["num_clients=6", "num_rounds=2", "fraction=1.0", "local_steps=2", "dataset.labels_per_client=3"]
+    common = ["num_clients=6", "num_rounds=2", "fraction=1.0", "local_steps=2", "partition.classes_per_client=3"]
     uni = federate([*common, "aggregation=uniform"], tmp_path / "u")["final"]
     wei = federate([*common, "aggregation=weighted"], tmp_path / "w")["final"]
     assert uni["eval/global_loss"] != wei["eval/global_loss"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from perfedavg.data.partition import label_partition
+from perfedavg.data.partition import partition_indices
 from perfedavg.data.types import ClientData, split_train_test
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -24,30 +27,21 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return x, bunch.target.astype(np.int64)
 
 
-def smallest_client(num_clients: int, labels_per_client: int, seed: int) -> int:
-    """Examples held by the smallest client of the label split (before its train/test split)."""
-    parts = label_partition(load_digits_arrays()[1], num_clients, labels_per_client, seed)
-    return min(len(p) for p in parts)
+@functools.lru_cache(maxsize=8)
+def _parts(partition_json: str, num_clients: int, seed: int) -> list[np.ndarray]:
+    return partition_indices(load_digits_arrays()[1], json.loads(partition_json), num_clients, seed)
 
 
-def max_clients(labels_per_client: int, min_examples: int, seed: int) -> int:
-    """The most clients (binary search) for which every client holds at least ``min_examples`` examples."""
-    lo, hi = 1, max(1, len(load_digits_arrays()[1]) // min_examples)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if smallest_client(mid, labels_per_client, seed) >= min_examples:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def digits_partition(partition: Mapping[str, Any], num_clients: int, seed: int) -> list[np.ndarray]:
+    """Image indices of each client under the ``partition`` config (cached per process)."""
+    return _parts(json.dumps(dict(partition), sort_keys=True), num_clients, seed)
 
 
 def make_digits_client(
-    client_id: int, *, seed: int, num_clients: int, labels_per_client: int, test_fraction: float
+    client_id: int, *, seed: int, num_clients: int, partition: Mapping[str, Any], test_fraction: float
 ) -> ClientData:
-    """Client ``client_id``'s examples of the label split (exactly ``labels_per_client`` labels), train/test split."""
+    """Client ``client_id``'s images under the ``partition`` scheme, with its own seeded train/test split."""
     x, y = load_digits_arrays()
-    parts = label_partition(y, num_clients, labels_per_client, seed)
-    idx = torch.from_numpy(parts[client_id])
+    idx = torch.from_numpy(digits_partition(partition, num_clients, seed)[client_id])
     gen = torch.Generator().manual_seed(seed * 1_000_003 + client_id)
     return split_train_test(client_id, torch.from_numpy(x)[idx], torch.from_numpy(y)[idx], test_fraction, gen)

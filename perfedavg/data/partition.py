@@ -1,31 +1,75 @@
-"""Label-skewed (non-IID) partitioning of a labelled data set across clients."""
+"""Partition schemes (the ``partition`` config group) as ``flwr-datasets`` partitioners.
+
+``iid``, ``dirichlet`` and ``pathological`` are Flower's own partitioners; ``paper`` is
+:class:`~perfedavg.data.paper_partitioner.PaperPartitioner`, written in the same style. ``natural`` means the data
+set is already per-client (generated per user) and takes no partitioner.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
+#: Partition names that split a pooled, labelled data set across clients.
+LABEL_PARTITIONS = ("iid", "dirichlet", "pathological", "paper")
+#: The data set is generated per client; nothing to split.
+NATURAL = "natural"
+#: The column a partitioner reads labels from.
+LABEL = "label"
 
-def label_partition(labels: np.ndarray, num_clients: int, labels_per_client: int, seed: int) -> list[np.ndarray]:
-    """Pathological non-IID split: each client holds exactly ``labels_per_client`` distinct labels.
 
-    Labels are dealt cyclically from a seeded permutation of the classes (client i gets classes
-    ``perm[(i·k + j) mod C]``, j < k), so every class is held by ⌊n·k/C⌋ or ⌈n·k/C⌉ clients; each class's examples
-    are shuffled (seeded) and split evenly among its holders. Returns one sorted index array per client;
-    no example is used twice.
+def make_partitioner(spec: Mapping[str, Any], num_partitions: int, seed: int, partition_by: str = LABEL) -> Any:
+    """A fresh ``flwr_datasets.partitioner.Partitioner`` for the ``partition`` config ``spec``.
+
+    ``spec["name"]`` picks the scheme; its parameters: ``alpha``, ``min_partition_size`` (dirichlet),
+    ``classes_per_client`` (pathological), ``images_per_class`` (paper). Seeded by ``seed``.
     """
-    classes = np.unique(labels)
-    if not 1 <= labels_per_client <= len(classes):
-        raise ValueError(f"labels_per_client={labels_per_client} must be between 1 and {len(classes)}")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(classes)
-    k = labels_per_client
-    held = [[perm[(i * k + j) % len(classes)] for j in range(k)] for i in range(num_clients)]
-    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-    for c in classes:
-        holders = [i for i in range(num_clients) if c in held[i]]
-        if not holders:
-            continue
-        examples = rng.permutation(np.flatnonzero(labels == c))
-        for i, chunk in zip(holders, np.array_split(examples, len(holders))):
-            parts[i].append(chunk)
-    return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    from perfedavg.data.paper_partitioner import PaperPartitioner
+
+    name = spec["name"]
+    if name == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if name == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by=partition_by,
+            alpha=float(spec["alpha"]),
+            min_partition_size=int(spec["min_partition_size"]),
+            self_balancing=False,
+            seed=seed,
+        )
+    if name == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=num_partitions,
+            partition_by=partition_by,
+            num_classes_per_partition=int(spec["classes_per_client"]),
+            class_assignment_mode="first-deterministic",
+            seed=seed,
+        )
+    if name == "paper":
+        return PaperPartitioner(
+            num_partitions=num_partitions,
+            partition_by=partition_by,
+            images_per_class=int(spec["images_per_class"]),
+            seed=seed,
+        )
+    raise ValueError(f"partition={name!r} is not one of: {', '.join(LABEL_PARTITIONS)}")
+
+
+def partition_indices(labels: np.ndarray, spec: Mapping[str, Any], num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Indices into ``labels`` (``[N]`` ints) of each partition, using the same partitioner as the hub data sets.
+
+    The labels are wrapped in a ``datasets.Dataset`` with a row-index column and shuffled with ``seed`` first
+    (as ``FederatedDataset`` does before partitioning), so ``iid`` gets a random split of any ordering.
+    Cost: ``O(N)`` plus the partitioner's own; returns one sorted ``int64`` array per partition.
+    """
+    import datasets
+
+    table = datasets.Dataset.from_dict({LABEL: np.asarray(labels, dtype=np.int64), "row": np.arange(len(labels))})
+    partitioner = make_partitioner(spec, num_partitions, seed)
+    partitioner.dataset = table.shuffle(seed=seed)
+    return [np.sort(np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)) for i in range(num_partitions)]

@@ -1,11 +1,17 @@
-"""Data set registry: a dataset config (a mapping with ``name`` and its parameters) → per-client data."""
+"""Data set registry: a data config (the ``dataset`` mapping plus its ``partition``) → per-client data.
+
+Two kinds of data set: *labelled pools* (digits, mnist, fashion_mnist, cifar10) are split across clients by a
+partitioner (``partition=iid|dirichlet|pathological|paper``); *generated* sets (regression, synthetic) are drawn
+per client from the seed and take ``partition=natural``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from perfedavg.data import digits, regression
+from perfedavg.data import digits, hub, regression, synthetic
+from perfedavg.data.partition import LABEL_PARTITIONS, NATURAL
 from perfedavg.data.types import ClientData
 
 #: The least number of examples a client needs: at least one to train on and one to test on, and a few more.
@@ -27,14 +33,29 @@ def _regression(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any
     )
 
 
-def _digits(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -> ClientData:
-    return digits.make_digits_client(
+def _synthetic(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -> ClientData:
+    return synthetic.make_synthetic_client(
         client_id,
         seed=seed,
-        num_clients=num_clients,
-        labels_per_client=int(p["labels_per_client"]),
+        alpha=float(p["synthetic_alpha"]),
+        beta=float(p["synthetic_beta"]),
+        num_features=int(p["input_shape"][0]),
+        num_classes=int(p["num_classes"]),
         test_fraction=float(p["test_fraction"]),
     )
+
+
+def _digits(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -> ClientData:
+    return digits.make_digits_client(
+        client_id, seed=seed, num_clients=num_clients, partition=p["partition"], test_fraction=float(p["test_fraction"])
+    )
+
+
+def _hub(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -> ClientData:
+    try:
+        return hub.make_hub_client(p, client_id, num_clients, seed)
+    except hub.DataUnavailableError as e:
+        raise DataError(str(e)) from None
 
 
 def _check_regression(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
@@ -45,31 +66,83 @@ def _check_regression(num_clients: int, seed: int, p: Mapping[str, Any]) -> None
         )
 
 
-def _check_digits(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
-    k = int(p["labels_per_client"])
-    if not 1 <= k <= digits.NUM_CLASSES:
-        raise DataError(f"dataset.labels_per_client={k}: must be between 1 and {digits.NUM_CLASSES}")
-    if digits.smallest_client(num_clients, k, seed) < MIN_EXAMPLES_PER_CLIENT:
-        most = digits.max_clients(k, MIN_EXAMPLES_PER_CLIENT, seed)
+def _check_synthetic(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
+    for key in ("synthetic_alpha", "synthetic_beta"):
+        if not float(p[key]) >= 0:
+            raise DataError(f"dataset.{key}={p[key]}: must be ≥ 0 (a standard deviation)")
+    if len(p["input_shape"]) != 1 or int(p["input_shape"][0]) < 1 or int(p["num_classes"]) < 2:
         raise DataError(
-            f"num_clients={num_clients}: dataset=digits has {len(digits.load_digits_arrays()[1])} images, enough for "
-            f"at most {most} clients with ≥{MIN_EXAMPLES_PER_CLIENT} examples each "
-            f"(labels_per_client={p['labels_per_client']})"
+            f"dataset=synthetic: input_shape must be [features] and num_classes ≥ 2; got "
+            f"input_shape={list(p['input_shape'])}, num_classes={p['num_classes']}"
         )
+
+
+def _check_sizes(sizes: list[int], p: Mapping[str, Any], num_clients: int) -> None:
+    small = [i for i, n in enumerate(sizes) if n < MIN_EXAMPLES_PER_CLIENT]
+    if small:
+        part = p["partition"]
+        raise DataError(
+            f"num_clients={num_clients}: with dataset={p['name']} and partition={part['name']}, "
+            f"{len(small)} client(s) get fewer than {MIN_EXAMPLES_PER_CLIENT} examples (client {small[0]}: "
+            f"{sizes[small[0]]}); use fewer clients or another partition"
+        )
+
+
+def _partition_problem(e: ValueError, p: Mapping[str, Any]) -> DataError:
+    return DataError(f"partition={p['partition']['name']} of dataset={p['name']}: {e}")
+
+
+def _check_digits(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
+    try:
+        parts = digits.digits_partition(p["partition"], num_clients, seed)
+    except ValueError as e:
+        raise _partition_problem(e, p) from None
+    _check_sizes([len(i) for i in parts], p, num_clients)
+
+
+def _check_hub(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
+    try:
+        sizes = hub.partition_sizes(p, num_clients, seed)
+        _check_sizes(sizes, p, num_clients)
+        hub.make_hub_client(p, 0, num_clients, seed)  # decodes one client: column names and image shape
+    except hub.DataUnavailableError as e:
+        raise DataError(str(e)) from None
+    except ValueError as e:
+        raise _partition_problem(e, p) from None
 
 
 #: name → (make one client, check the federation fits the data)
 DATASETS: dict[str, tuple[Callable[..., ClientData], Callable[[int, int, Mapping[str, Any]], None]]] = {
     "regression": (_regression, _check_regression),
+    "synthetic": (_synthetic, _check_synthetic),
     "digits": (_digits, _check_digits),
+    "mnist": (_hub, _check_hub),
+    "fashion_mnist": (_hub, _check_hub),
+    "cifar10": (_hub, _check_hub),
 }
+#: Data sets generated per client (``partition=natural``); the others are pools split by a partitioner.
+GENERATED = ("regression", "synthetic")
+
+
+def _check_partition(params: Mapping[str, Any]) -> None:
+    name, part = params["name"], params["partition"]["name"]
+    if name in GENERATED and part != NATURAL:
+        raise DataError(f"partition={part}: dataset={name} is generated per client; it takes partition={NATURAL}")
+    if name not in GENERATED and part not in LABEL_PARTITIONS:
+        raise DataError(f"partition={part}: dataset={name} is split across clients; use one of: "
+                        f"{', '.join(LABEL_PARTITIONS)}")
 
 
 def check_dataset(params: Mapping[str, Any], num_clients: int, seed: int) -> None:
-    """Raise :class:`DataError` if the data set cannot give ``num_clients`` clients their data."""
+    """Raise :class:`DataError` if the data set cannot give ``num_clients`` clients their data.
+
+    ``params`` is the ``dataset`` config with the ``partition`` config under the key ``partition``.
+    Hub data sets are loaded (from the cache or the hub) and partitioned here, so a missing data set fails early.
+    """
     name = params["name"]
     if name not in DATASETS:
         raise DataError(f"dataset={name!r} is not one of: {', '.join(DATASETS)}")
+    _check_partition(params)
     DATASETS[name][1](num_clients, seed, params)
 
 
@@ -86,3 +159,8 @@ def load_clients(params: Mapping[str, Any], num_clients: int, seed: int) -> list
     """Every client's data, in client-id order (after :func:`check_dataset`)."""
     check_dataset(params, num_clients, seed)
     return [load_client(params, i, num_clients, seed) for i in range(num_clients)]
+
+
+def data_params(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The data config of a resolved run config: its ``dataset`` mapping with ``partition`` folded in."""
+    return {**cfg["dataset"], "partition": cfg["partition"]}
