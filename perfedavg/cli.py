@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from perfedavg.config import ConfigError, check_overrides, register_schema
@@ -19,8 +20,27 @@ from perfedavg.server_app import FederationError
 log = logging.getLogger("perfedavg")
 
 
+class _JobTag(logging.Filter):
+    """Prefix this job's log lines with its run directory's name (multirun jobs run side by side)."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "job_tagged", False):
+            record.msg = f"[{self.tag}] {record.msg}"
+            record.job_tagged = True
+        return True
+
+
 def _job(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        for existing in [f for f in log.filters if isinstance(f, _JobTag)]:
+            log.removeFilter(existing)
+        log.addFilter(_JobTag(run_dir.name))
     try:
         summary = run(cfg, run_dir)
     except (ConfigError, DataError, HessianTooLargeError) as e:

@@ -259,7 +259,7 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
         if override.startswith(("-", "+", "~")) or "=" not in override:
             continue
         key, value = override.split("=", 1)
-        if key.startswith("hydra.") or key == "hydra":
+        if key.startswith(("hydra.", "hydra/")) or key == "hydra":
             continue
         if key in GROUPS:
             options = sorted(p.stem for p in (Path(conf_dir) / key).glob("*.yaml"))

@@ -77,15 +77,35 @@ def _check_synthetic(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
         )
 
 
-def _check_sizes(sizes: list[int], p: Mapping[str, Any], num_clients: int) -> None:
+def _fits(sizes: list[int]) -> bool:
+    return min(sizes) >= MIN_EXAMPLES_PER_CLIENT
+
+
+def _largest_fitting(sizes_for: Callable[[int], list[int]], num_clients: int) -> int | None:
+    """The most clients below ``num_clients`` (binary search) for which every client gets enough examples."""
+    lo, hi = 0, num_clients - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            ok = _fits(sizes_for(mid))
+        except ValueError:
+            ok = False
+        lo, hi = (mid, hi) if ok else (lo, mid - 1)
+    return lo or None
+
+
+def _check_sizes(sizes_for: Callable[[int], list[int]], p: Mapping[str, Any], num_clients: int) -> None:
+    sizes = sizes_for(num_clients)
+    if _fits(sizes):
+        return
     small = [i for i, n in enumerate(sizes) if n < MIN_EXAMPLES_PER_CLIENT]
-    if small:
-        part = p["partition"]
-        raise DataError(
-            f"num_clients={num_clients}: with dataset={p['name']} and partition={part['name']}, "
-            f"{len(small)} client(s) get fewer than {MIN_EXAMPLES_PER_CLIENT} examples (client {small[0]}: "
-            f"{sizes[small[0]]}); use fewer clients or another partition"
-        )
+    fits = _largest_fitting(sizes_for, num_clients)
+    hint = f"num_clients={fits} works" if fits else "no number of clients works"
+    raise DataError(
+        f"num_clients={num_clients}: with dataset={p['name']} and partition={p['partition']['name']}, "
+        f"{len(small)} client(s) get fewer than {MIN_EXAMPLES_PER_CLIENT} examples (client {small[0]}: "
+        f"{sizes[small[0]]}); {hint}, or choose another partition"
+    )
 
 
 def _partition_problem(e: ValueError, p: Mapping[str, Any]) -> DataError:
@@ -93,19 +113,22 @@ def _partition_problem(e: ValueError, p: Mapping[str, Any]) -> DataError:
 
 
 def _check_digits(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
+    def sizes_for(n: int) -> list[int]:
+        return [len(i) for i in digits.digits_partition(p["partition"], n, seed)]
+
     try:
-        parts = digits.digits_partition(p["partition"], num_clients, seed)
+        _check_sizes(sizes_for, p, num_clients)
     except ValueError as e:
+        if isinstance(e, DataError):
+            raise
         raise _partition_problem(e, p) from None
-    _check_sizes([len(i) for i in parts], p, num_clients)
 
 
 def _check_hub(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
     try:
-        sizes = hub.partition_sizes(p, num_clients, seed)
-        _check_sizes(sizes, p, num_clients)
+        _check_sizes(lambda n: hub.partition_sizes(p, n, seed), p, num_clients)
         hub.make_hub_client(p, 0, num_clients, seed)  # decodes one client: column names and image shape
-    except hub.DataUnavailableError as e:
+    except (hub.DataUnavailableError, DataError) as e:
         raise DataError(str(e)) from None
     except ValueError as e:
         raise _partition_problem(e, p) from None

@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Summarise a sweep: a Markdown table and accuracy-vs-round plots from the runs' TensorBoard event files.
+
+    python scripts/report.py SWEEP_DIR
+
+Every directory under SWEEP_DIR with a ``.hydra/config.yaml`` and event files is one run; runs are grouped by
+method (algorithm and Hessian mode) and summarised over their seeds. Writes into SWEEP_DIR:
+
+- ``report.md``: per method, the number of runs and the final global and personalized accuracy (mean ± sample
+  standard deviation over seeds; losses for regression data);
+- ``personalized_acc.png`` and ``global_acc.png``: the curve per method (mean over seeds) with a band of ± one
+  standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: (metric tag, column title), in table order; regression runs have losses instead of accuracies.
+CLASSIFICATION = [("eval/global_acc", "global accuracy"), ("eval/personalized_acc", "personalized accuracy")]
+REGRESSION = [("eval/global_loss", "global loss"), ("eval/personalized_loss", "personalized loss")]
+#: Display order of the methods; others follow alphabetically.
+ORDER = ["FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)"]
+
+
+@dataclass
+class Run:
+    path: Path
+    method: str
+    seed: int
+    config: dict
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]  # tag → (rounds, values)
+
+
+def method_of(config: dict) -> str:
+    """FedAvg, or Per-FedAvg with its correction: FO (first order) or HF (Hessian-free: fd, hvp), else the mode."""
+    if config["algorithm"]["name"] == "fedavg":
+        return "FedAvg"
+    mode = config["hessian"]["mode"]
+    return "Per-FedAvg (FO)" if mode == "fo" else f"Per-FedAvg (HF, {mode})" if mode in ("fd", "hvp") else f"Per-FedAvg ({mode})"
+
+
+def read_run(run_dir: Path) -> Run | None:
+    from omegaconf import OmegaConf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags().get("scalars", []))
+    curves = {}
+    for tag in tags:
+        points = events.Scalars(tag)
+        curves[tag] = (np.array([p.step for p in points]), np.array([p.value for p in points], dtype=float))
+    if not curves:
+        return None
+    return Run(run_dir, method_of(config), int(config["seed"]), config, curves)
+
+
+def find_runs(sweep_dir: Path) -> tuple[list[Run], list[Path]]:
+    """(runs with event files, run directories without any: still running, failed or empty)."""
+    runs, empty = [], []
+    for hydra_cfg in sorted(sweep_dir.rglob(".hydra/config.yaml")):
+        run_dir = hydra_cfg.parent.parent
+        run = read_run(run_dir) if list(run_dir.glob("events.out.tfevents*")) else None
+        (runs.append(run) if run else empty.append(run_dir))
+    return runs, empty
+
+
+def final_value(run: Run, tag: str) -> float:
+    return float(run.curves[tag][1][-1])
+
+
+def mean_std(values: list[float]) -> str:
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {std:.4f}"
+
+
+def ordered(methods: list[str]) -> list[str]:
+    return [m for m in ORDER if m in methods] + sorted(m for m in methods if m not in ORDER)
+
+
+def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
+    head = ["method", "runs (seeds)", "rounds", *[f"final {title}" for _, title in metrics]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in ordered(list(by_method)):
+        runs = by_method[method]
+        rounds = sorted({int(r.curves[metrics[0][0]][0][-1]) for r in runs})
+        seeds = ",".join(str(s) for s in sorted(r.seed for r in runs))
+        cells = [method, f"{len(runs)} ({seeds})", "/".join(map(str, rounds))]
+        cells += [mean_std([final_value(r, tag) for r in runs]) for tag, _ in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(by_method: dict[str, list[Run]], tag: str, title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for method in ordered(list(by_method)):
+        runs = by_method[method]
+        common = sorted(set.intersection(*(set(r.curves[tag][0].tolist()) for r in runs)))
+        values = np.array([[dict(zip(*r.curves[tag]))[s] for s in common] for r in runs])
+        mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(common))
+        (line,) = ax.plot(common, mean, label=f"{method} (n={len(runs)})")
+        ax.fill_between(common, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("round")
+    ax.set_ylabel(title)
+    ax.set_title(f"{title}: mean over seeds, band ± 1 std")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def describe(run: Run) -> str:
+    c = run.config
+    keys = ("num_clients", "fraction", "local_steps", "batch_size", "alpha", "beta", "delta", "num_rounds")
+    setting = ", ".join(f"{k}={c[k]}" for k in keys if k in c)
+    part = c.get("partition", {}).get("name", "?")
+    return f"model={c['model']['name']}, dataset={c['dataset']['name']}, partition={part}, {setting}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (e.g. from scripts/reproduce.sh)")
+    args = parser.parse_args(argv)
+    sweep_dir: Path = args.sweep_dir
+    if not sweep_dir.is_dir():
+        print(f"report: error: SWEEP_DIR={sweep_dir} is not a directory", file=sys.stderr)
+        return 2
+    runs, empty = find_runs(sweep_dir)
+    if not runs:
+        print(f"report: error: no runs with TensorBoard event files under {sweep_dir}", file=sys.stderr)
+        return 2
+    metrics = CLASSIFICATION if all(t in runs[0].curves for t, _ in CLASSIFICATION) else REGRESSION
+    usable = [r for r in runs if all(t in r.curves for t, _ in metrics)]
+    skipped = [r.path for r in runs if r not in usable] + empty
+    by_method: dict[str, list[Run]] = defaultdict(list)
+    for run in usable:
+        by_method[run.method].append(run)
+    text = [
+        f"# Sweep report: {sweep_dir.name}",
+        "",
+        f"Setting: {describe(usable[0])}.",
+        "Final values are at each run's last evaluated round; mean ± sample standard deviation over seeds.",
+        "",
+        table(by_method, metrics),
+        "",
+    ]
+    for tag, title in metrics:
+        png = sweep_dir / f"{tag.split('/')[1]}.png"
+        plot(by_method, tag, title, png)
+        text.append(f"![{title}]({png.name})")
+    if skipped:
+        text += ["", f"Skipped {len(skipped)} run(s) without the metrics: " + ", ".join(str(p) for p in skipped)]
+    (sweep_dir / "report.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text[:7]))
+    if skipped:
+        print(f"report: skipped {len(skipped)} run(s) without {metrics[0][0]} (unfinished or failed)", file=sys.stderr)
+    print(f"report: wrote {sweep_dir / 'report.md'} and the plots next to it", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
