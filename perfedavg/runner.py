@@ -121,8 +121,10 @@ def quiet_logs(verbose: bool) -> None:
 
 def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Ray backend settings: ``client_cpus`` per client (Flower's default of 2 leaves no actor on a 2-core
-    machine), no dashboard, Ray's own logs only when verbose."""
-    init_args: dict[str, Any] = {"include_dashboard": False, "num_cpus": os.cpu_count() or 1}
+    machine), no dashboard, Ray's own logs only when verbose. ``address="local"`` always starts this run's own
+    Ray instance: ``ray.init()`` would otherwise join a cluster found via ``RAY_ADDRESS`` or ``ray start``, so
+    simulations started side by side (a parallel sweep) could share, and tear down, each other's actors."""
+    init_args: dict[str, Any] = {"address": "local", "include_dashboard": False, "num_cpus": os.cpu_count() or 1}
     if not cfg["verbose"]:
         init_args.update({"logging_level": logging.ERROR, "log_to_driver": False})
     return {"client_resources": {"num_cpus": cfg["client_cpus"], "num_gpus": 0.0}, "init_args": init_args}

@@ -43,7 +43,13 @@ def method_of(config: dict) -> str:
     if config["algorithm"]["name"] == "fedavg":
         return "FedAvg"
     mode = config["hessian"]["mode"]
-    return "Per-FedAvg (FO)" if mode == "fo" else f"Per-FedAvg (HF, {mode})" if mode in ("fd", "hvp") else f"Per-FedAvg ({mode})"
+    return (
+        "Per-FedAvg (FO)"
+        if mode == "fo"
+        else f"Per-FedAvg (HF, {mode})"
+        if mode in ("fd", "hvp")
+        else f"Per-FedAvg ({mode})"
+    )
 
 
 def read_run(run_dir: Path) -> Run | None:

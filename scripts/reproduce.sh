@@ -10,7 +10,10 @@
 # Runs go in parallel through Hydra's joblib launcher (JOBS worker processes, default: the number of CPUs), each
 # with backend=inprocess: one process per run and no Ray, so parallel runs cannot collide and no run waits on
 # another's actors (tests/test_federation.py checks inprocess == Ray metric for metric).
-# Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), SWEEP_DIR (default multirun/EXPERIMENT-<time>).
+# BACKEND=ray runs each simulation through Flower's Ray engine instead; every run then starts its own Ray instance
+# (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
+# Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
+# BACKEND (inprocess or ray; default inprocess).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [ ! -f "conf/experiment/$1.yaml" ]; then
@@ -26,7 +29,7 @@ seeds=${SEEDS:-0,1,2,3,4}
 sweep_dir=${SWEEP_DIR:-multirun/$experiment-$(date +%Y%m%d-%H%M%S)}
 n_seeds=$(echo "$seeds" | tr ',' '\n' | wc -l)
 common=(
-  "experiment=$experiment" "seed=$seeds" backend=inprocess client_cpus=1
+  "experiment=$experiment" "seed=$seeds" "backend=${BACKEND:-inprocess}" client_cpus=1
   hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" hydra.launcher.verbose=10
   "hydra.sweep.dir=$sweep_dir" 'hydra.sweep.subdir=${algorithm.name}-${hessian.mode}-seed${seed}'
 )

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 
-def images(num_per_class: int, shape: tuple[int, ...], num_classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def images(
+    num_per_class: int, shape: tuple[int, ...], num_classes: int = 10, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images ``[N, *shape]`` (``shape`` is (H, W) or (H, W, 3)) and int labels ``[N]``, classes interleaved."""
     rng = np.random.default_rng(seed)
     labels = np.tile(np.arange(num_classes), num_per_class)

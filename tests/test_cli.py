@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from perfedavg.config import ConfigError, check_overrides
+from perfedavg import task
+from perfedavg.config import ConfigError, check_overrides, to_container, validate
 from perfedavg.runner import CONF_DIR, compose, prepare
 
 PERFEDAVG = [sys.executable, "-m", "perfedavg"]
@@ -39,7 +41,10 @@ BAD_INPUTS = [
     (["partition=paper", "partition.images_per_class=7"], ["partition.images_per_class=7", "even number"]),
     (["partition=cyclic"], ["partition=cyclic", "allowed: dirichlet, iid, natural, paper, pathological"]),
     (["partition.classes_per_client=11"], ["partition.classes_per_client=11", "between 1 and 10"]),
-    (["dataset=mnist", "dataset.cache_dir=${hydra:runtime.cwd}/no-cache"], ["dataset=mnist", "perfedavg.data.fetch mnist"]),
+    (
+        ["dataset=mnist", "dataset.cache_dir=${hydra:runtime.cwd}/no-cache"],
+        ["dataset=mnist", "perfedavg.data.fetch mnist"],
+    ),
     (["hessian=exact", "hessian.max_memory_gb=0.1"], ["P = 20,810", "max_memory_gb = 0.10 GB", "hessian=hvp"]),
     (["model=ann"], ["model=ann", "dataset=regression", "dataset=digits"]),
     (["hessian.mode=newton"], ["newton", "exact, hvp, fd, diag, fo"]),
@@ -80,9 +85,27 @@ def test_every_config_group_composes(overrides: list[str]) -> None:
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_and_overrides_the_root(experiment: str) -> None:
-    cfg = prepare(compose([f"experiment={experiment}"]))
-    root = prepare(compose([]))
-    assert cfg != root
+    cfg, root = compose([f"experiment={experiment}"]), compose([])
+    validate(cfg)  # prepare() would also load the data: MNIST and CIFAR-10 are not on a CI machine
+    assert to_container(cfg) != to_container(root)
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "input_shape"),
+    [
+        ("net", "cifar10", [3, 32, 32]),
+        ("net", "mnist", [1, 28, 28]),
+        ("mlp", "fashion_mnist", [1, 28, 28]),
+        ("mlp", "synthetic", [60]),
+    ],
+)
+def test_model_input_follows_every_dataset(model: str, dataset: str, input_shape: list[int]) -> None:
+    cfg = compose([f"model={model}", f"dataset={dataset}"])
+    validate(cfg)
+    c = to_container(cfg)
+    assert c["model"]["input_shape"] == input_shape
+    net = task.build_model(c["model"], seed=0)
+    assert net(torch.zeros(2, *input_shape)).shape == (2, 10)
 
 
 def test_model_input_follows_the_dataset() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fake_images import images, write_image_folder, write_parquet
+
 from perfedavg.data import DataError, check_dataset, load_clients
 from perfedavg.data.digits import load_digits_arrays
 from perfedavg.data.partition import partition_indices
@@ -78,7 +78,9 @@ def test_dirichlet_partition_is_skewed_and_respects_the_minimum_size() -> None:
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(LABELS)))
     assert min(len(p) for p in parts) >= 20
     top_share = np.mean([max(c.values()) / sum(c.values()) for c in label_counts(parts)])
-    iid_share = np.mean([max(c.values()) / sum(c.values()) for c in label_counts(partition_indices(LABELS, {"name": "iid"}, 8, 0))])
+    iid_share = np.mean(
+        [max(c.values()) / sum(c.values()) for c in label_counts(partition_indices(LABELS, {"name": "iid"}, 8, 0))]
+    )
     assert top_share > 2 * iid_share  # α = 0.1: most of a client's examples come from one or two classes
 
 
@@ -104,7 +106,12 @@ def test_paper_partition_too_large_for_the_data_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    [{"name": "iid"}, PATHOLOGICAL, {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 10}, {"name": "paper", "images_per_class": 6}],
+    [
+        {"name": "iid"},
+        PATHOLOGICAL,
+        {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 10},
+        {"name": "paper", "images_per_class": 6},
+    ],
 )
 def test_every_partition_is_deterministic_in_the_seed(spec: dict) -> None:
     a, b, c = (partition_indices(LABELS, spec, 10, seed=s) for s in (1, 1, 2))
@@ -174,7 +181,9 @@ def test_missing_hub_data_set_is_a_clear_error_offline(tmp_path: Path) -> None:
         "test_fraction": 0.2,
         "partition": {"name": "iid"},
     }
-    with pytest.raises(DataError, match=r"dataset=cifar10: cannot load 'uoft-cs/cifar10'.*perfedavg\.data\.fetch cifar10"):
+    with pytest.raises(
+        DataError, match=r"dataset=cifar10: cannot load 'uoft-cs/cifar10'.*perfedavg\.data\.fetch cifar10"
+    ):
         check_dataset(params, 5, seed=0)
 
 

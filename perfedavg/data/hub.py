@@ -130,9 +130,7 @@ def to_arrays(rows: Any, image_key: str, label_key: str, input_shape: list[int])
     elif x.ndim == 4 and x.shape[-1] == channels and x.shape[1] != channels:
         x = x.transpose(0, 3, 1, 2)
     if list(x.shape[1:]) != list(input_shape):
-        raise DataUnavailableError(
-            f"images have shape {list(x.shape[1:])}, dataset.input_shape is {list(input_shape)}"
-        )
+        raise DataUnavailableError(f"images have shape {list(x.shape[1:])}, dataset.input_shape is {list(input_shape)}")
     return np.ascontiguousarray(x), np.asarray(rows[label_key], dtype=np.int64)
 
 

@@ -152,8 +152,9 @@ def _check_partition(params: Mapping[str, Any]) -> None:
     if name in GENERATED and part != NATURAL:
         raise DataError(f"partition={part}: dataset={name} is generated per client; it takes partition={NATURAL}")
     if name not in GENERATED and part not in LABEL_PARTITIONS:
-        raise DataError(f"partition={part}: dataset={name} is split across clients; use one of: "
-                        f"{', '.join(LABEL_PARTITIONS)}")
+        raise DataError(
+            f"partition={part}: dataset={name} is split across clients; use one of: {', '.join(LABEL_PARTITIONS)}"
+        )
 
 
 def check_dataset(params: Mapping[str, Any], num_clients: int, seed: int) -> None:

@@ -1,0 +1,108 @@
+"""The paper experiments compose as documented; a sweep through Hydra's joblib launcher feeds scripts/report.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perfedavg import task
+from perfedavg.config import to_container, validate
+from perfedavg.data import check_dataset, data_params
+from perfedavg.runner import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "dataset", "in_features", "a"),
+    [("paper_mnist", "mnist", 784, 196), ("paper_cifar10", "cifar10", 3072, 68)],
+)
+def test_paper_experiments_have_the_papers_setting(experiment: str, dataset: str, in_features: int, a: int) -> None:
+    cfg = compose([f"experiment={experiment}"])
+    validate(cfg)
+    c = to_container(cfg)
+    assert (c["dataset"]["name"], c["partition"]["name"], c["partition"]["images_per_class"]) == (dataset, "paper", a)
+    assert c["num_clients"] == 50 and round(c["fraction"] * c["num_clients"]) == 10
+    assert (c["local_steps"], c["batch_size"]) == (10, 40)
+    model = task.build_model(c["model"], seed=0)
+    widths = [(m.in_features, m.out_features) for m in model.modules() if hasattr(m, "in_features")]
+    assert widths == [(in_features, 80), (80, 60), (60, 10)]  # the paper's MLP on this data set's input size
+    assert "ELU" in {type(m).__name__ for m in model.modules()}
+
+
+@pytest.mark.parametrize("experiment", ["paper_digits", "paper_synthetic"])
+def test_offline_experiments_compose_and_their_data_fits(experiment: str) -> None:
+    cfg = compose([f"experiment={experiment}"])
+    validate(cfg)
+    c = to_container(cfg)
+    check_dataset(data_params(c), c["num_clients"], c["seed"])
+    assert c["model"]["name"] == "mlp" and c["local_steps"] == 10 and round(c["fraction"] * c["num_clients"]) == 10
+
+
+def test_every_experiment_composes_with_every_method() -> None:
+    for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
+        for method in (["algorithm=fedavg"], ["hessian=fo"], ["hessian=fd"], ["hessian=hvp"]):
+            validate(compose([f"experiment={path.stem}", *method]))
+
+
+def run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
+    """A small sweep exactly as scripts/reproduce.sh launches it (joblib, 2 workers, inprocess runs), then the
+    report: its table must equal the mean ± std of each run's own metrics.json (read independently here)."""
+    sweep = tmp_path / "sweep"
+    common = [
+        "experiment=smoke",
+        "num_rounds=3",
+        "eval_every=1",
+        "seed=0,1",
+        "backend=inprocess",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}-seed${seed}",
+    ]
+    for method in (["algorithm=perfedavg", "hessian=fo,hvp"], ["algorithm=fedavg", "hessian=fo"]):
+        out = run([sys.executable, "-m", "perfedavg", "-m", *common, *method], tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert re.search(r"\[perfedavg-fo-seed\d\] round 3/3|\[fedavg-fo-seed\d\] round 3/3", out.stderr + out.stdout)
+    out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = (sweep / "report.md").read_text()
+    expected_rows = {"FedAvg": "fedavg-fo", "Per-FedAvg (FO)": "perfedavg-fo", "Per-FedAvg (HF, hvp)": "perfedavg-hvp"}
+    for method, prefix in expected_rows.items():
+        finals = [json.loads((sweep / f"{prefix}-seed{s}" / "metrics.json").read_text())["final"] for s in (0, 1)]
+        cells = []
+        for key in ("eval/global_acc", "eval/personalized_acc"):
+            values = [f[key] for f in finals]
+            cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
+        assert f"| {method} | 2 (0,1) | 3 | {cells[0]} | {cells[1]} |" in report, (method, report)
+    for png in ("personalized_acc.png", "global_acc.png"):
+        data = (sweep / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert "(personalized_acc.png)" in report
+
+
+def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
+    script = str(ROOT / "scripts" / "report.py")
+    missing = run([sys.executable, script, str(tmp_path / "nope")], tmp_path)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr and "Traceback" not in missing.stderr
+    empty = run([sys.executable, script, str(tmp_path)], tmp_path)
+    assert empty.returncode == 2 and "no runs with TensorBoard event files" in empty.stderr
+
+
+def test_reproduce_names_the_experiments_on_a_wrong_one(tmp_path: Path) -> None:
+    out = run(["bash", str(ROOT / "scripts" / "reproduce.sh"), "paper_mnst"], tmp_path)
+    assert out.returncode == 2
+    assert "paper_digits" in out.stderr and "paper_synthetic" in out.stderr and "paper_mnist" in out.stderr
