@@ -105,6 +105,24 @@ def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
+def paired(by_method: dict[str, list[Run]], tag: str, title: str, baseline: str = "FedAvg") -> str | None:
+    """Per method, the difference to ``baseline`` on the same seeds (same data, same initial model): mean ± std of
+    the per-seed differences and on how many seeds the method is ahead. Seeds remove most of the spread between
+    data sets, which the unpaired table keeps."""
+    if baseline not in by_method:
+        return None
+    base = {r.seed: final_value(r, tag) for r in by_method[baseline]}
+    lines = [f"| method | Δ final {title} vs {baseline}, same seeds | ahead on |", "|---|---|---|"]
+    for method in ordered(list(by_method)):
+        if method == baseline:
+            continue
+        diffs = [final_value(r, tag) - base[r.seed] for r in by_method[method] if r.seed in base]
+        if diffs:
+            ahead = sum(d > 0 for d in diffs)
+            lines.append(f"| {method} | {mean_std(diffs)} | {ahead}/{len(diffs)} seeds |")
+    return "\n".join(lines)
+
+
 def plot(by_method: dict[str, list[Run]], tag: str, title: str, out: Path) -> None:
     import matplotlib
 
@@ -164,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         table(by_method, metrics),
         "",
     ]
+    comparison = paired(by_method, *metrics[1])
+    if comparison:
+        text += [comparison, ""]
     for tag, title in metrics:
         png = sweep_dir / f"{tag.split('/')[1]}.png"
         plot(by_method, tag, title, png)
@@ -171,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         text += ["", f"Skipped {len(skipped)} run(s) without the metrics: " + ", ".join(str(p) for p in skipped)]
     (sweep_dir / "report.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text[:7]))
+    print("\n".join(text[: 9 if comparison else 7]))
     if skipped:
         print(f"report: skipped {len(skipped)} run(s) without {metrics[0][0]} (unfinished or failed)", file=sys.stderr)
     print(f"report: wrote {sweep_dir / 'report.md'} and the plots next to it", file=sys.stderr)
