@@ -272,3 +272,20 @@ def test_regression_tasks_are_deterministic_and_differ_between_clients() -> None
     assert (maps[0] - maps[1]).abs().max() > 0.3  # heterogeneous tasks: personalization has something to do
     same = load_clients({**REGRESSION, "heterogeneity": 0.0}, 2, seed=1)
     assert (fitted_map(same[0]) - fitted_map(same[1])).abs().max() < 0.2  # one shared task, up to noise
+
+
+def test_unused_classes_are_reported_once_in_our_terms(caplog: pytest.LogCaptureFixture) -> None:
+    import warnings
+
+    from perfedavg.data import digits
+
+    digits._parts.cache_clear()  # the partition is cached per process; the warning comes with computing it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Flower's own UserWarning (in its parameter names) must not escape
+        with caplog.at_level("WARNING", logger="perfedavg"):
+            check_dataset(DIGITS, 3, seed=0)
+    held = set().union(*(set(c.train_labels()) for c in load_clients(DIGITS, 3, seed=0)))
+    unused = sorted(set(range(10)) - held)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"partition=pathological with digits: classes {unused} are held by no client (each client gets 2 classes)"
+    ]

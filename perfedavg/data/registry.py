@@ -7,12 +7,18 @@ per client from the seed and take ``partition=natural``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import logging
+import re
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from perfedavg.data import digits, hub, regression, synthetic
 from perfedavg.data.partition import LABEL_PARTITIONS, NATURAL
 from perfedavg.data.types import ClientData
+
+log = logging.getLogger("perfedavg")
 
 #: The least number of examples a client needs: at least one to train on and one to test on, and a few more.
 MIN_EXAMPLES_PER_CLIENT = 10
@@ -157,6 +163,29 @@ def _check_partition(params: Mapping[str, Any]) -> None:
         )
 
 
+#: Flower's PathologicalPartitioner warns in its own parameter names when some classes go to no client.
+_UNUSED_CLASSES = re.compile(r"Classes: (\[.*?\]) will NOT be used")
+
+
+@contextlib.contextmanager
+def _partitioner_warnings(params: Mapping[str, Any] | None) -> Iterator[None]:
+    """Silence the partitioners' UserWarnings; with ``params`` (the driver's check), say it once in our terms."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if params is None:
+        return
+    for found in {m.group(1) for w in caught if (m := _UNUSED_CLASSES.search(str(w.message)))}:
+        part = params["partition"]
+        log.warning(
+            "partition=%s with %s: classes %s are held by no client (each client gets %s classes)",
+            part["name"],
+            params["name"],
+            found,
+            part.get("classes_per_client"),
+        )
+
+
 def check_dataset(params: Mapping[str, Any], num_clients: int, seed: int) -> None:
     """Raise :class:`DataError` if the data set cannot give ``num_clients`` clients their data.
 
@@ -167,7 +196,8 @@ def check_dataset(params: Mapping[str, Any], num_clients: int, seed: int) -> Non
     if name not in DATASETS:
         raise DataError(f"dataset={name!r} is not one of: {', '.join(DATASETS)}")
     _check_partition(params)
-    DATASETS[name][1](num_clients, seed, params)
+    with _partitioner_warnings(params):
+        DATASETS[name][1](num_clients, seed, params)
 
 
 def load_client(params: Mapping[str, Any], client_id: int, num_clients: int, seed: int) -> ClientData:
@@ -176,7 +206,8 @@ def load_client(params: Mapping[str, Any], client_id: int, num_clients: int, see
         raise DataError(f"dataset={params['name']!r} is not one of: {', '.join(DATASETS)}")
     if not 0 <= client_id < num_clients:
         raise DataError(f"client id {client_id} is outside 0..{num_clients - 1}")
-    return DATASETS[params["name"]][0](client_id, num_clients, seed, params)
+    with _partitioner_warnings(None):
+        return DATASETS[params["name"]][0](client_id, num_clients, seed, params)
 
 
 def load_clients(params: Mapping[str, Any], num_clients: int, seed: int) -> list[ClientData]:
