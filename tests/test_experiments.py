@@ -88,8 +88,10 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
             values = [f[key] for f in finals]
             cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
         assert f"| {method} | 2 (0,1) | 3 | {cells[0]} | {cells[1]} |" in report, (method, report)
+
     def personalized(prefix: str, seed: int) -> float:
-        return json.loads((sweep / f"{prefix}-seed{seed}" / "metrics.json").read_text())["final"]["eval/personalized_acc"]
+        metrics = json.loads((sweep / f"{prefix}-seed{seed}" / "metrics.json").read_text())
+        return metrics["final"]["eval/personalized_acc"]
 
     diffs = [personalized("perfedavg-hvp", s) - personalized("fedavg-fo", s) for s in (0, 1)]
     ahead = sum(d > 0 for d in diffs)
