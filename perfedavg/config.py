@@ -53,6 +53,7 @@ class PartitionName(StrEnum):
     iid = "iid"
     dirichlet = "dirichlet"
     pathological = "pathological"
+    shard = "shard"
     paper = "paper"
     natural = "natural"  # generated per client: nothing to split
 
@@ -116,6 +117,7 @@ class PartitionConf:
     alpha: float = 0.5  # dirichlet: concentration (smaller: more skewed label mixes)
     min_partition_size: int = 10  # dirichlet: resample until every client has at least this many examples
     classes_per_client: int = 2  # pathological: distinct labels per client
+    shards_per_client: int = 2  # shard: label-sorted shards per client (McMahan et al. 2017)
     images_per_class: int = 196  # paper: a (group A: a of each lower class; group B: a/2 lower + 2a upper)
 
 
@@ -206,6 +208,8 @@ def _partition_problems(cfg: DictConfig) -> list[str]:
             f"partition.classes_per_client={cfg.partition.classes_per_client}: must be between 1 and "
             f"{cfg.dataset.num_classes} (dataset={data.value} has {cfg.dataset.num_classes} classes)"
         )
+    if part is PartitionName.shard and cfg.partition.shards_per_client < 1:
+        problems.append(f"partition.shards_per_client={cfg.partition.shards_per_client}: must be a positive integer")
     if part is PartitionName.paper:
         a = cfg.partition.images_per_class
         if a < 2 or a % 2:

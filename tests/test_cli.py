@@ -39,7 +39,7 @@ BAD_INPUTS = [
     (["num_clients=500"], ["num_clients=500", "fewer than 10 examples", "num_clients=150 works"]),
     (["partition=iid", "dataset=synthetic", "model=mlp"], ["partition=iid", "dataset=synthetic", "partition=natural"]),
     (["partition=paper", "partition.images_per_class=7"], ["partition.images_per_class=7", "even number"]),
-    (["partition=cyclic"], ["partition=cyclic", "allowed: dirichlet, iid, natural, paper, pathological"]),
+    (["partition=cyclic"], ["partition=cyclic", "allowed: dirichlet, iid, natural, paper, pathological, shard"]),
     (["partition.classes_per_client=11"], ["partition.classes_per_client=11", "between 1 and 10"]),
     (
         ["dataset=mnist", "dataset.cache_dir=${hydra:runtime.cwd}/no-cache"],

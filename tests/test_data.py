@@ -84,6 +84,14 @@ def test_dirichlet_partition_is_skewed_and_respects_the_minimum_size() -> None:
     assert top_share > 2 * iid_share  # α = 0.1: most of a client's examples come from one or two classes
 
 
+def test_shard_partition_gives_each_client_its_shards_of_the_label_sorted_data() -> None:
+    parts = partition_indices(LABELS, {"name": "shard", "shards_per_client": 2}, 10, seed=0)
+    assert_disjoint(parts)
+    assert [len(p) for p in parts] == [100] * 10  # 1,000 examples in 20 shards of 50, two per client
+    for counts in label_counts(parts):  # a shard is 50 examples of one label (100 per label): ≤ 2 labels per client
+        assert len(counts) <= 2 and all(n % 50 == 0 for n in counts.values())
+
+
 def test_paper_partition_has_the_papers_label_structure() -> None:
     a, n = 8, 10
     parts = partition_indices(LABELS, {"name": "paper", "images_per_class": a}, n, seed=0)
@@ -108,6 +116,7 @@ def test_paper_partition_too_large_for_the_data_is_a_clear_error() -> None:
     "spec",
     [
         {"name": "iid"},
+        {"name": "shard", "shards_per_client": 2},
         PATHOLOGICAL,
         {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 10},
         {"name": "paper", "images_per_class": 6},

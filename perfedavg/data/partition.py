@@ -1,6 +1,6 @@
 """Partition schemes (the ``partition`` config group) as ``flwr-datasets`` partitioners.
 
-``iid``, ``dirichlet`` and ``pathological`` are Flower's own partitioners; ``paper`` is
+``iid``, ``dirichlet``, ``pathological`` and ``shard`` are Flower's own partitioners; ``paper`` is
 :class:`~perfedavg.data.paper_partitioner.PaperPartitioner`, written in the same style. ``natural`` means the data
 set is already per-client (generated per user) and takes no partitioner.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 #: Partition names that split a pooled, labelled data set across clients.
-LABEL_PARTITIONS = ("iid", "dirichlet", "pathological", "paper")
+LABEL_PARTITIONS = ("iid", "dirichlet", "pathological", "shard", "paper")
 #: The data set is generated per client; nothing to split.
 NATURAL = "natural"
 #: The column a partitioner reads labels from.
@@ -24,9 +24,15 @@ def make_partitioner(spec: Mapping[str, Any], num_partitions: int, seed: int, pa
     """A fresh ``flwr_datasets.partitioner.Partitioner`` for the ``partition`` config ``spec``.
 
     ``spec["name"]`` picks the scheme; its parameters: ``alpha``, ``min_partition_size`` (dirichlet),
-    ``classes_per_client`` (pathological), ``images_per_class`` (paper). Seeded by ``seed``.
+    ``classes_per_client`` (pathological), ``shards_per_client`` (shard), ``images_per_class`` (paper).
+    Seeded by ``seed``.
     """
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+        ShardPartitioner,
+    )
 
     from perfedavg.data.paper_partitioner import PaperPartitioner
 
@@ -48,6 +54,13 @@ def make_partitioner(spec: Mapping[str, Any], num_partitions: int, seed: int, pa
             partition_by=partition_by,
             num_classes_per_partition=int(spec["classes_per_client"]),
             class_assignment_mode="first-deterministic",
+            seed=seed,
+        )
+    if name == "shard":
+        return ShardPartitioner(
+            num_partitions=num_partitions,
+            partition_by=partition_by,
+            num_shards_per_partition=int(spec["shards_per_client"]),
             seed=seed,
         )
     if name == "paper":
