@@ -298,3 +298,18 @@ def test_unused_classes_are_reported_once_in_our_terms(caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records] == [
         f"partition=pathological with digits: classes {unused} are held by no client (each client gets 2 classes)"
     ]
+
+
+def test_fetch_reports_an_unreachable_hub_without_a_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    args = [sys.executable, "-m", "perfedavg.data.fetch", "mnist", "--cache-dir", str(tmp_path)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 1
+    assert "could not download ylecun/mnist" in out.stderr and "Traceback" not in out.stderr
+    wrong = [sys.executable, "-m", "perfedavg.data.fetch", "mnst"]
+    bad = subprocess.run(wrong, capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 2 and "invalid choice: 'mnst'" in bad.stderr
