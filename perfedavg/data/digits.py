@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from perfedavg.data.partition import partition_indices
-from perfedavg.data.types import ClientData, split_train_test
+from perfedavg.data.types import ClientData, split_generator, split_train_test
 
 IMAGE_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
@@ -43,5 +43,5 @@ def make_digits_client(
     """Client ``client_id``'s images under the ``partition`` scheme, with its own seeded train/test split."""
     x, y = load_digits_arrays()
     idx = torch.from_numpy(digits_partition(partition, num_clients, seed)[client_id])
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + client_id)
+    gen = split_generator(seed, client_id)
     return split_train_test(client_id, torch.from_numpy(x)[idx], torch.from_numpy(y)[idx], test_fraction, gen)

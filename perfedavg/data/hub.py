@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from perfedavg.data.partition import make_partitioner
-from perfedavg.data.types import ClientData, split_train_test
+from perfedavg.data.types import ClientData, split_generator, split_train_test
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,9 @@ def make_hub_client(params: Mapping[str, Any], client_id: int, num_clients: int,
     """Client ``client_id``'s partition as tensors, with its own seeded train/test split."""
     fds = federated_dataset(params, num_clients, seed)
     rows = fds.load_partition(client_id, SPLIT)
-    x, y = to_arrays(rows, image_column(params, rows.column_names), _label_key(params), list(params["input_shape"]))
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + client_id)
+    try:
+        x, y = to_arrays(rows, image_column(params, rows.column_names), _label_key(params), list(params["input_shape"]))
+    except DataUnavailableError as e:
+        raise DataUnavailableError(f"dataset={params['name']} ({source_of(params)}): {e}") from None
+    gen = split_generator(seed, client_id)
     return split_train_test(client_id, torch.from_numpy(x), torch.from_numpy(y), float(params["test_fraction"]), gen)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from perfedavg.data.types import ClientData, split_train_test
+from perfedavg.data.types import ClientData, split_generator, split_train_test
 
 
 def synthetic_user(
@@ -48,5 +48,5 @@ def make_synthetic_client(
     x, y = synthetic_user(
         client_id, seed=seed, alpha=alpha, beta=beta, num_features=num_features, num_classes=num_classes
     )
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + client_id)
+    gen = split_generator(seed, client_id)
     return split_train_test(client_id, torch.from_numpy(x), torch.from_numpy(y), test_fraction, gen)

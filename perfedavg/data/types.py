@@ -31,6 +31,11 @@ class ClientData:
         return sorted(int(v) for v in torch.unique(self.y_train))
 
 
+def split_generator(seed: int, client_id: int) -> torch.Generator:
+    """The generator of client ``client_id``'s train/test shuffle: a function of (seed, client) only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + client_id)
+
+
 def split_train_test(
     client_id: int, x: torch.Tensor, y: torch.Tensor, test_fraction: float, generator: torch.Generator
 ) -> ClientData:
