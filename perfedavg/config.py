@@ -187,11 +187,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-#: Data sets generated per client; they take ``partition=natural`` (the others are split by a partitioner).
-GENERATED_DATASETS = (DatasetName.regression, DatasetName.synthetic)
-
-
 def _partition_problems(cfg: DictConfig) -> list[str]:
+    from perfedavg.data.partition import GENERATED_DATASETS  # numpy only: no torch at config import
+
     data, part = DatasetName(cfg.dataset.name), PartitionName(cfg.partition.name)
     if data in GENERATED_DATASETS and part is not PartitionName.natural:
         return [f"partition={part.value}: dataset={data.value} is generated per client; use partition=natural"]

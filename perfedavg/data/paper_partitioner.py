@@ -56,17 +56,6 @@ class PaperPartitioner(Partitioner):
             self._indices = self._assign()
         return self.dataset.select(self._indices[partition_id])
 
-    def demands(self) -> tuple[dict[int, int], dict[int, int]]:
-        """(examples each class must supply, examples each class has) for this dataset and seed."""
-        labels = np.asarray(self.dataset[self._partition_by])
-        wanted = self._wanted(np.unique(labels), np.random.default_rng(self._seed))
-        need: dict[int, int] = {}
-        for per_partition in wanted:
-            for c, k in per_partition:
-                need[int(c)] = need.get(int(c), 0) + k
-        have = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
-        return need, have
-
     def _wanted(self, classes: np.ndarray, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
         if len(classes) < 2:
             raise ValueError(f"the paper's split needs at least 2 classes; the data has {len(classes)}")
@@ -82,18 +71,22 @@ class PaperPartitioner(Partitioner):
         labels = np.asarray(self.dataset[self._partition_by])
         rng = np.random.default_rng(self._seed)
         wanted = self._wanted(np.unique(labels), rng)
-        pools = {int(c): list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)}
+        pools = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+        need: dict[int, int] = {}
+        for c, k in (pair for per_partition in wanted for pair in per_partition):
+            need[c] = need.get(c, 0) + k
+        for c, n in need.items():
+            if n > len(pools[c]):
+                raise ValueError(
+                    f"the paper's split with images_per_class={self._a} and {self._num_partitions} partitions "
+                    f"needs {n} examples of class {c}; the data has {len(pools[c])}"
+                )
+        taken = dict.fromkeys(pools, 0)  # each class's shuffled pool is consumed from the front
         parts: list[np.ndarray] = []
         for per_partition in wanted:
-            chosen: list[int] = []
+            chosen = []
             for c, k in per_partition:
-                if len(pools[c]) < k:
-                    need, have = self.demands()
-                    raise ValueError(
-                        f"the paper's split with images_per_class={self._a} and {self._num_partitions} partitions "
-                        f"needs {need[c]} examples of class {c}; the data has {have[c]}"
-                    )
-                chosen += pools[c][:k]
-                del pools[c][:k]
-            parts.append(np.sort(np.asarray(chosen, dtype=np.int64)))
+                chosen.append(pools[c][taken[c] : taken[c] + k])
+                taken[c] += k
+            parts.append(np.sort(np.concatenate(chosen).astype(np.int64)))
         return parts

@@ -16,6 +16,8 @@ import numpy as np
 LABEL_PARTITIONS = ("iid", "dirichlet", "pathological", "shard", "paper")
 #: The data set is generated per client; nothing to split.
 NATURAL = "natural"
+#: Data sets generated per client: they take ``partition=natural``; every other data set is a pool to split.
+GENERATED_DATASETS = ("regression", "synthetic")
 #: The column a partitioner reads labels from.
 LABEL = "label"
 

@@ -1,7 +1,7 @@
 """Data set registry: a data config (the ``dataset`` mapping plus its ``partition``) → per-client data.
 
 Two kinds of data set: *labelled pools* (digits, mnist, fashion_mnist, cifar10) are split across clients by a
-partitioner (``partition=iid|dirichlet|pathological|paper``); *generated* sets (regression, synthetic) are drawn
+partitioner (``partition=iid|dirichlet|pathological|shard|paper``); *generated* sets (regression, synthetic) are drawn
 per client from the seed and take ``partition=natural``.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from perfedavg.data import digits, hub, regression, synthetic
-from perfedavg.data.partition import LABEL_PARTITIONS, NATURAL
+from perfedavg.data.partition import GENERATED_DATASETS, LABEL_PARTITIONS, NATURAL
 from perfedavg.data.types import ClientData
 
 log = logging.getLogger("perfedavg")
@@ -58,10 +58,8 @@ def _digits(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -
 
 
 def _hub(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -> ClientData:
-    try:
+    with _as_data_errors(p):
         return hub.make_hub_client(p, client_id, num_clients, seed)
-    except hub.DataUnavailableError as e:
-        raise DataError(str(e)) from None
 
 
 def _check_regression(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
@@ -114,30 +112,28 @@ def _check_sizes(sizes_for: Callable[[int], list[int]], p: Mapping[str, Any], nu
     )
 
 
-def _partition_problem(e: ValueError, p: Mapping[str, Any]) -> DataError:
-    return DataError(f"partition={p['partition']['name']} of dataset={p['name']}: {e}")
+@contextlib.contextmanager
+def _as_data_errors(p: Mapping[str, Any]) -> Iterator[None]:
+    """Report what loading or partitioning raises as a :class:`DataError` naming the data set and partition."""
+    try:
+        yield
+    except DataError:
+        raise
+    except hub.DataUnavailableError as e:
+        raise DataError(str(e)) from None
+    except ValueError as e:  # the partitioners' own checks (e.g. Dirichlet cannot reach min_partition_size)
+        raise DataError(f"partition={p['partition']['name']} of dataset={p['name']}: {e}") from None
 
 
 def _check_digits(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
-    def sizes_for(n: int) -> list[int]:
-        return [len(i) for i in digits.digits_partition(p["partition"], n, seed)]
-
-    try:
-        _check_sizes(sizes_for, p, num_clients)
-    except ValueError as e:
-        if isinstance(e, DataError):
-            raise
-        raise _partition_problem(e, p) from None
+    with _as_data_errors(p):
+        _check_sizes(lambda n: [len(i) for i in digits.digits_partition(p["partition"], n, seed)], p, num_clients)
 
 
 def _check_hub(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
-    try:
+    with _as_data_errors(p):
         _check_sizes(lambda n: hub.partition_sizes(p, n, seed), p, num_clients)
         hub.make_hub_client(p, 0, num_clients, seed)  # decodes one client: column names and image shape
-    except (hub.DataUnavailableError, DataError) as e:
-        raise DataError(str(e)) from None
-    except ValueError as e:
-        raise _partition_problem(e, p) from None
 
 
 #: name → (make one client, check the federation fits the data)
@@ -149,15 +145,13 @@ DATASETS: dict[str, tuple[Callable[..., ClientData], Callable[[int, int, Mapping
     "fashion_mnist": (_hub, _check_hub),
     "cifar10": (_hub, _check_hub),
 }
-#: Data sets generated per client (``partition=natural``); the others are pools split by a partitioner.
-GENERATED = ("regression", "synthetic")
 
 
 def _check_partition(params: Mapping[str, Any]) -> None:
     name, part = params["name"], params["partition"]["name"]
-    if name in GENERATED and part != NATURAL:
+    if name in GENERATED_DATASETS and part != NATURAL:
         raise DataError(f"partition={part}: dataset={name} is generated per client; it takes partition={NATURAL}")
-    if name not in GENERATED and part not in LABEL_PARTITIONS:
+    if name not in GENERATED_DATASETS and part not in LABEL_PARTITIONS:
         raise DataError(
             f"partition={part}: dataset={name} is split across clients; use one of: {', '.join(LABEL_PARTITIONS)}"
         )
