@@ -12,6 +12,7 @@ import functools
 import json
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,26 +21,39 @@ from flwr.clientapp import ClientApp
 
 from perfedavg import algorithm, task
 from perfedavg.data import ClientData, data_params, load_client
+from perfedavg.data.client_cache import ClientCache
 
 
 def run_config(message: Message) -> tuple[int, dict[str, Any]]:
-    """The round number and the resolved run configuration carried by a message."""
+    """The round number and the resolved run configuration carried by a message (parsed once per process: every
+    message of a run carries the same JSON; the returned dict is shared and must not be changed)."""
     record = message.content["config"]
-    return int(record["round"]), json.loads(str(record["run-config"]))
+    return int(record["round"]), _parsed(str(record["run-config"]))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(config_json: str) -> dict[str, Any]:
+    return json.loads(config_json)
 
 
 def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-@functools.lru_cache(maxsize=8)
-def _client_data(dataset_json: str, client_id: int, num_clients: int, seed: int) -> ClientData:
-    return load_client(json.loads(dataset_json), client_id, num_clients, seed)
+#: This process's clients' tensors (built once, kept within the bound of :mod:`perfedavg.data.client_cache`).
+CLIENTS = ClientCache()
 
 
 def client_data(cfg: dict[str, Any], client_id: int) -> ClientData:
-    """This client's data, built once per process (cached on the data set's parameters)."""
-    return _client_data(json.dumps(data_params(cfg), sort_keys=True), client_id, cfg["num_clients"], cfg["seed"])
+    """This client's data on the run's compute device, built once per process and kept (see :data:`CLIENTS`)."""
+    device = str(cfg.get("device") or "cpu")
+    key = (json.dumps(data_params(cfg), sort_keys=True), client_id, cfg["num_clients"], cfg["seed"], device)
+
+    def build() -> ClientData:
+        data = load_client(data_params(cfg), client_id, cfg["num_clients"], cfg["seed"])
+        return data if device == "cpu" else data.to(device)
+
+    return CLIENTS.get(key, build)
 
 
 def client_generator(seed: int, client_id: int, server_round: int) -> torch.Generator:
@@ -48,20 +62,35 @@ def client_generator(seed: int, client_id: int, server_round: int) -> torch.Gene
     return torch.Generator().manual_seed(zlib.crc32(key) * 2**20 + seed)
 
 
+@dataclass(frozen=True)
+class Worker:
+    """What a process needs to serve messages of one run, built once per run config: the model (one module per
+    process, reused: building one costs more than loading weights into it, and the BackPACK cache of
+    ``hessian=diag`` stays warm), its loss, the local-update spec, and the compute device."""
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    spec: algorithm.LocalSpec
+    classification: bool
+    device: torch.device
+
+
 @functools.lru_cache(maxsize=4)
-def _model(model_json: str, seed: int) -> torch.nn.Module:
-    return task.build_model(json.loads(model_json), seed)
+def _worker(config_json: str) -> Worker:
+    cfg = _parsed(config_json)
+    device = torch.device(str(cfg.get("device") or "cpu"))
+    return Worker(
+        model=task.build_model(cfg["model"], cfg["seed"]).to(device),
+        loss_fn=task.build_loss(cfg["dataset"]),
+        spec=local_spec(cfg),
+        classification=task.is_classification(cfg["dataset"]),
+        device=device,
+    )
 
 
-def _model_from(message: Message, cfg: dict[str, Any]) -> torch.nn.Module:
-    """This process's model for the configured architecture, holding the weights the message carries.
-
-    One module per process is reused across messages (building one costs more than loading weights into it, and
-    the BackPACK cache of ``hessian=diag`` stays warm); every handler overwrites all of its parameters first.
-    """
-    model = _model(json.dumps(cfg["model"], sort_keys=True), cfg["seed"])
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
-    return model
+def load_weights(model: torch.nn.Module, arrays: ArrayRecord) -> None:
+    """Copy the weights a message carries into ``model`` in place (every parameter and buffer is overwritten)."""
+    model.load_state_dict(arrays.to_torch_state_dict())
 
 
 def _setup_threads(cfg: dict[str, Any]) -> None:
@@ -83,25 +112,25 @@ def local_spec(cfg: dict[str, Any]) -> algorithm.LocalSpec:
     )
 
 
-def _receive(message: Message, context: Context) -> tuple[int, dict[str, Any], int, ClientData, torch.nn.Module]:
-    """What every handler starts from: (round, run config, client id, its data, the model with the sent weights)."""
-    server_round, cfg = run_config(message)
+def _receive(message: Message, context: Context) -> tuple[int, dict[str, Any], int, ClientData, Worker]:
+    """What every handler starts from: (round, run config, client id, its data, the worker with the sent weights)."""
+    record = message.content["config"]
+    server_round, config_json = int(record["round"]), str(record["run-config"])
+    cfg = _parsed(config_json)
     _setup_threads(cfg)
     cid = partition_id(context)
-    return server_round, cfg, cid, client_data(cfg, cid), _model_from(message, cfg)
+    worker = _worker(config_json)
+    load_weights(worker.model, message.content["arrays"])
+    return server_round, cfg, cid, client_data(cfg, cid), worker
 
 
 def train(message: Message, context: Context) -> Message:
     """Local update from the global weights; reply with the new weights and training metrics."""
     start = time.perf_counter()
-    server_round, cfg, cid, data, model = _receive(message, context)
+    server_round, cfg, cid, data, worker = _receive(message, context)
+    model = worker.model
     result = algorithm.local_update(
-        model,
-        task.build_loss(cfg["dataset"]),
-        data.x_train,
-        data.y_train,
-        local_spec(cfg),
-        client_generator(cfg["seed"], cid, server_round),
+        model, worker.loss_fn, data.x_train, data.y_train, worker.spec, client_generator(cfg["seed"], cid, server_round)
     )
     metrics = MetricRecord(
         {
@@ -119,17 +148,17 @@ def train(message: Message, context: Context) -> Message:
 def evaluate(message: Message, context: Context) -> Message:
     """Global and personalized (α-step on the training split) test metrics of the received weights."""
     start = time.perf_counter()
-    _, cfg, cid, data, model = _receive(message, context)
+    _, cfg, cid, data, worker = _receive(message, context)
     metrics = algorithm.personalized_evaluation(
-        model,
-        task.build_loss(cfg["dataset"]),
+        worker.model,
+        worker.loss_fn,
         data.x_train,
         data.y_train,
         data.x_test,
         data.y_test,
         alpha=cfg["alpha"],
         adapt_steps=cfg["adapt_steps"],
-        classification=task.is_classification(cfg["dataset"]),
+        classification=worker.classification,
     )
     record = MetricRecord(
         {"client-id": cid, "num-examples": data.num_test, **metrics, "compute-s": time.perf_counter() - start}

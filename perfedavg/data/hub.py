@@ -1,17 +1,24 @@
-"""Image data sets through Flower Datasets (``flwr_datasets.FederatedDataset``): MNIST, Fashion-MNIST, CIFAR-10.
+"""Image data sets from the Hugging Face hub or local files: MNIST, Fashion-MNIST, CIFAR-10.
 
-``FederatedDataset`` calls ``datasets.load_dataset``: from the Hugging Face hub when online (cached under
-``~/.cache/huggingface`` or ``dataset.cache_dir``), from that cache offline (``HF_HUB_OFFLINE=1``), or from local
-files when ``dataset.path`` names a directory that ``load_dataset`` understands: parquet files
-(``train-*.parquet`` or ``train/*.parquet``) or an image folder (``train/<label>/<image>.png``). The ``train``
-split is shuffled with the seed and split by the configured partitioner; each client then holds out its own test
-split. Nothing here imports Flower's framework, only its data library.
+``datasets.load_dataset`` reads the data set: from the hub when online (cached under ``~/.cache/huggingface`` or
+``dataset.cache_dir``), from that cache offline (``HF_HUB_OFFLINE=1``), or from local files when ``dataset.path``
+names a directory it understands: parquet files (``train-*.parquet`` or ``train/*.parquet``) or an image folder
+(``train/<label>/<image>.png``). This is the call ``flwr_datasets.FederatedDataset`` makes; the split is then
+shuffled with the seed and partitioned by the same Flower partitioners, on a labels-only table
+(:func:`perfedavg.data.partition.partition_indices`), which yields exactly ``FederatedDataset``'s partitions.
+
+Images are decoded **once per machine**: the first process that needs a split decodes all of it in one pass and
+stores it as ``.npy`` arrays (:mod:`perfedavg.data.array_cache`); every process (the driver, Ray actors,
+SuperNodes on the same machine) memory-maps that file, so N processes share one copy in the page cache. A client's
+tensors are a slice of it, scaled to [0, 1]. Nothing here imports Flower's framework, only its data library.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from perfedavg.data.partition import make_partitioner
+from perfedavg.data import array_cache
+from perfedavg.data.partition import partition_indices
 from perfedavg.data.types import ClientData, split_generator, split_train_test
+
+log = logging.getLogger("perfedavg")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,11 @@ SOURCES: dict[str, HubSource] = {
 
 #: The split that is partitioned across clients.
 SPLIT = "train"
+#: The config keys that say which images are decoded (the partition and the seed do not).
+SOURCE_KEYS = ("name", "path", "cache_dir", "image_key", "label_key", "input_shape")
+
+#: Images this process has decoded from their stored form (PNG, JPEG, …); the tests count it.
+decoded_images = 0
 
 
 class DataUnavailableError(RuntimeError):
@@ -48,7 +63,7 @@ class DataUnavailableError(RuntimeError):
 
 
 def source_of(params: Mapping[str, Any]) -> str:
-    """The ``dataset=`` argument for ``FederatedDataset``: the local ``path`` if set, else the hub id."""
+    """What ``load_dataset`` is asked for: the local ``path`` if set, else the hub id."""
     return str(params.get("path") or SOURCES[params["name"]].hub_id)
 
 
@@ -65,37 +80,33 @@ def how_to_get(params: Mapping[str, Any]) -> str:
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _federated(params_json: str, num_clients: int, seed: int) -> Any:
-    from flwr_datasets import FederatedDataset
+def _source_json(params: Mapping[str, Any]) -> str:
+    return json.dumps({k: params.get(k) for k in SOURCE_KEYS}, sort_keys=True)
 
-    params = json.loads(params_json)
+
+@functools.lru_cache(maxsize=4)
+def _load_split(source_json: str) -> Any:
+    import datasets
+
+    params = json.loads(source_json)
     kwargs: dict[str, Any] = {"cache_dir": params["cache_dir"]} if params.get("cache_dir") else {}
-    fds = FederatedDataset(
-        dataset=source_of(params),
-        partitioners={SPLIT: make_partitioner(params["partition"], num_clients, seed, _label_key(params))},
-        shuffle=True,
-        seed=seed,
-        **kwargs,
-    )
     try:
-        fds.load_split(SPLIT)  # loads (or downloads) now, so a missing data set fails here
+        return datasets.load_dataset(source_of(params), split=SPLIT, **kwargs)
     except Exception as e:  # datasets raises many types for "not there"; all mean the same to the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataUnavailableError(
             f"dataset={params['name']}: cannot load {source_of(params)!r} ({type(e).__name__}: {first[:200]}); "
             + how_to_get(params)
         ) from None
-    return fds
+
+
+def load_split(params: Mapping[str, Any]) -> Any:
+    """The unshuffled ``train`` split as a ``datasets.Dataset`` (per-process cached; images not decoded)."""
+    return _load_split(_source_json(params))
 
 
 def _label_key(params: Mapping[str, Any]) -> str:
     return str(params.get("label_key") or SOURCES[params["name"]].label_key)
-
-
-def federated_dataset(params: Mapping[str, Any], num_clients: int, seed: int) -> Any:
-    """The (per-process cached) ``FederatedDataset`` for ``params`` (a dataset config plus its ``partition``)."""
-    return _federated(json.dumps(dict(params), sort_keys=True), num_clients, seed)
 
 
 def image_column(params: Mapping[str, Any], columns: list[str]) -> str:
@@ -110,43 +121,113 @@ def image_column(params: Mapping[str, Any], columns: list[str]) -> str:
     )
 
 
-def to_arrays(rows: Any, image_key: str, label_key: str, input_shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a ``datasets.Dataset`` slice to images ``[n, C, H, W]`` in [0, 1] (float32) and labels ``[n]``.
+def _chw(shape: tuple[int, ...], channels: int) -> list[int]:
+    """An image array's shape as ``[C, H, W]`` (``[H, W]`` is one channel; ``[H, W, C]`` is channels-last)."""
+    if len(shape) == 2:
+        return [1, *shape]
+    if len(shape) == 3 and shape[-1] == channels and shape[0] != channels:
+        return [shape[2], shape[0], shape[1]]
+    return list(shape)
 
-    PIL images are converted to grey (C = 1) or RGB (C = 3); arrays ``[H, W]`` or ``[H, W, C]`` are accepted too.
+
+def decode_images(split: Any, image_key: str, input_shape: list[int]) -> np.ndarray:
+    """Every image of ``split`` as one array ``[N, C, H, W]``: ``uint8`` for encoded images, else as stored.
+
+    Encoded images (the ``datasets.Image`` feature: PNG/JPEG bytes or file paths) are read straight from the Arrow
+    column, without ``datasets``' per-row formatting, and decoded once each with the feature's own
+    ``decode_example``, then converted to grey (C = 1) or RGB (C = 3) like the hub loaders do. Array columns are
+    read in one bulk conversion. Cost: one image decode per row (MNIST's 60,000 PNGs: a few seconds).
     """
-    channels = input_shape[0]
-    mode = "L" if channels == 1 else "RGB"
-    images = []
-    for item in rows[image_key]:
-        if hasattr(item, "convert"):
-            item = item.convert(mode)
-        images.append(np.asarray(item))
-    x = np.stack(images) if images else np.zeros((0, *input_shape[1:]), dtype=np.uint8)
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    x = x.astype(np.float32) / scale
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] == channels and x.shape[1] != channels:
-        x = x.transpose(0, 3, 1, 2)
-    if list(x.shape[1:]) != list(input_shape):
-        raise DataUnavailableError(f"images have shape {list(x.shape[1:])}, dataset.input_shape is {list(input_shape)}")
-    return np.ascontiguousarray(x), np.asarray(rows[label_key], dtype=np.int64)
+    global decoded_images
+    import datasets
+
+    channels, shape = int(input_shape[0]), [int(s) for s in input_shape]
+    feature = split.features[image_key]
+    if isinstance(feature, datasets.Image):
+        mode = "L" if channels == 1 else "RGB"
+        raw = split.data.column(image_key).to_pylist()
+        out = np.empty((len(raw), *shape[1:], *([channels] if channels > 1 else [])), dtype=np.uint8)
+        for i, value in enumerate(raw):
+            array = np.asarray(feature.decode_example(value).convert(mode))
+            if array.shape != out.shape[1:]:
+                raise DataUnavailableError(
+                    f"images have shape {_chw(array.shape, channels)}, dataset.input_shape is {shape}"
+                    + (f" (row {i})" if i else "")
+                )
+            out[i] = array
+            decoded_images += 1
+    else:
+        out = np.asarray(split.with_format("numpy")[image_key])
+        if out.dtype != np.uint8:
+            out = out.astype(np.float32)
+    if out.ndim == 3:
+        out = out[:, None]
+    elif out.ndim == 4 and out.shape[-1] == channels and out.shape[1] != channels:
+        out = out.transpose(0, 3, 1, 2)
+    if list(out.shape[1:]) != shape:
+        raise DataUnavailableError(f"images have shape {list(out.shape[1:])}, dataset.input_shape is {shape}")
+    return np.ascontiguousarray(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded(source_json: str) -> tuple[np.ndarray, np.ndarray]:
+    params = json.loads(source_json)
+    split = _load_split(source_json)
+    image_key, label_key = image_column(params, split.column_names), _label_key(params)
+    fingerprint = getattr(split, "_fingerprint", None) or json.dumps([f["filename"] for f in split.cache_files])
+    key = {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, **params}
+
+    def build() -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        log.info("decoding the %d images of dataset=%s once (memory-mapped cache: %s)", len(split),
+                 params["name"], array_cache.cache_root())
+        images = decode_images(split, image_key, list(params["input_shape"]))
+        labels = np.asarray(split.data.column(label_key).to_numpy(zero_copy_only=False), dtype=np.int64)
+        log.info("decoded %d images in %.1f s", len(images), time.perf_counter() - start)
+        return {"images": images, "labels": labels}
+
+    try:
+        arrays = array_cache.load_or_build(f"{params['name']}-{SPLIT}", key, build)
+    except DataUnavailableError as e:
+        raise DataUnavailableError(f"dataset={params['name']} ({source_of(params)}): {e}") from None
+    return arrays["images"], arrays["labels"]
+
+
+def decoded_split(params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(images [N, C, H, W] uint8 or float32, labels [N] int64)`` of the whole train split, memory-mapped.
+
+    Decoded at most once per machine (and cache directory); later calls in this process return the same arrays.
+    """
+    return _decoded(_source_json(params))
+
+
+@functools.lru_cache(maxsize=8)
+def _partition(params_json: str, num_clients: int, seed: int) -> list[np.ndarray]:
+    params = json.loads(params_json)
+    _, labels = decoded_split(params)
+    return partition_indices(labels, params["partition"], num_clients, seed, sort=False)
+
+
+def hub_partition(params: Mapping[str, Any], num_clients: int, seed: int) -> list[np.ndarray]:
+    """Row indices of each client's examples in the train split, in ``FederatedDataset.load_partition`` order."""
+    return _partition(json.dumps(dict(params), sort_keys=True), num_clients, seed)
 
 
 def partition_sizes(params: Mapping[str, Any], num_clients: int, seed: int) -> list[int]:
-    """Examples held by each client (before its train/test split). Triggers loading and partitioning."""
-    fds = federated_dataset(params, num_clients, seed)
-    return [len(fds.load_partition(i, SPLIT)) for i in range(num_clients)]
+    """Examples held by each client (before its train/test split). Decodes the split if no process has yet."""
+    return [len(rows) for rows in hub_partition(params, num_clients, seed)]
+
+
+def scaled(images: np.ndarray) -> np.ndarray:
+    """Images as float32 in [0, 1]: ``uint8`` divided by 255, anything else as float32."""
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    return images.astype(np.float32) / scale
 
 
 def make_hub_client(params: Mapping[str, Any], client_id: int, num_clients: int, seed: int) -> ClientData:
-    """Client ``client_id``'s partition as tensors, with its own seeded train/test split."""
-    fds = federated_dataset(params, num_clients, seed)
-    rows = fds.load_partition(client_id, SPLIT)
-    try:
-        x, y = to_arrays(rows, image_column(params, rows.column_names), _label_key(params), list(params["input_shape"]))
-    except DataUnavailableError as e:
-        raise DataUnavailableError(f"dataset={params['name']} ({source_of(params)}): {e}") from None
-    gen = split_generator(seed, client_id)
-    return split_train_test(client_id, torch.from_numpy(x), torch.from_numpy(y), float(params["test_fraction"]), gen)
+    """Client ``client_id``'s partition as tensors, with its own seeded train/test split. No decoding: a slice of
+    the memory-mapped split (cost: copying and scaling the client's own images)."""
+    images, labels = decoded_split(params)
+    rows = hub_partition(params, num_clients, seed)[client_id]
+    x, y = torch.from_numpy(scaled(images[rows])), torch.from_numpy(labels[rows])
+    return split_train_test(client_id, x, y, float(params["test_fraction"]), split_generator(seed, client_id))

@@ -75,16 +75,20 @@ def make_partitioner(spec: Mapping[str, Any], num_partitions: int, seed: int, pa
     raise ValueError(f"partition={name!r} is not one of: {', '.join(LABEL_PARTITIONS)}")
 
 
-def partition_indices(labels: np.ndarray, spec: Mapping[str, Any], num_partitions: int, seed: int) -> list[np.ndarray]:
+def partition_indices(
+    labels: np.ndarray, spec: Mapping[str, Any], num_partitions: int, seed: int, *, sort: bool = True
+) -> list[np.ndarray]:
     """Indices into ``labels`` (``[N]`` ints) of each partition, using the same partitioner as the hub data sets.
 
     The labels are wrapped in a ``datasets.Dataset`` with a row-index column and shuffled with ``seed`` first
     (as ``FederatedDataset`` does before partitioning), so ``iid`` gets a random split of any ordering.
-    Cost: ``O(N)`` plus the partitioner's own; returns one sorted ``int64`` array per partition.
+    Cost: ``O(N)`` plus the partitioner's own; returns one ``int64`` array per partition, sorted, or with
+    ``sort=False`` in the order ``FederatedDataset.load_partition`` returns the rows.
     """
     import datasets
 
     table = datasets.Dataset.from_dict({LABEL: np.asarray(labels, dtype=np.int64), "row": np.arange(len(labels))})
     partitioner = make_partitioner(spec, num_partitions, seed)
     partitioner.dataset = table.shuffle(seed=seed)
-    return [np.sort(np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)) for i in range(num_partitions)]
+    parts = [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64) for i in range(num_partitions)]
+    return [np.sort(p) for p in parts] if sort else parts

@@ -133,7 +133,7 @@ def _check_digits(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
 def _check_hub(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
     with _as_data_errors(p):
         _check_sizes(lambda n: hub.partition_sizes(p, n, seed), p, num_clients)
-        hub.make_hub_client(p, 0, num_clients, seed)  # decodes one client: column names and image shape
+        hub.make_hub_client(p, 0, num_clients, seed)  # column names and image shape (decoded once per machine)
 
 
 #: name → (make one client, check the federation fits the data)

@@ -26,6 +26,11 @@ class ClientData:
     def num_test(self) -> int:
         return int(self.x_test.shape[0])
 
+    def to(self, device: torch.device | str) -> ClientData:
+        """The same data on ``device``."""
+        moved = (t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+        return ClientData(self.client_id, *moved)
+
     def train_labels(self) -> list[int]:
         """Sorted distinct training labels (classification data sets)."""
         return sorted(int(v) for v in torch.unique(self.y_train))

@@ -1,0 +1,115 @@
+"""Reference federations whose per-round metrics speed work must not move (issue: "results must not move").
+
+``tests/golden/metrics.json`` holds the per-round metrics (time/* excluded) of each run below, as written by
+
+    .venv/bin/python tests/golden_runs.py --write
+
+from the code *before* a change that must not change results; ``tests/test_golden.py`` runs the same federations
+with today's code and compares them. A deliberate change of results (a bug fix) rewrites the file with the same
+command and names the change in its commit.
+
+The runs cover the digits default (Net, hvp), the paper's MLP with finite differences and FO, a FedAvg run, and
+parquet data sets written here (grey 28×28 through the paper partition, RGB 32×32 through Dirichlet), so the
+image decoding path is checked pixel for pixel through the metrics it produces.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "golden" / "metrics.json"
+
+SMALL = ["backend=inprocess", "num_rounds=3", "local_steps=2", "eval_every=1"]
+
+#: name → Hydra overrides; ``{grey}`` / ``{rgb}`` are replaced by the parquet directories written by :func:`write_data`.
+RUNS: dict[str, list[str]] = {
+    "digits_net_hvp": [*SMALL, "num_clients=10"],
+    "digits_mlp_fd": [*SMALL, "num_clients=10", "model=mlp", "hessian=fd", "batch_size=8"],
+    "digits_mlp_fo_weighted": [*SMALL, "num_clients=8", "model=mlp", "hessian=fo", "aggregation=weighted"],
+    "digits_fedavg": [*SMALL, "num_clients=10", "algorithm=fedavg"],
+    "parquet_grey_paper_fd": [
+        *SMALL,
+        "dataset=mnist",
+        "dataset.path={grey}",
+        "model=mlp",
+        "hessian=fd",
+        "partition=paper",
+        "partition.images_per_class=6",
+        "num_clients=6",
+        "batch_size=8",
+    ],
+    "parquet_rgb_dirichlet_hvp": [
+        *SMALL,
+        "dataset=cifar10",
+        "dataset.path={rgb}",
+        "model=net",
+        "partition=dirichlet",
+        "partition.alpha=1.0",
+        "num_clients=4",
+        "batch_size=8",
+    ],
+}
+
+
+def write_data(root: Path) -> dict[str, str]:
+    """Tiny parquet data sets in the hub's layout (deterministic: seeded pixels, lossless PNG)."""
+    sys.path.insert(0, str(HERE))
+    from fake_images import images, write_parquet
+
+    grey = write_parquet(root / "grey", *images(24, (28, 28), seed=1))
+    rgb = write_parquet(root / "rgb", *images(8, (32, 32, 3), seed=2), image_key="img")
+    return {"grey": str(grey), "rgb": str(rgb)}
+
+
+def run_all(root: Path) -> dict[str, list[dict[str, float]]]:
+    """Per-round metrics (no ``time/*``) of every run in :data:`RUNS`, in-process, under ``root``."""
+    from perfedavg.client_app import app
+    from perfedavg.inprocess_grid import InProcessGrid
+    from perfedavg.runner import compose, prepare
+    from perfedavg.server_app import run_and_record
+
+    paths = write_data(root / "data")
+    out = {}
+    for name, overrides in RUNS.items():
+        cfg = prepare(compose([o.format(**paths) for o in overrides]))
+        summary = run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, root / name)
+        out[name] = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in summary["rounds"]]
+    return out
+
+
+def machine() -> dict[str, str]:
+    """What bit-identity depends on: the torch build and the CPU."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "numpy": _numpy()}
+
+
+def _numpy() -> str:
+    import numpy
+
+    return numpy.__version__
+
+
+def main() -> None:
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python tests/golden_runs.py --write")
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["HF_HOME"] = str(Path(tmp) / "hf")
+        os.environ["PERFEDAVG_CACHE_DIR"] = str(Path(tmp) / "cache")
+        metrics = run_all(Path(tmp))
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps({"machine": machine(), "runs": metrics}, indent=1) + "\n")
+    print(f"wrote {GOLDEN}: {', '.join(f'{k} ({len(v)} rounds)' for k, v in metrics.items())}")
+
+
+if __name__ == "__main__":
+    main()
