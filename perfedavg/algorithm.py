@@ -54,8 +54,8 @@ class LocalResult:
 def sample_batch(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> Batch:
     """A minibatch of ``min(batch_size, n)`` distinct examples drawn uniformly with ``generator``."""
     n = int(x.shape[0])
-    idx = torch.randperm(n, generator=generator)[: min(batch_size, n)]
-    return x[idx], y[idx]
+    idx = torch.randperm(n, generator=generator)[: min(batch_size, n)].to(x.device)
+    return x.index_select(0, idx), y.index_select(0, idx)  # = x[idx], y[idx]; a plain gather is cheaper
 
 
 def local_update(
@@ -73,22 +73,27 @@ def local_update(
     start = time.perf_counter()
     curvature_s = 0.0
     w = curvature.flat_parameters(model)
+    # fo, hvp and fd run in the model itself (same arithmetic, less overhead); exact and diag through curvature.
+    scratch = curvature.ScratchModel(model, loss_fn) if curvature.ScratchModel.supports(model) else None
     losses = []
     for _ in range(spec.local_steps):
         batch = sample_batch(x, y, spec.batch_size, generator)
-        loss, grad = curvature.loss_and_gradient(model, loss_fn, batch, at=w)
+        if scratch is not None:
+            loss, grad = scratch.loss_and_gradient(batch, at=w)
+        else:
+            loss, grad = curvature.loss_and_gradient(model, loss_fn, batch, at=w)
         losses.append(float(loss))
         if spec.algorithm == "fedavg":
             w = w - spec.beta * grad
             continue
         batch_g = sample_batch(x, y, spec.batch_size, generator)
         batch_h = sample_batch(x, y, spec.batch_size, generator)
-        g = curvature.gradient(model, loss_fn, batch_g, at=w - spec.alpha * grad)
-        curvature.set_flat_parameters(model, w)
+        if scratch is not None:
+            g = scratch.loss_and_gradient(batch_g, at=w - spec.alpha * grad)[1]
+        else:
+            g = curvature.gradient(model, loss_fn, batch_g, at=w - spec.alpha * grad)
         t = time.perf_counter()
-        direction = curvature.correction(
-            spec.hessian, model, loss_fn, batch_h, g, spec.alpha, spec.delta, max_memory_gb=spec.max_memory_gb
-        )
+        direction = _corrected(spec, model, loss_fn, scratch, batch_h, g, w)
         curvature_s += time.perf_counter() - t
         w = w - spec.beta * direction
     curvature.set_flat_parameters(model, w)
@@ -98,6 +103,24 @@ def local_update(
         compute_s=time.perf_counter() - start,
         curvature_s=curvature_s,
         num_examples=int(x.shape[0]),
+    )
+
+
+def _corrected(
+    spec: LocalSpec, model: nn.Module, loss_fn: LossFn, scratch: curvature.ScratchModel | None, batch: Batch,
+    g: Tensor, w: Tensor,
+) -> Tensor:
+    """``(I − αH(w)) g`` for ``spec.hessian``: in the model (``scratch``) for fo, hvp and fd, else through
+    :func:`perfedavg.curvature.correction` with the model set to ``w``. Same values either way."""
+    if scratch is not None and spec.hessian == "fo":
+        return g
+    if scratch is not None and spec.hessian == "hvp":
+        return g - spec.alpha * scratch.hvp(batch, g, at=w)
+    if scratch is not None and spec.hessian == "fd":
+        return g - spec.alpha * scratch.fd_hvp(batch, g, at=w, delta=spec.delta)
+    curvature.set_flat_parameters(model, w)
+    return curvature.correction(
+        spec.hessian, model, loss_fn, batch, g, spec.alpha, spec.delta, max_memory_gb=spec.max_memory_gb
     )
 
 

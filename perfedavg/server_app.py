@@ -253,6 +253,7 @@ class Federation:
         for server_round in range(first, total + 1):
             t0 = time.perf_counter()
             weights, metrics = self.train_round(server_round, weights)
+            metrics["time/train_s"] = time.perf_counter() - t0
             if not all_finite(weights):
                 raise FederationError(
                     f"round {server_round}: the aggregated global model is not finite; the run diverged "
@@ -260,8 +261,10 @@ class Federation:
                 )
             per_client: list[float] = []
             if server_round % cfg["eval_every"] == 0 or server_round == total:
+                t1 = time.perf_counter()
                 eval_metrics, per_client = self.evaluate_round(server_round, weights)
                 metrics.update(eval_metrics)
+                metrics["time/eval_s"] = time.perf_counter() - t1
             metrics["time/round_s"] = time.perf_counter() - t0
             self.history.rounds.append({"round": server_round, **metrics})
             if self.tracker is not None:

@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""perfedavg against the plain loop a researcher would otherwise write, in one run: round times, evaluation,
+start-up and memory. Prints Markdown tables (the README's speed table comes from this script).
+
+    .venv/bin/python scripts/bench_speed.py --mnist ../shared/data/mnist        # real MNIST (paper_mnist) + digits
+    .venv/bin/python scripts/bench_speed.py --rounds 8 --modes fd --no-ray      # a quicker look
+
+For each data set (``experiment=paper_mnist`` with ``dataset.path`` when ``--mnist`` is given, and
+``experiment=paper_digits``) and each Hessian mode (fo, fd, hvp) it runs ``--rounds`` training rounds of
+
+* the plain loop (``scripts/plain_loop.py``: clients one after another, deepcopy per step, DataLoader batches,
+  finite differences through ``load_state_dict``), on the same client tensors perfedavg builds, with 1 and with
+  all torch threads; the faster of the two is the reference;
+* perfedavg ``backend=inprocess`` (clients in sequence in one process, ``client_cpus=1``);
+* perfedavg ``backend=ray`` with one 1-CPU actor per core.
+
+Round figures are medians over rounds 2..R−1 (round 1 warms up, round R evaluates); ratios are to the plain loop.
+Evaluation: the evaluation phase of round R (every client personalizes and is tested). Start-up: from ``prepare()``
+(validation, data check) to the first round, with the decoded data already cached (the first run on a machine adds
+the one-off decode, printed separately). Memory: the peak proportional set size (PSS, shared pages split between
+the processes that map them) of this process and all its descendants (Ray's GCS, raylet and workers), sampled every
+0.2 s; Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_loop import PlainClient, plain_round, sample  # noqa: E402
+
+from perfedavg import task  # noqa: E402
+from perfedavg.data import load_client  # noqa: E402
+from perfedavg.data.registry import data_params  # noqa: E402
+from perfedavg.runner import compose, prepare, run  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory of a process tree (Linux /proc)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def tree_pss_bytes(root: int) -> int:
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            continue
+        stack.extend(_children(pid))
+    return total
+
+
+class PeakMemory:
+    """Samples :func:`tree_pss_bytes` of this process every ``period`` seconds while active."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.period, self.peak, self._stop = period, 0, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The three contenders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def mid_rounds(values: list[float]) -> float:
+    """Median over rounds 2..R−1 (or all but the first if there are too few)."""
+    inner = values[1:-1] if len(values) > 3 else values[1:] or values
+    return statistics.median(inner)
+
+
+def plain_loop_rounds(cfg: dict, rounds: int, threads: int) -> list[float]:
+    torch.set_num_threads(threads)
+    model = task.build_model(cfg["model"], cfg["seed"])
+    loss_fn = task.build_loss(cfg["dataset"])
+    data = [load_client(data_params(cfg), i, cfg["num_clients"], cfg["seed"]) for i in range(cfg["num_clients"])]
+    clients = [PlainClient(d.x_train, d.y_train, cfg["batch_size"], cfg["seed"] * 1000 + i) for i, d in enumerate(data)]
+    per_round = max(1, round(cfg["fraction"] * cfg["num_clients"]))
+    rng = np.random.default_rng(cfg["seed"])
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        plain_round(model, clients, sample(rng, cfg["num_clients"], per_round), loss_fn, cfg["local_steps"],
+                    cfg["alpha"], cfg["beta"], cfg["hessian"]["mode"], cfg["delta"])
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def perfedavg_run(overrides: list[str], backend: str, rounds: int, tmp: Path) -> dict:
+    t0 = time.time()
+    cfg = prepare(compose([*overrides, f"backend={backend}", "client_cpus=1", f"num_rounds={rounds}",
+                           f"eval_every={rounds}"]))
+    with PeakMemory() as memory:
+        summary = run(cfg, tmp / f"{backend}-{time.time_ns()}")
+    train = [r["time/train_s"] for r in summary["rounds"]]
+    return {
+        "round": mid_rounds(train),
+        "eval": summary["rounds"][-1]["time/eval_s"],
+        "startup": summary["timeline"]["first_round_start"] - t0,
+        "peak_gb": memory.peak / 1e9,
+        "clients_eval": cfg["num_clients"],
+    }
+
+
+def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: bool, tmp: Path) -> None:
+    threads_all = os.cpu_count() or 1
+    base = prepare(compose(overrides))  # decodes once (if this machine has not yet), outside every timing
+    print(f"\n### {label}: `{' '.join(overrides)}`\n")
+    print(f"{base['num_clients']} clients, {max(1, round(base['fraction'] * base['num_clients']))} per round, "
+          f"τ = {base['local_steps']}, batch {base['batch_size']}, model={base['model']['name']}; "
+          f"{rounds} rounds each; Ray: {threads_all} actors of 1 CPU\n")
+    print("| hessian | plain loop, 1 thread | plain loop, " f"{threads_all} threads | in-process | × plain"
+          + (" | Ray | × plain" if ray else "") + " |")
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if ray else ""))
+    extra = []
+    for mode in modes:
+        cfg = {**base, "hessian": {**base["hessian"], "mode": mode}}
+        plain = {n: mid_rounds(plain_loop_rounds(cfg, rounds, n)) for n in sorted({1, threads_all})}
+        reference = min(plain.values())
+        local = perfedavg_run([*overrides, f"hessian={mode}"], "inprocess", rounds, tmp)
+        row = (f"| {mode} | {plain[1]:.3f} s | {plain[threads_all]:.3f} s | {local['round']:.3f} s | "
+               f"{local['round'] / reference:.2f} |")
+        if ray:
+            distributed = perfedavg_run([*overrides, f"hessian={mode}"], "ray", rounds, tmp)
+            row += f" {distributed['round']:.3f} s | {distributed['round'] / reference:.2f} |"
+            extra.append((mode, local, distributed))
+        else:
+            extra.append((mode, local, None))
+        print(row, flush=True)
+    print("\n| hessian | backend | evaluation round (all clients) | start-up to round 1 | peak memory (PSS) |")
+    print("|---|---|---:|---:|---:|")
+    for mode, local, distributed in extra:
+        for name, r in (("in-process", local), ("Ray", distributed)):
+            if r is not None:
+                print(f"| {mode} | {name} | {r['eval']:.3f} s ({r['clients_eval']} clients) | {r['startup']:.1f} s | "
+                      f"{r['peak_gb']:.2f} GB |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", help="a local MNIST copy (dataset.path); without it only digits is measured")
+    parser.add_argument("--rounds", type=int, default=12, help="training rounds per measurement (default 12)")
+    parser.add_argument("--modes", default="fo,fd,hvp", help="Hessian modes (default fo,fd,hvp)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    print(f"Machine: {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.mnist:
+            t = time.perf_counter()
+            prepare(compose(["experiment=paper_mnist", f"dataset.path={args.mnist}"]))
+            print(f"\nMNIST data check (prepare(); includes the one-off decode if this machine had no cache): "
+                  f"{time.perf_counter() - t:.1f} s")
+            bench("real MNIST, the paper's setting", ["experiment=paper_mnist", f"dataset.path={args.mnist}"], modes,
+                  args.rounds, not args.no_ray, Path(tmp))
+        bench("digits (offline analogue)", ["experiment=paper_digits"], modes, args.rounds, not args.no_ray, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
