@@ -168,8 +168,23 @@ def personalized_evaluation(
     classification: bool,
 ) -> dict[str, float]:
     """Test metrics of the global model and of its personalized copy: ``global_loss``, ``personalized_loss``
-    (and ``global_acc``, ``personalized_acc`` for classification). The global model is left unchanged."""
+    (and ``global_acc``, ``personalized_acc`` for classification). The global model is left unchanged.
+
+    Models without buffers are personalized in place (the adapted weights are loaded, evaluated, and the global
+    ones restored; same arithmetic as :func:`personalize`, without its deep copy); others through a copy."""
     before = evaluate(model, loss_fn, x_test, y_test, classification)
-    adapted = personalize(model, loss_fn, x_train, y_train, alpha, adapt_steps)
-    after = evaluate(adapted, loss_fn, x_test, y_test, classification)
+    if not curvature.ScratchModel.supports(model):
+        adapted = personalize(model, loss_fn, x_train, y_train, alpha, adapt_steps)
+        after = evaluate(adapted, loss_fn, x_test, y_test, classification)
+    else:
+        scratch = curvature.ScratchModel(model, loss_fn)
+        w0 = curvature.flat_parameters(model)
+        w = w0
+        try:
+            for _ in range(adapt_steps):
+                w = w - alpha * scratch.loss_and_gradient((x_train, y_train), at=w)[1]
+            scratch.load(w)
+            after = evaluate(model, loss_fn, x_test, y_test, classification)
+        finally:
+            scratch.load(w0)
     return {**{f"global_{k}": v for k, v in before.items()}, **{f"personalized_{k}": v for k, v in after.items()}}

@@ -170,12 +170,21 @@ def decode_images(split: Any, image_key: str, input_shape: list[int]) -> np.ndar
 
 
 @functools.lru_cache(maxsize=4)
-def _decoded(source_json: str) -> tuple[np.ndarray, np.ndarray]:
+def _split_key(source_json: str) -> dict[str, Any]:
+    """What identifies the decoded split: the loaded data's fingerprint, the columns, and the source config."""
     params = json.loads(source_json)
     split = _load_split(source_json)
     image_key, label_key = image_column(params, split.column_names), _label_key(params)
     fingerprint = getattr(split, "_fingerprint", None) or json.dumps([f["filename"] for f in split.cache_files])
-    key = {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, **params}
+    return {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, **params}
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded(source_json: str) -> tuple[np.ndarray, np.ndarray]:
+    params = json.loads(source_json)
+    split = _load_split(source_json)
+    key = _split_key(source_json)
+    image_key, label_key = key["image"], key["label"]
 
     def build() -> dict[str, np.ndarray]:
         start = time.perf_counter()
@@ -204,12 +213,23 @@ def decoded_split(params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=8)
 def _partition(params_json: str, num_clients: int, seed: int) -> list[np.ndarray]:
     params = json.loads(params_json)
-    _, labels = decoded_split(params)
-    return partition_indices(labels, params["partition"], num_clients, seed, sort=False)
+    key = {**_split_key(_source_json(params)), "partition": params["partition"], "clients": num_clients, "seed": seed}
+
+    def build() -> dict[str, np.ndarray]:
+        _, labels = decoded_split(params)
+        parts = partition_indices(labels, params["partition"], num_clients, seed, sort=False)
+        return {"rows": np.concatenate(parts), "offsets": np.cumsum([0, *map(len, parts)])}
+
+    stored = array_cache.load_or_build(f"{params['name']}-partition", key, build)
+    rows, offsets = stored["rows"], stored["offsets"]
+    return [np.asarray(rows[offsets[i] : offsets[i + 1]]) for i in range(num_clients)]
 
 
 def hub_partition(params: Mapping[str, Any], num_clients: int, seed: int) -> list[np.ndarray]:
-    """Row indices of each client's examples in the train split, in ``FederatedDataset.load_partition`` order."""
+    """Row indices of each client's examples in the train split, in ``FederatedDataset.load_partition`` order.
+
+    Computed once per machine (Flower's partitioners read labels row by row: seconds for MNIST) and stored beside
+    the decoded split; later processes read them from there."""
     return _partition(json.dumps(dict(params), sort_keys=True), num_clients, seed)
 
 

@@ -20,6 +20,8 @@ import datasets
 import numpy as np
 from flwr_datasets.partitioner import Partitioner
 
+from perfedavg.data.partition import column_array
+
 
 class PaperPartitioner(Partitioner):
     """Per-FedAvg's split of a labelled ``datasets.Dataset`` into ``num_partitions`` partitions.
@@ -68,7 +70,7 @@ class PaperPartitioner(Partitioner):
         return group_a + group_b
 
     def _assign(self) -> list[np.ndarray]:
-        labels = np.asarray(self.dataset[self._partition_by])
+        labels = column_array(self.dataset, self._partition_by)
         rng = np.random.default_rng(self._seed)
         wanted = self._wanted(np.unique(labels), rng)
         pools = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
