@@ -73,8 +73,34 @@ def install() -> bool:
             return False
     vce_api.add_messages_to_queue = _add_messages_to_queue
     vce_api.put_message_into_state = _put_message_into_state
+    _share_client_app_once()
     _installed = True
     return True
+
+
+def _share_client_app_once() -> None:
+    """Send the ClientApp loader to Ray's object store once, not with every message.
+
+    Flower's Ray backend passes its ``app_fn`` (a closure, so cloudpickle serialises it by value, scanning all of
+    ``sys.modules`` each time) as an argument of every actor call: measured at ≈ 5 ms of the driver's CPU per message,
+    half of a 10 ms per-message cost on 2 cores. Storing it once with ``ray.put`` and passing the reference gives the
+    actor the same function (Ray resolves top-level references before the call).
+    """
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    backend = raybackend.RayBackend
+    if getattr(backend.build, "_perfedavg", False):
+        return
+    original = backend.build
+
+    def build(self, app_fn):  # noqa: ANN001, ANN202 - Flower's signature
+        original(self, app_fn)
+        import ray
+
+        self.app_fn = ray.put(app_fn)
+
+    build._perfedavg = True  # type: ignore[attr-defined]
+    backend.build = build
 
 
 def exchange(grid, messages: Iterable, timeout: float | None = None) -> list:  # noqa: ANN001

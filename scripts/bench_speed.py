@@ -14,22 +14,25 @@ For each data set (``experiment=paper_mnist`` with ``dataset.path`` when ``--mni
 * perfedavg ``backend=inprocess`` (clients in sequence in one process, ``client_cpus=1``);
 * perfedavg ``backend=ray`` with one 1-CPU actor per core.
 
-Round figures are medians over rounds 2..R−1 (round 1 warms up, round R evaluates); ratios are to the plain loop.
-Evaluation: the evaluation phase of round R (every client personalizes and is tested). Start-up: from ``prepare()``
-(validation, data check) to the first round, with the decoded data already cached (the first run on a machine adds
-the one-off decode, printed separately). Memory: the peak proportional set size (PSS, shared pages split between
-the processes that map them) of this process and all its descendants (Ray's GCS, raylet and workers), sampled every
-0.2 s; Linux only.
+Each perfedavg measurement is one ``python -m perfedavg …`` command in its own process, as a user runs it, with
+evaluation at rounds R/2 and R. Round figures are medians of the training phase (``time/train_s``) over rounds
+2..R−1 (round 1 warms up); ratios are to the plain loop. Evaluation: the evaluation phase of round R (every client
+personalizes and is tested; all were built in round R/2). Start-up: from launching the command to the first round
+(imports, validation, data check, Ray and its actors), with the decoded data already cached (the first run on a
+machine adds the one-off decode, printed separately). Memory: the peak proportional set size (PSS: shared pages
+split between the processes that map them) of the command and all its descendants (Ray's GCS, raylet and workers),
+sampled every 0.2 s; Linux only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -79,27 +82,6 @@ def tree_pss_bytes(root: int) -> int:
     return total
 
 
-class PeakMemory:
-    """Samples :func:`tree_pss_bytes` of this process every ``period`` seconds while active."""
-
-    def __init__(self, period: float = 0.2) -> None:
-        self.period, self.peak, self._stop = period, 0, threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The three contenders
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,19 +110,33 @@ def plain_loop_rounds(cfg: dict, rounds: int, threads: int) -> list[float]:
     return times
 
 
+def tree_peak_while(process: subprocess.Popen, period: float = 0.2) -> int:
+    """Peak PSS of ``process`` and its descendants until it exits."""
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, tree_pss_bytes(process.pid))
+        time.sleep(period)
+    return peak
+
+
 def perfedavg_run(overrides: list[str], backend: str, rounds: int, tmp: Path) -> dict:
-    t0 = time.time()
-    cfg = prepare(compose([*overrides, f"backend={backend}", "client_cpus=1", f"num_rounds={rounds}",
-                           f"eval_every={rounds}"]))
-    with PeakMemory() as memory:
-        summary = run(cfg, tmp / f"{backend}-{time.time_ns()}")
+    """One ``perfedavg`` command, as a user runs it (its own process; evaluation at rounds R/2 and R)."""
+    run_dir = tmp / f"{backend}-{time.time_ns()}"
+    command = [sys.executable, "-m", "perfedavg", *overrides, f"backend={backend}", "client_cpus=1",
+               f"num_rounds={rounds}", f"eval_every={max(1, rounds // 2)}", f"hydra.run.dir={run_dir}"]
+    started = time.time()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = tree_peak_while(process)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{process.stderr.read()[-3000:]}")
+    summary = json.loads((run_dir / "metrics.json").read_text())
     train = [r["time/train_s"] for r in summary["rounds"]]
     return {
         "round": mid_rounds(train),
-        "eval": summary["rounds"][-1]["time/eval_s"],
-        "startup": summary["timeline"]["first_round_start"] - t0,
-        "peak_gb": memory.peak / 1e9,
-        "clients_eval": cfg["num_clients"],
+        "eval": summary["rounds"][-1]["time/eval_s"],  # the second evaluation: every client seen before
+        "startup": summary["timeline"]["first_round_start"] - started,
+        "peak_gb": peak / 1e9,
+        "clients_eval": int(summary["rounds"][-1].get("clients/evaluated", 0)) or None,
     }
 
 
@@ -174,7 +170,7 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
     for mode, local, distributed in extra:
         for name, r in (("in-process", local), ("Ray", distributed)):
             if r is not None:
-                print(f"| {mode} | {name} | {r['eval']:.3f} s ({r['clients_eval']} clients) | {r['startup']:.1f} s | "
+                print(f"| {mode} | {name} | {r['eval']:.3f} s ({base['num_clients']} clients) | {r['startup']:.1f} s | "
                       f"{r['peak_gb']:.2f} GB |")
 
 
