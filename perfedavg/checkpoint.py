@@ -22,7 +22,7 @@ FORMAT_VERSION = 1
 
 #: Keys that may differ between a run and its resumption: they do not change any result.
 #: (``num_rounds`` may be raised to extend a finished run.)
-RESUMABLE_DIFFERENCES = frozenset({"resume", "verbose", "client_cpus", "num_rounds", "backend"})
+RESUMABLE_DIFFERENCES = frozenset({"resume", "verbose", "client_cpus", "client_gpus", "num_rounds", "backend"})
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -64,9 +64,16 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _device_here(device: Any) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(device)
+
+
 def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: saved → current`` for every key that differs and would change results."""
     a, b = _flatten(saved), _flatten(current)
+    # Where clients compute changes results; compare the devices meant here (checkpoints older than the
+    # ``device`` key ran on the CPU).
+    a["device"], b["device"] = _device_here(a.get("device", "cpu")), _device_here(b.get("device", "cpu"))
     lines = []
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] in RESUMABLE_DIFFERENCES:

@@ -46,12 +46,12 @@ CLIENTS = ClientCache()
 
 def client_data(cfg: dict[str, Any], client_id: int) -> ClientData:
     """This client's data on the run's compute device, built once per process and kept (see :data:`CLIENTS`)."""
-    device = str(cfg.get("device") or "cpu")
-    key = (json.dumps(data_params(cfg), sort_keys=True), client_id, cfg["num_clients"], cfg["seed"], device)
+    device = task.compute_device(cfg)
+    key = (json.dumps(data_params(cfg), sort_keys=True), client_id, cfg["num_clients"], cfg["seed"], str(device))
 
     def build() -> ClientData:
         data = load_client(data_params(cfg), client_id, cfg["num_clients"], cfg["seed"])
-        return data if device == "cpu" else data.to(device)
+        return data if device.type == "cpu" else data.to(device)
 
     return CLIENTS.get(key, build)
 
@@ -79,7 +79,7 @@ class Worker:
 @functools.lru_cache(maxsize=4)
 def _worker(config_json: str) -> Worker:
     cfg = _parsed(config_json)
-    device = torch.device(str(cfg.get("device") or "cpu"))
+    device = task.compute_device(cfg)
     model = task.build_model(cfg["model"], cfg["seed"]).to(device)
     return Worker(
         model=model,

@@ -68,6 +68,12 @@ class Aggregation(StrEnum):
     weighted = "weighted"
 
 
+class Device(StrEnum):
+    auto = "auto"  # a CUDA GPU where the client process sees one, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 class Backend(StrEnum):
     ray = "ray"  # Flower's simulation engine: clients in parallel Ray actors
     inprocess = "inprocess"  # clients one after another in this process: no Ray, breakpoints work
@@ -143,6 +149,8 @@ class Config:
     aggregation: Aggregation = Aggregation.uniform
     min_clients: int = 1  # a training round with fewer successful clients stops the run
     client_cpus: float = 1.0
+    client_gpus: float = 0.0  # share of a GPU each Ray actor reserves (Flower's convention; 0.5: two per GPU)
+    device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
     verbose: bool = False
     backend: Backend = Backend.ray
     resume: str | None = None  # a run directory whose last checkpoint to continue from
@@ -171,6 +179,8 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{key}={cfg[key]}: must be in (0, 1]")
     if not 0 < cfg.dataset.test_fraction < 1:
         problems.append(f"dataset.test_fraction={cfg.dataset.test_fraction}: must be in (0, 1)")
+    if not (math.isfinite(cfg.client_gpus) and cfg.client_gpus >= 0):
+        problems.append(f"client_gpus={cfg.client_gpus}: must be ≥ 0 (a share of one GPU per client, e.g. 0.5)")
     if cfg.hessian.max_memory_gb is not None:
         _positive("hessian.max_memory_gb", cfg.hessian.max_memory_gb, problems)
     sampled = min(cfg.num_clients, max(1, round(cfg.fraction * cfg.num_clients)))

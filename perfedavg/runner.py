@@ -42,6 +42,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     resolved = to_container(cfg)
     if resolved["resume"]:
         check_resumable(resolved)
+    check_device(resolved)
     check_dataset(data_params(resolved), resolved["num_clients"], resolved["seed"])
     if resolved["hessian"]["mode"] == "exact":
         model = task.build_model(resolved["model"], resolved["seed"])
@@ -52,6 +53,33 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         except curvature.HessianTooLargeError as e:
             raise ConfigError(f"hessian=exact with model={resolved['model']['name']}: {e}") from None
     return resolved
+
+
+def _cuda_absent() -> str:
+    import torch
+
+    built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return f"no CUDA GPU is visible to PyTorch (torch {torch.__version__}, {built})"
+
+
+def check_device(resolved: dict[str, Any]) -> None:
+    """``device`` and ``client_gpus`` must be usable here: CUDA asked for where there is none, or GPUs reserved for
+    Ray actors that would not use them (or, under Ray, CUDA without a GPU share: Ray hides GPUs from such actors),
+    stop before anything starts."""
+    import torch
+
+    device, gpus, ray = resolved["device"], float(resolved["client_gpus"]), resolved["backend"] == "ray"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device=cuda: {_cuda_absent()}; use device=cpu or device=auto")
+    if gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"client_gpus={gpus:g}: {_cuda_absent()}; use client_gpus=0")
+    if gpus > 0 and device == "cpu":
+        raise ConfigError(f"client_gpus={gpus:g} with device=cpu: the reserved GPUs would sit idle; use device=auto")
+    if device == "cuda" and ray and gpus == 0:
+        raise ConfigError(
+            "device=cuda with backend=ray needs client_gpus > 0 (the share of a GPU each client's Ray actor reserves, "
+            "e.g. client_gpus=0.5 for two clients per GPU); Ray hides the GPUs from actors that reserve none"
+        )
 
 
 #: Free space a run needs at least where it writes (logs, event files, one checkpoint at a time).
@@ -127,7 +155,8 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     init_args: dict[str, Any] = {"address": "local", "include_dashboard": False, "num_cpus": os.cpu_count() or 1}
     if not cfg["verbose"]:
         init_args.update({"logging_level": logging.ERROR, "log_to_driver": False})
-    return {"client_resources": {"num_cpus": cfg["client_cpus"], "num_gpus": 0.0}, "init_args": init_args}
+    resources = {"num_cpus": cfg["client_cpus"], "num_gpus": float(cfg["client_gpus"])}
+    return {"client_resources": resources, "init_args": init_args}
 
 
 def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None) -> dict[str, Any]:

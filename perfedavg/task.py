@@ -28,6 +28,15 @@ def build_model(model_cfg: Mapping[str, Any], seed: int) -> nn.Module:
     raise ValueError(f"model={name!r} is not one of: ann, net, mlp")
 
 
+def compute_device(cfg: Mapping[str, Any]) -> torch.device:
+    """Where a client computes for run config ``cfg``: its ``device``, with ``auto`` decided in the calling process
+    (CUDA if this process sees a GPU: under Ray only actors that reserve ``client_gpus`` do)."""
+    device = str(cfg.get("device") or "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
 def is_classification(dataset_cfg: Mapping[str, Any]) -> bool:
     return dataset_cfg["task"] == "classification"
 

@@ -9,3 +9,5 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="perfedavg-hf-"))
+# Decoded image arrays and partitions (perfedavg.data.array_cache) go to a temporary cache, not the user's.
+os.environ.setdefault("PERFEDAVG_CACHE_DIR", tempfile.mkdtemp(prefix="perfedavg-cache-"))

@@ -150,3 +150,46 @@ def test_bad_algorithm_and_mode_are_clear_errors() -> None:
         algorithm.local_update(model, loss_fn, x, y, LocalSpec(algorithm="sgd"), torch.Generator())
     with pytest.raises(ValueError, match="'newton' is not one of"):
         algorithm.local_update(model, loss_fn, x, y, LocalSpec(hessian="newton"), torch.Generator())
+
+
+class BufferedLinear(nn.Module):
+    """A linear model with a buffer: personalized through a copy, not in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(D_IN, K).double()
+        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.scale
+
+
+@pytest.mark.parametrize("adapt_steps", [1, 3])
+def test_in_place_personalization_equals_the_copy_and_restores_the_model(adapt_steps: int) -> None:
+    model, loss_fn, x, y = quadratic_problem()
+    start = curvature.flat_parameters(model)
+    in_place = algorithm.personalized_evaluation(
+        model, loss_fn, x, y, x[:4], y[:4], alpha=0.2, adapt_steps=adapt_steps, classification=False
+    )
+    assert torch.equal(curvature.flat_parameters(model), start)
+    adapted = algorithm.personalize(model, loss_fn, x, y, 0.2, adapt_steps)
+    with torch.no_grad():
+        assert in_place["personalized_loss"] == float(loss_fn(adapted(x[:4]), y[:4]))  # bit for bit
+    buffered = BufferedLinear()
+    buffered.fc.load_state_dict(model.state_dict())
+    via_copy = algorithm.personalized_evaluation(
+        buffered, loss_fn, x, y, x[:4], y[:4], alpha=0.2, adapt_steps=adapt_steps, classification=False
+    )
+    assert via_copy["personalized_loss"] == pytest.approx(in_place["personalized_loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["fo", "fd", "hvp"])
+def test_local_update_fast_path_equals_the_curvature_path(mode: str) -> None:
+    """Models without buffers take ScratchModel; with one they take curvature.correction: same numbers."""
+    model, loss_fn, x, y = quadratic_problem()
+    buffered = BufferedLinear()
+    buffered.fc.load_state_dict(model.state_dict())
+    spec = LocalSpec(hessian=mode, alpha=0.1, beta=0.05, local_steps=3, batch_size=5)
+    fast = algorithm.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
+    slow = algorithm.local_update(buffered, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
+    assert torch.equal(fast.weights, slow.weights) and fast.train_loss == slow.train_loss

@@ -50,7 +50,10 @@ BAD_INPUTS = [
     (["hessian.mode=newton"], ["newton", "exact, hvp, fd, diag, fo"]),
     (["min_clients=11"], ["min_clients=11", "more than the 10 clients sampled per round"]),
     (["hydra.run.dir=/etc/hostname/run"], ["output directory /etc/hostname/run", "is a file, not a directory"]),
+    (["client_gpus=-1"], ["client_gpus=-1.0", "must be ≥ 0"]),
 ]
+if not __import__("torch").cuda.is_available():  # the CI machine has no GPU: asking for one is a user error there
+    BAD_INPUTS.append((["device=cuda"], ["device=cuda: no CUDA GPU is visible to PyTorch", "use device=cpu"]))
 
 
 @pytest.mark.parametrize("overrides, fragments", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])

@@ -351,3 +351,34 @@ def test_bad_vectors_and_delta_are_clear_errors() -> None:
         C.hvp(model, loss_fn, batch, torch.zeros(40))
     with pytest.raises(ValueError, match="delta must be a positive"):
         C.fd_hvp(model, loss_fn, batch, torch.zeros(41), delta=0.0)
+
+
+SCRATCH_CASES = [c for c in CASES if C.ScratchModel.supports(c.model())]
+
+
+def test_scratch_model_applies_exactly_to_models_without_buffers() -> None:
+    assert "batchnorm-train" not in [c.name for c in SCRATCH_CASES] and len(SCRATCH_CASES) == len(CASES) - 1
+    with pytest.raises(ValueError, match="no buffers"):
+        C.ScratchModel(WithBatchNorm(), nn.MSELoss())
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=["f64", "f32"])
+@pytest.mark.parametrize("case", SCRATCH_CASES, ids=[c.name for c in SCRATCH_CASES])
+def test_scratch_model_is_bit_for_bit_the_functional_path(case: Case, dtype: torch.dtype) -> None:
+    """The local update's fast path computes exactly what gradient / hvp / fd_hvp compute (same floats)."""
+    model, loss_fn, batch = case.build(dtype)
+    gen = torch.Generator().manual_seed(11)
+    layout = C.parameter_layout(model)
+    w = C.flat_parameters(model) + 0.1 * torch.randn(layout.size, generator=gen, dtype=dtype)
+    v = torch.randn(layout.size, generator=gen, dtype=dtype)
+    scratch = C.ScratchModel(model, loss_fn)
+    loss, grad = scratch.loss_and_gradient(batch, at=w)
+    want_loss, want_grad = C.loss_and_gradient(model, loss_fn, batch, at=w)
+    assert torch.equal(loss, want_loss) and torch.equal(grad, want_grad)
+    assert torch.equal(C.flat_parameters(model), w)  # the model now holds the point
+    assert torch.equal(scratch.hvp(batch, v, at=w), C.hvp(model, loss_fn, batch, v))
+    C.set_flat_parameters(model, w)
+    want_fd = C.fd_hvp(model, loss_fn, batch, v, 1e-3)
+    assert torch.equal(scratch.fd_hvp(batch, v, at=w, delta=1e-3), want_fd)
+    with pytest.raises(ValueError, match="delta must be a positive finite number"):
+        scratch.fd_hvp(batch, v, at=w, delta=0.0)

@@ -182,3 +182,49 @@ def test_a_non_finite_update_is_excluded_and_counted(tmp_path: Path, caplog) -> 
     assert all(math.isfinite(v) for v in poisoned["final"].values())
     assert poisoned["final"] != clean["final"]  # the average is over the three healthy clients
     assert "client 2 sent a non-finite update; excluded" in caplog.text
+
+
+def test_each_client_is_built_once_per_process_across_rounds(tmp_path: Path) -> None:
+    from perfedavg.client_app import CLIENTS
+
+    CLIENTS.clear()
+    builds = CLIENTS.builds
+    summary = federate(["num_clients=6", "num_rounds=4", "fraction=0.5", "local_steps=1"], tmp_path)
+    assert summary["rounds"][-1]["clients/trained"] == 3
+    assert CLIENTS.builds - builds == 6  # sampled again and again, evaluated every round: built once each
+
+
+def test_device_auto_on_a_cpu_machine_equals_device_cpu(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    auto = federate([*ANN_SMALL, "device=auto"], tmp_path / "auto")["rounds"]
+    cpu = federate([*ANN_SMALL, "device=cpu"], tmp_path / "cpu")["rounds"]
+    assert strip(auto) == strip(cpu)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cuda", "message"),
+    [
+        (["device=cuda"], False, "device=cuda: no CUDA GPU is visible to PyTorch"),
+        (["client_gpus=0.5"], False, "client_gpus=0.5: no CUDA GPU is visible to PyTorch"),
+        (["client_gpus=0.5", "device=cpu"], True, "client_gpus=0.5 with device=cpu"),
+        (["device=cuda", "backend=ray"], True, "device=cuda with backend=ray needs client_gpus > 0"),
+    ],
+)
+def test_device_settings_that_cannot_work_are_refused_before_the_run(overrides, cuda, message, monkeypatch) -> None:
+    import torch
+
+    from perfedavg.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(ConfigError, match=message):
+        prepare(compose(["experiment=smoke", *overrides]))
+
+
+def test_gpu_shares_reach_ray_as_client_resources() -> None:
+    from perfedavg.runner import backend_config
+
+    cfg = prepare(compose(["experiment=smoke", "device=cpu"]))
+    assert backend_config({**cfg, "client_gpus": 0.25})["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.25}
