@@ -176,7 +176,9 @@ def _split_key(source_json: str) -> dict[str, Any]:
     split = _load_split(source_json)
     image_key, label_key = image_column(params, split.column_names), _label_key(params)
     fingerprint = getattr(split, "_fingerprint", None) or json.dumps([f["filename"] for f in split.cache_files])
-    return {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, **params}
+    # Not the path or cache directory: the same data reached as ../data and /abs/data shares one entry.
+    shape = list(params["input_shape"])
+    return {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, "input_shape": shape}
 
 
 @functools.lru_cache(maxsize=4)
