@@ -107,8 +107,13 @@ def local_update(
 
 
 def _corrected(
-    spec: LocalSpec, model: nn.Module, loss_fn: LossFn, scratch: curvature.ScratchModel | None, batch: Batch,
-    g: Tensor, w: Tensor,
+    spec: LocalSpec,
+    model: nn.Module,
+    loss_fn: LossFn,
+    scratch: curvature.ScratchModel | None,
+    batch: Batch,
+    g: Tensor,
+    w: Tensor,
 ) -> Tensor:
     """``(I − αH(w)) g`` for ``spec.hessian``: in the model (``scratch``) for fo, hvp and fd, else through
     :func:`perfedavg.curvature.correction` with the model set to ``w``. Same values either way."""

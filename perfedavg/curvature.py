@@ -305,7 +305,10 @@ class ScratchModel:
         if not live:  # the loss is linear in every parameter: H = 0
             return torch.zeros_like(v, dtype=grads[0].dtype)
         hv = torch.autograd.grad(
-            [g for g, _ in live], self.params, grad_outputs=[vb for _, vb in live], allow_unused=True,
+            [g for g, _ in live],
+            self.params,
+            grad_outputs=[vb for _, vb in live],
+            allow_unused=True,
             materialize_grads=True,
         )
         return self.layout.flatten(hv)

@@ -45,8 +45,7 @@ from plain_loop import PlainClient, plain_round, sample  # noqa: E402
 from perfedavg import task  # noqa: E402
 from perfedavg.data import load_client  # noqa: E402
 from perfedavg.data.registry import data_params  # noqa: E402
-from perfedavg.runner import compose, prepare, run  # noqa: E402
-
+from perfedavg.runner import compose, prepare  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # Memory of a process tree (Linux /proc)
@@ -104,8 +103,17 @@ def plain_loop_rounds(cfg: dict, rounds: int, threads: int) -> list[float]:
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        plain_round(model, clients, sample(rng, cfg["num_clients"], per_round), loss_fn, cfg["local_steps"],
-                    cfg["alpha"], cfg["beta"], cfg["hessian"]["mode"], cfg["delta"])
+        plain_round(
+            model,
+            clients,
+            sample(rng, cfg["num_clients"], per_round),
+            loss_fn,
+            cfg["local_steps"],
+            cfg["alpha"],
+            cfg["beta"],
+            cfg["hessian"]["mode"],
+            cfg["delta"],
+        )
         times.append(time.perf_counter() - t)
     return times
 
@@ -122,8 +130,17 @@ def tree_peak_while(process: subprocess.Popen, period: float = 0.2) -> int:
 def perfedavg_run(overrides: list[str], backend: str, rounds: int, tmp: Path) -> dict:
     """One ``perfedavg`` command, as a user runs it (its own process; evaluation at rounds R/2 and R)."""
     run_dir = tmp / f"{backend}-{time.time_ns()}"
-    command = [sys.executable, "-m", "perfedavg", *overrides, f"backend={backend}", "client_cpus=1",
-               f"num_rounds={rounds}", f"eval_every={max(1, rounds // 2)}", f"hydra.run.dir={run_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "perfedavg",
+        *overrides,
+        f"backend={backend}",
+        "client_cpus=1",
+        f"num_rounds={rounds}",
+        f"eval_every={max(1, rounds // 2)}",
+        f"hydra.run.dir={run_dir}",
+    ]
     started = time.time()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = tree_peak_while(process)
@@ -144,11 +161,15 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
     threads_all = os.cpu_count() or 1
     base = prepare(compose(overrides))  # decodes once (if this machine has not yet), outside every timing
     print(f"\n### {label}: `{' '.join(overrides)}`\n")
-    print(f"{base['num_clients']} clients, {max(1, round(base['fraction'] * base['num_clients']))} per round, "
-          f"τ = {base['local_steps']}, batch {base['batch_size']}, model={base['model']['name']}; "
-          f"{rounds} rounds each; Ray: {threads_all} actors of 1 CPU\n")
-    print("| hessian | plain loop, 1 thread | plain loop, " f"{threads_all} threads | in-process | × plain"
-          + (" | Ray | × plain" if ray else "") + " |")
+    print(
+        f"{base['num_clients']} clients, {max(1, round(base['fraction'] * base['num_clients']))} per round, "
+        f"τ = {base['local_steps']}, batch {base['batch_size']}, model={base['model']['name']}; "
+        f"{rounds} rounds each; Ray: {threads_all} actors of 1 CPU\n"
+    )
+    print(
+        "| hessian | plain loop, 1 thread | plain loop, "
+        f"{threads_all} threads | in-process | × plain" + (" | Ray | × plain" if ray else "") + " |"
+    )
     print("|---|---:|---:|---:|---:|" + ("---:|---:|" if ray else ""))
     extra = []
     for mode in modes:
@@ -156,8 +177,10 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
         plain = {n: mid_rounds(plain_loop_rounds(cfg, rounds, n)) for n in sorted({1, threads_all})}
         reference = min(plain.values())
         local = perfedavg_run([*overrides, f"hessian={mode}"], "inprocess", rounds, tmp)
-        row = (f"| {mode} | {plain[1]:.3f} s | {plain[threads_all]:.3f} s | {local['round']:.3f} s | "
-               f"{local['round'] / reference:.2f} |")
+        row = (
+            f"| {mode} | {plain[1]:.3f} s | {plain[threads_all]:.3f} s | {local['round']:.3f} s | "
+            f"{local['round'] / reference:.2f} |"
+        )
         if ray:
             distributed = perfedavg_run([*overrides, f"hessian={mode}"], "ray", rounds, tmp)
             row += f" {distributed['round']:.3f} s | {distributed['round'] / reference:.2f} |"
@@ -170,8 +193,10 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
     for mode, local, distributed in extra:
         for name, r in (("in-process", local), ("Ray", distributed)):
             if r is not None:
-                print(f"| {mode} | {name} | {r['eval']:.3f} s ({base['num_clients']} clients) | {r['startup']:.1f} s | "
-                      f"{r['peak_gb']:.2f} GB |")
+                print(
+                    f"| {mode} | {name} | {r['eval']:.3f} s ({base['num_clients']} clients) | {r['startup']:.1f} s | "
+                    f"{r['peak_gb']:.2f} GB |"
+                )
 
 
 def main() -> None:
@@ -187,10 +212,18 @@ def main() -> None:
         if args.mnist:
             t = time.perf_counter()
             prepare(compose(["experiment=paper_mnist", f"dataset.path={args.mnist}"]))
-            print(f"\nMNIST data check (prepare(); includes the one-off decode if this machine had no cache): "
-                  f"{time.perf_counter() - t:.1f} s")
-            bench("real MNIST, the paper's setting", ["experiment=paper_mnist", f"dataset.path={args.mnist}"], modes,
-                  args.rounds, not args.no_ray, Path(tmp))
+            print(
+                f"\nMNIST data check (prepare(); includes the one-off decode if this machine had no cache): "
+                f"{time.perf_counter() - t:.1f} s"
+            )
+            bench(
+                "real MNIST, the paper's setting",
+                ["experiment=paper_mnist", f"dataset.path={args.mnist}"],
+                modes,
+                args.rounds,
+                not args.no_ray,
+                Path(tmp),
+            )
         bench("digits (offline analogue)", ["experiment=paper_digits"], modes, args.rounds, not args.no_ray, Path(tmp))
 
 

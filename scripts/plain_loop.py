@@ -35,7 +35,9 @@ class PlainClient:
             return next(self.iterator)
 
     @staticmethod
-    def grad(model: nn.Module, loss_fn: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def grad(
+        model: nn.Module, loss_fn: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, ...]:
         x, y = batch
         return torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))
 
@@ -61,8 +63,9 @@ class PlainClient:
         grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
         return torch.autograd.grad(grads, params, grad_outputs=v)
 
-    def train(self, model: nn.Module, loss_fn: nn.Module, steps: int, alpha: float, beta: float, hessian: str,
-              delta: float) -> None:
+    def train(
+        self, model: nn.Module, loss_fn: nn.Module, steps: int, alpha: float, beta: float, hessian: str, delta: float
+    ) -> None:
         for _ in range(steps):
             temp = copy.deepcopy(model)
             grads = self.grad(temp, loss_fn, self.batch())
@@ -74,16 +77,28 @@ class PlainClient:
                 update = g1
             else:
                 batch = self.batch()
-                h = self.fd_hvp(model, loss_fn, batch, g1, delta) if hessian == "fd" else self.hvp(
-                    model, loss_fn, batch, g1)
+                h = (
+                    self.fd_hvp(model, loss_fn, batch, g1, delta)
+                    if hessian == "fd"
+                    else self.hvp(model, loss_fn, batch, g1)
+                )
                 update = [a - alpha * b for a, b in zip(g1, h)]
             with torch.no_grad():
                 for p, u in zip(model.parameters(), update):
                     p.sub_(beta * u)
 
 
-def plain_round(global_model: nn.Module, clients: list[PlainClient], sampled: list[int], loss_fn: nn.Module,
-                steps: int, alpha: float, beta: float, hessian: str, delta: float) -> None:
+def plain_round(
+    global_model: nn.Module,
+    clients: list[PlainClient],
+    sampled: list[int],
+    loss_fn: nn.Module,
+    steps: int,
+    alpha: float,
+    beta: float,
+    hessian: str,
+    delta: float,
+) -> None:
     """One training round: each sampled client trains a copy of the global model; the server averages them."""
     states = []
     for cid in sampled:

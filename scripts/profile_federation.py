@@ -70,7 +70,8 @@ def main() -> None:
         seconds = sum(cumulative(stats, n) for n in needles)
         accounted += seconds
         print(f"| {label} | {seconds:.2f} | {100 * seconds / wall:.0f}% |")
-    print(f"| everything else (messages, config, models, loop) | {wall - accounted:.2f} | {100 * (1 - accounted / wall):.0f}% |")
+    rest = wall - accounted
+    print(f"| everything else (messages, config, models, loop) | {rest:.2f} | {100 * rest / wall:.0f}% |")
     if train_rounds:
         print(f"\nmedian training-only round: {sorted(train_rounds)[len(train_rounds) // 2]:.3f} s", end="")
     if eval_rounds:

@@ -22,8 +22,14 @@ from perfedavg.data.types import split_generator, split_train_test
 CASES = [
     ("mnist", "parquet", (28, 28), [1, 28, 28], "image", {"name": "paper", "images_per_class": 4}),
     ("fashion_mnist", "image folder", (28, 28), [1, 28, 28], "image", {"name": "iid"}),
-    ("cifar10", "parquet", (32, 32, 3), [3, 32, 32], "img", {"name": "dirichlet", "alpha": 1.0,
-                                                              "min_partition_size": 5}),
+    (
+        "cifar10",
+        "parquet",
+        (32, 32, 3),
+        [3, 32, 32],
+        "img",
+        {"name": "dirichlet", "alpha": 1.0, "min_partition_size": 5},
+    ),
 ]
 
 
@@ -43,10 +49,19 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def params_for(tmp_path: Path, name: str, layout: str, shape, input_shape, key, partition) -> dict:
     x, y = images(16, shape, seed=3)
-    root = (write_parquet(tmp_path / "data", x, y, image_key=key) if layout == "parquet"
-            else write_image_folder(tmp_path / "data", x, y))
-    return {"name": name, "path": str(root), "cache_dir": str(tmp_path / "hf"), "input_shape": input_shape,
-            "test_fraction": 0.25, "partition": partition}
+    root = (
+        write_parquet(tmp_path / "data", x, y, image_key=key)
+        if layout == "parquet"
+        else write_image_folder(tmp_path / "data", x, y)
+    )
+    return {
+        "name": name,
+        "path": str(root),
+        "cache_dir": str(tmp_path / "hf"),
+        "input_shape": input_shape,
+        "test_fraction": 0.25,
+        "partition": partition,
+    }
 
 
 def fresh_decode(params: dict, client_id: int, num_clients: int, seed: int):
@@ -55,21 +70,32 @@ def fresh_decode(params: dict, client_id: int, num_clients: int, seed: int):
 
     from perfedavg.data.partition import make_partitioner
 
-    fds = FederatedDataset(dataset=params["path"], shuffle=True, seed=seed, cache_dir=params["cache_dir"],
-                           partitioners={"train": make_partitioner(params["partition"], num_clients, seed)})
+    fds = FederatedDataset(
+        dataset=params["path"],
+        shuffle=True,
+        seed=seed,
+        cache_dir=params["cache_dir"],
+        partitioners={"train": make_partitioner(params["partition"], num_clients, seed)},
+    )
     rows = fds.load_partition(client_id, "train")
     key = hub.image_column(params, rows.column_names)
     mode = "L" if params["input_shape"][0] == 1 else "RGB"
     x = np.stack([np.asarray(img.convert(mode)) for img in rows[key]]).astype(np.float32) / 255.0
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     y = torch.tensor(list(rows["label"]), dtype=torch.int64)
-    return split_train_test(client_id, torch.from_numpy(np.ascontiguousarray(x)), y, params["test_fraction"],
-                            split_generator(seed, client_id))
+    return split_train_test(
+        client_id,
+        torch.from_numpy(np.ascontiguousarray(x)),
+        y,
+        params["test_fraction"],
+        split_generator(seed, client_id),
+    )
 
 
 @pytest.mark.parametrize(("name", "layout", "shape", "input_shape", "key", "partition"), CASES)
-def test_cached_clients_equal_a_fresh_row_by_row_decode(tmp_path, own_cache, name, layout, shape, input_shape, key,
-                                                        partition) -> None:
+def test_cached_clients_equal_a_fresh_row_by_row_decode(
+    tmp_path, own_cache, name, layout, shape, input_shape, key, partition
+) -> None:
     params = params_for(tmp_path, name, layout, shape, input_shape, key, partition)
     for cid in range(4):
         got, want = load_client(params, cid, 4, seed=1), fresh_decode(params, cid, 4, seed=1)
@@ -123,6 +149,7 @@ def test_array_cache_builds_once_and_keys_by_content(tmp_path, monkeypatch) -> N
         def inner():
             calls.append(value)
             return {"a": np.full(3, value), "b": np.arange(value)}
+
         return inner
 
     first = array_cache.load_or_build("t", {"k": 1}, build(1))
@@ -139,6 +166,7 @@ def test_client_cache_keeps_clients_within_its_bound_least_recently_used_first()
         def build():
             x = torch.zeros(10, 25)  # 1,000 bytes of inputs, 80 of labels
             return split_train_test(cid, x, torch.zeros(10, dtype=torch.int64), 0.2, split_generator(0, cid))
+
         return build
 
     one = nbytes(client(0)())

@@ -190,8 +190,12 @@ def _decoded(source_json: str) -> tuple[np.ndarray, np.ndarray]:
 
     def build() -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        log.info("decoding the %d images of dataset=%s once (memory-mapped cache: %s)", len(split),
-                 params["name"], array_cache.cache_root())
+        log.info(
+            "decoding the %d images of dataset=%s once (memory-mapped cache: %s)",
+            len(split),
+            params["name"],
+            array_cache.cache_root(),
+        )
         images = decode_images(split, image_key, list(params["input_shape"]))
         labels = np.asarray(split.data.column(label_key).to_numpy(zero_copy_only=False), dtype=np.int64)
         log.info("decoded %d images in %.1f s", len(images), time.perf_counter() - start)
