@@ -83,10 +83,24 @@ def run_all(root: Path) -> dict[str, list[dict[str, float]]]:
 
 
 def machine() -> dict[str, str]:
-    """What bit-identity depends on: the torch build and the CPU."""
+    """What bit-identity depends on: the torch build, the CPU model and the vector instructions torch uses."""
     import torch
 
-    return {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "numpy": _numpy()}
+    return {
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "numpy": _numpy(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def _numpy() -> str:
