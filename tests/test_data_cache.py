@@ -36,7 +36,8 @@ CASES = [
 def forget_process_caches() -> None:
     """What a new process starts with: no loaded split, no decoded arrays, no partitions in memory."""
     for cached in (hub._load_split, hub._split_key, hub._decoded, hub._partition):
-        cached.cache_clear()
+        if hasattr(cached, "cache_clear"):  # a test may have replaced one with a plain function
+            cached.cache_clear()
 
 
 @pytest.fixture
@@ -116,6 +117,27 @@ def test_each_image_is_decoded_once_per_process_and_once_per_machine(tmp_path, o
     assert hub.decoded_images - before == 160
     assert all(torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test) for a, b in zip(first, again))
     assert isinstance(hub.decoded_split(params)[0], np.memmap)  # shared through the page cache
+
+
+def test_later_processes_find_the_split_without_loading_it_through_datasets(tmp_path, own_cache, monkeypatch) -> None:
+    params = params_for(tmp_path, *CASES[0][:5], {"name": "iid"})
+    first = load_client(params, 1, 3, seed=0)
+    forget_process_caches()
+    loads = []
+    real = hub._load_split.__wrapped__
+
+    def counting(source_json: str):
+        loads.append(source_json)
+        return real(source_json)
+
+    monkeypatch.setattr(hub, "_load_split", counting)
+    assert torch.equal(load_client(params, 1, 3, seed=0).x_train, first.x_train)
+    assert loads == []  # the index matched the files: no datasets import, no load
+    parquet = Path(params["path"]) / "train-00000-of-00001.parquet"
+    os.utime(parquet, (1e9, 2e9))  # the files changed (here only their time): the index no longer vouches
+    forget_process_caches()
+    assert torch.equal(load_client(params, 1, 3, seed=0).x_train, first.x_train)
+    assert loads  # loaded through datasets again (whose fingerprint changed with the time: a second decode too)
 
 
 def test_changed_files_are_decoded_again_not_served_stale(tmp_path, own_cache) -> None:

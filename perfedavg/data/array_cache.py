@@ -34,10 +34,29 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "perfedavg"
 
 
+def digest(text: str) -> str:
+    """A short stable name for ``text`` (16 hex digits of its SHA-256)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def entry_dir(name: str, key: Mapping[str, Any]) -> Path:
     """The entry directory for ``key`` (any JSON-serialisable mapping) under :func:`cache_root`."""
-    text = json.dumps({"format": FORMAT_VERSION, **key}, sort_keys=True, default=str)
-    return cache_root() / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return cache_root() / f"{name}-{digest(json.dumps({'format': FORMAT_VERSION, **key}, sort_keys=True, default=str))}"
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON atomically (temporary file, then rename); silently nothing if it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _read(entry: Path, names: list[str]) -> dict[str, np.ndarray]:

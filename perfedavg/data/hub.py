@@ -18,9 +18,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,24 +173,64 @@ def decode_images(split: Any, image_key: str, input_shape: list[int]) -> np.ndar
 
 @functools.lru_cache(maxsize=4)
 def _split_key(source_json: str) -> dict[str, Any]:
-    """What identifies the decoded split: the loaded data's fingerprint, the columns, and the source config."""
+    """What identifies the decoded split: the loaded data's fingerprint, the columns and the input shape.
+
+    Computing it loads the split through ``datasets`` (an import of about 2 s and 150 MB per process). The first
+    process to do so records it in the cache's index with the size and modification time of the files it came from;
+    later processes (Ray actors, SuperNodes) whose files still match take it from there and never import
+    ``datasets`` at all.
+    """
     params = json.loads(source_json)
+    index = array_cache.cache_root() / "index" / f"{params['name']}-{array_cache.digest(source_json)}.json"
+    known = _read_index(index)
+    if known is not None and _files_signature(known["files"]) == known["signature"]:
+        return known["key"]
     split = _load_split(source_json)
     image_key, label_key = image_column(params, split.column_names), _label_key(params)
     fingerprint = getattr(split, "_fingerprint", None) or json.dumps([f["filename"] for f in split.cache_files])
     # Not the path or cache directory: the same data reached as ../data and /abs/data shares one entry.
     shape = list(params["input_shape"])
-    return {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, "input_shape": shape}
+    key = {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, "input_shape": shape}
+    files = _source_files(params, split)
+    array_cache.write_json(index, {"key": key, "files": files, "signature": _files_signature(files)})
+    return key
+
+
+def _source_files(params: Mapping[str, Any], split: Any) -> list[str]:
+    """The files a split was read from: everything under a local ``path``, else the split's cache files."""
+    if params.get("path"):
+        root = Path(params["path"]).resolve()
+        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+    return sorted(str(Path(f["filename"]).resolve()) for f in split.cache_files)
+
+
+def _files_signature(files: list[str]) -> list[list[int] | None]:
+    """``[size, mtime_ns]`` of each file (``None`` if it is gone): what changes when the data changes."""
+    out: list[list[int] | None] = []
+    for name in files:
+        try:
+            st = os.stat(name)
+            out.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append(None)
+    return out
+
+
+def _read_index(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @functools.lru_cache(maxsize=4)
 def _decoded(source_json: str) -> tuple[np.ndarray, np.ndarray]:
     params = json.loads(source_json)
-    split = _load_split(source_json)
     key = _split_key(source_json)
     image_key, label_key = key["image"], key["label"]
 
     def build() -> dict[str, np.ndarray]:
+        split = _load_split(source_json)
         start = time.perf_counter()
         log.info(
             "decoding the %d images of dataset=%s once (memory-mapped cache: %s)",
