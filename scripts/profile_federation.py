@@ -2,7 +2,7 @@
 """Where an in-process federation's time goes: cProfile of a whole run, grouped the way the issue reports it.
 
     .venv/bin/python scripts/profile_federation.py experiment=paper_mnist dataset.path=../shared/data/mnist \
-        num_rounds=10 eval_every=10 hessian=fd
+        num_rounds=10 eval_every=10 hessian=fd [--out=scripts/results/profile_paper_mnist.md]
 
 Runs the configuration with ``backend=inprocess`` (clients one after another in this process, 1 torch thread as a
 simulated client has), then prints the wall time split into: start-up (validation, data checks), data (loading,
@@ -25,6 +25,9 @@ import torch
 
 from perfedavg.runner import compose, prepare, run
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import recording  # noqa: E402
+
 #: (label, substring of "file:function" identifying the frame whose cumulative time counts for it)
 GROUPS = [
     ("data: load, decode, partition, client tensors", ("perfedavg/data/registry.py:load_client",)),
@@ -44,7 +47,13 @@ def cumulative(stats: pstats.Stats, needle: str) -> float:
 
 
 def main() -> None:
-    overrides = [*sys.argv[1:], "backend=inprocess", "client_cpus=1"]
+    out = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
+    with recording(out):
+        profile([a for a in sys.argv[1:] if not a.startswith("--out=")])
+
+
+def profile(user_overrides: list[str]) -> None:
+    overrides = [*user_overrides, "backend=inprocess", "client_cpus=1"]
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     cfg = prepare(compose(overrides))
@@ -60,7 +69,7 @@ def main() -> None:
     rounds = summary["rounds"]
     train_rounds = [r["time/round_s"] for r in rounds if "eval/global_loss" not in r]
     eval_rounds = [r["time/round_s"] for r in rounds if "eval/global_loss" in r]
-    print(f"Profile of `{' '.join(sys.argv[1:])}` in-process: {len(rounds)} rounds\n")
+    print(f"Profile of `{' '.join(user_overrides)}` in-process: {len(rounds)} rounds\n")
     print("| part | seconds | share |")
     print("|---|---:|---:|")
     print(f"| start-up: prepare() (validation, data check) | {startup:.2f} | |")

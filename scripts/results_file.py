@@ -1,0 +1,61 @@
+"""Benchmarks and profiles that write their Markdown into ``scripts/results/`` say where it came from.
+
+``with recording(path):`` copies everything printed to ``path`` as well, under a comment naming the command line,
+the commit (with ``+changes`` if the working tree differed from it), the time and the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def provenance() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+        rev = commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except OSError:
+        rev = "unknown"
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    return f"<!-- written by: {command}\n     commit {rev}, {when}, {machine} -->\n"
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams: io.TextIOBase) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+            stream.flush()
+        return len(text)
+
+
+@contextlib.contextmanager
+def recording(path: str | None) -> Iterator[None]:
+    """Print as usual and, if ``path`` is given, also into that file (after the provenance comment)."""
+    if not path:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(provenance())
+        original = sys.stdout
+        sys.stdout = _Tee(original, f)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stdout = original
