@@ -11,10 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from perfedavg.config import ConfigError, check_overrides, register_schema
+from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
-from perfedavg.runner import CONF_DIR, check_output_dir, run
+from perfedavg.runner import CONF_DIR, check_output_dir, check_resumable, run
 from perfedavg.server_app import FederationError
 
 log = logging.getLogger("perfedavg")
@@ -42,6 +42,10 @@ def _job(cfg: DictConfig) -> float | None:
             log.removeFilter(existing)
         log.addFilter(_JobTag(run_dir.name))
     try:
+        if cfg.resume == AUTO_RESUME:
+            finished = _auto_resume(cfg, run_dir)
+            if finished is not None:
+                return finished
         summary = run(cfg, run_dir)
     except (ConfigError, DataError, HessianTooLargeError) as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)
@@ -53,7 +57,37 @@ def _job(cfg: DictConfig) -> float | None:
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
     log.info("done in %.1f s: %s", summary["wall_s"], shown)
     log.info("curves: tensorboard --logdir %s", run_dir)
+    return _objective(final)
+
+
+#: ``resume=auto``: continue this run directory's checkpoint if it has one, skip it if it is finished (sweeps).
+AUTO_RESUME = "auto"
+
+
+def _objective(final: dict[str, float]) -> float | None:
     return final.get("eval/personalized_acc", final.get("eval/personalized_loss"))
+
+
+def _auto_resume(cfg: DictConfig, run_dir: Path) -> float | None:
+    """``resume=auto`` in ``run_dir``: no checkpoint → a fresh run; a checkpoint short of ``num_rounds`` → resume it
+    (the config must match, as for ``resume=<dir>``); finished (``metrics.json`` written at the last round) and of the
+    same config → return its objective without running anything. Sets ``cfg.resume`` accordingly."""
+    from perfedavg import checkpoint
+
+    state = checkpoint.load(run_dir)
+    cfg.resume = None if state is None else str(run_dir)
+    if state is not None:
+        check_resumable(to_container(cfg))  # a different config never continues (nor stands in for) a run
+    metrics = run_dir / "metrics.json"
+    if state is not None and state["round"] >= cfg.num_rounds and metrics.exists():
+        import json
+
+        final = json.loads(metrics.read_text())["final"]
+        log.info("already complete (%d rounds), kept as it is: %s", state["round"], run_dir)
+        return _objective(final)
+    if state is not None:
+        log.info("continuing from the checkpoint of round %d in %s", state["round"], run_dir)
+    return None
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
@@ -61,7 +95,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
     its ``num_rounds`` as last checkpointed (an extended run stays extended), the user's arguments, and Hydra told
     to write into that directory without rewriting its ``.hydra/`` record (a refused resume changes nothing)."""
     given = [a for a in argv if a.startswith("resume=")]
-    if not given:
+    if not given or given[-1] == f"resume={AUTO_RESUME}":
         return argv
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("resume= continues one run; it cannot be combined with a multirun (-m)")

@@ -153,7 +153,7 @@ class Config:
     device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
     verbose: bool = False
     backend: Backend = Backend.ray
-    resume: str | None = None  # a run directory whose last checkpoint to continue from
+    resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 
 
 def register_schema() -> None:

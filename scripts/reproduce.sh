@@ -14,6 +14,8 @@
 # (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
 # Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
 # BACKEND (inprocess or ray; default inprocess).
+# Cut off? Run the same command again with SWEEP_DIR=<the sweep's directory>: every run has resume=auto, so finished
+# runs are kept as they are and interrupted ones continue from their last checkpoint (at most one round is lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [ ! -f "conf/experiment/$1.yaml" ]; then
@@ -29,7 +31,7 @@ seeds=${SEEDS:-0,1,2,3,4}
 sweep_dir=${SWEEP_DIR:-multirun/$experiment-$(date +%Y%m%d-%H%M%S)}
 n_seeds=$(echo "$seeds" | tr ',' '\n' | wc -l)
 common=(
-  "experiment=$experiment" "seed=$seeds" "backend=${BACKEND:-inprocess}" client_cpus=1
+  "experiment=$experiment" "seed=$seeds" "backend=${BACKEND:-inprocess}" client_cpus=1 resume=auto
   hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" hydra.launcher.verbose=10
   "hydra.sweep.dir=$sweep_dir" 'hydra.sweep.subdir=${algorithm.name}-${hessian.mode}-seed${seed}'
 )

@@ -128,3 +128,24 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
     state = checkpoint.load(tmp_path)
     assert state["round"] == 2 and all(torch.isfinite(v).all() for v in state["weights"].values())
     assert list(tmp_path.glob("events.out.tfevents*"))  # the log so far is kept
+
+
+def test_resume_auto_starts_continues_and_skips_a_finished_run(tmp_path: Path) -> None:
+    """What a re-run sweep (scripts/reproduce.sh with the same SWEEP_DIR) relies on."""
+    auto, straight = tmp_path / "auto", tmp_path / "straight"
+    out = cli([*COMMON, "num_rounds=2", "resume=auto", f"hydra.run.dir={auto}"], tmp_path)  # nothing there: fresh
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert checkpoint.load(auto)["round"] == 2
+    out = cli([*COMMON, "num_rounds=4", "resume=auto", f"hydra.run.dir={auto}"], tmp_path)  # short of 4: continues
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "continuing from the checkpoint of round 2" in out.stdout + out.stderr
+    assert cli([*COMMON, "num_rounds=4", f"hydra.run.dir={straight}"], tmp_path).returncode == 0
+    resumed = json.loads((auto / "metrics.json").read_text())
+    assert non_time(resumed["rounds"]) == non_time(json.loads((straight / "metrics.json").read_text())["rounds"])
+    before = (auto / "metrics.json").stat().st_mtime_ns
+    out = cli([*COMMON, "num_rounds=4", "resume=auto", f"hydra.run.dir={auto}"], tmp_path)  # finished: kept
+    assert out.returncode == 0 and "already complete (4 rounds)" in out.stdout + out.stderr
+    assert (auto / "metrics.json").stat().st_mtime_ns == before
+    out = cli([*COMMON, "num_rounds=4", "alpha=0.5", "resume=auto", f"hydra.run.dir={auto}"], tmp_path)
+    assert out.returncode == 2 and "alpha: 0.05 → 0.5" in out.stderr  # another config never stands in for this one
+    assert (auto / "metrics.json").stat().st_mtime_ns == before

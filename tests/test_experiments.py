@@ -72,11 +72,17 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={sweep}",
         "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}-seed${seed}",
+        "resume=auto",
     ]
     for method in (["algorithm=perfedavg", "hessian=fo,hvp"], ["algorithm=fedavg", "hessian=fo"]):
         out = run([sys.executable, "-m", "perfedavg", "-m", *common, *method], tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         assert re.search(r"\[perfedavg-fo-seed\d\] round 3/3|\[fedavg-fo-seed\d\] round 3/3", out.stderr + out.stdout)
+    finished = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")}
+    out = run([sys.executable, "-m", "perfedavg", "-m", *common, "algorithm=perfedavg", "hessian=fo,hvp"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]  # the same sweep again (reproduce.sh re-run): nothing re-runs
+    assert (out.stdout + out.stderr).count("already complete (3 rounds)") == 4
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")} == finished
     out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep)], tmp_path)
     assert out.returncode == 0, out.stderr
     report = (sweep / "report.md").read_text()
