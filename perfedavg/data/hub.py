@@ -191,6 +191,7 @@ def _split_key(source_json: str) -> dict[str, Any]:
     # Not the path or cache directory: the same data reached as ../data and /abs/data shares one entry.
     shape = list(params["input_shape"])
     key = {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, "input_shape": shape}
+    key["decoder"] = _versions("pillow", "datasets")  # a new decoder decodes again (once)
     files = _source_files(params, split)
     array_cache.write_json(index, {"key": key, "files": files, "signature": _files_signature(files)})
     return key
@@ -214,6 +215,27 @@ def _files_signature(files: list[str]) -> list[list[int] | None]:
         except OSError:
             out.append(None)
     return out
+
+
+def _versions(*distributions: str) -> dict[str, str]:
+    """Installed versions of ``distributions`` (without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in distributions:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _partition_code_digest() -> str:
+    """A digest of this package's partitioning code, so a changed partitioner never reuses stored partitions."""
+    here = Path(__file__).resolve().parent
+    text = "".join((here / name).read_text() for name in ("partition.py", "paper_partitioner.py"))
+    return array_cache.digest(text)
 
 
 def _read_index(path: Path) -> dict[str, Any] | None:
@@ -262,6 +284,8 @@ def decoded_split(params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 def _partition(params_json: str, num_clients: int, seed: int) -> list[np.ndarray]:
     params = json.loads(params_json)
     key = {**_split_key(_source_json(params)), "partition": params["partition"], "clients": num_clients, "seed": seed}
+    # The partitioners' code: Flower's (and the shuffle of datasets) by version, ours by content.
+    key["partitioner"] = {**_versions("flwr-datasets", "datasets"), "perfedavg": _partition_code_digest()}
 
     def build() -> dict[str, np.ndarray]:
         _, labels = decoded_split(params)
