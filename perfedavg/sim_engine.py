@@ -92,6 +92,9 @@ def _share_client_app_once() -> None:
     if getattr(backend.build, "_perfedavg", False):
         return
     original = backend.build
+    if list(inspect.signature(original).parameters) != ["self", "app_fn"]:
+        log.warning("flwr's Ray backend changed (build); its app loader is sent with every message")
+        return
 
     def build(self, app_fn):  # noqa: ANN001, ANN202 - Flower's signature
         original(self, app_fn)
