@@ -140,6 +140,24 @@ def test_later_processes_find_the_split_without_loading_it_through_datasets(tmp_
     assert loads  # loaded through datasets again (whose fingerprint changed with the time: a second decode too)
 
 
+def test_an_added_file_is_noticed_despite_the_index(tmp_path, own_cache, monkeypatch) -> None:
+    params = params_for(tmp_path, *CASES[0][:5], {"name": "iid"})
+    load_client(params, 0, 2, seed=0)
+    forget_process_caches()
+    loads = []
+    real = hub._load_split.__wrapped__
+    monkeypatch.setattr(hub, "_load_split", lambda source: loads.append(source) or real(source))
+    load_client(params, 0, 2, seed=0)
+    assert loads == []
+    x, y = images(2, (28, 28), seed=5)
+    write_parquet(tmp_path / "extra", x, y).joinpath("train-00000-of-00001.parquet").rename(
+        Path(params["path"]) / "train-00001-of-00002.parquet"
+    )
+    forget_process_caches()
+    assert load_client(params, 0, 2, seed=0).num_train + load_client(params, 0, 2, seed=0).num_test == 90
+    assert loads  # a new shard is not hidden by the index
+
+
 def test_changed_files_are_decoded_again_not_served_stale(tmp_path, own_cache) -> None:
     params = params_for(tmp_path, *CASES[0][:5], {"name": "iid"})
     old = load_client(params, 0, 2, seed=0)

@@ -182,8 +182,8 @@ def _split_key(source_json: str) -> dict[str, Any]:
     """
     params = json.loads(source_json)
     index = array_cache.cache_root() / "index" / f"{params['name']}-{array_cache.digest(source_json)}.json"
-    known = _read_index(index)
-    if known is not None and _files_signature(known["files"]) == known["signature"]:
+    known = None if _refresh_index else _read_index(index)
+    if known is not None and _still_the_same_files(params, known):
         return known["key"]
     split = _load_split(source_json)
     image_key, label_key = image_column(params, split.column_names), _label_key(params)
@@ -197,11 +197,40 @@ def _split_key(source_json: str) -> dict[str, Any]:
     return key
 
 
+#: Set by the driver's data check: compute the key through ``datasets`` and rewrite the index (workers read it).
+_refresh_index = False
+
+
+def refresh_split_key(params: Mapping[str, Any]) -> None:
+    """Recompute the split's key through ``datasets`` and record it (the driver does this before every run, so a
+    data set downloaded or changed since is noticed even where the index would still match)."""
+    global _refresh_index
+    for cached in (_load_split, _split_key, _decoded, _partition):  # nothing of an older look survives
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    _refresh_index = True
+    try:
+        _split_key(_source_json(params))
+    finally:
+        _refresh_index = False
+
+
+def _still_the_same_files(params: Mapping[str, Any], known: Mapping[str, Any]) -> bool:
+    """The recorded files are all there, unchanged, and (for a local ``path``) no file was added or removed."""
+    if params.get("path") and _listing(params["path"]) != known["files"]:
+        return False
+    return _files_signature(known["files"]) == known["signature"]
+
+
+def _listing(path: str) -> list[str]:
+    root = Path(path).resolve()
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
 def _source_files(params: Mapping[str, Any], split: Any) -> list[str]:
     """The files a split was read from: everything under a local ``path``, else the split's cache files."""
     if params.get("path"):
-        root = Path(params["path"]).resolve()
-        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+        return _listing(params["path"])
     return sorted(str(Path(f["filename"]).resolve()) for f in split.cache_files)
 
 

@@ -132,6 +132,7 @@ def _check_digits(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
 
 def _check_hub(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
     with _as_data_errors(p):
+        hub.refresh_split_key(p)  # the driver looks at the data itself; workers then trust what it recorded
         _check_sizes(lambda n: hub.partition_sizes(p, n, seed), p, num_clients)
         hub.make_hub_client(p, 0, num_clients, seed)  # column names and image shape (decoded once per machine)
 
