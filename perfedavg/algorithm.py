@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,23 +76,18 @@ def local_update(
     w = curvature.flat_parameters(model)
     # fo, hvp and fd run in the model itself (same arithmetic, less overhead); exact and diag through curvature.
     scratch = curvature.ScratchModel(model, loss_fn) if curvature.ScratchModel.supports(model) else None
+    loss_and_gradient = scratch.loss_and_gradient if scratch is not None else _functional(model, loss_fn)
     losses = []
     for _ in range(spec.local_steps):
         batch = sample_batch(x, y, spec.batch_size, generator)
-        if scratch is not None:
-            loss, grad = scratch.loss_and_gradient(batch, at=w)
-        else:
-            loss, grad = curvature.loss_and_gradient(model, loss_fn, batch, at=w)
+        loss, grad = loss_and_gradient(batch, at=w)
         losses.append(float(loss))
         if spec.algorithm == "fedavg":
             w = w - spec.beta * grad
             continue
         batch_g = sample_batch(x, y, spec.batch_size, generator)
         batch_h = sample_batch(x, y, spec.batch_size, generator)
-        if scratch is not None:
-            g = scratch.loss_and_gradient(batch_g, at=w - spec.alpha * grad)[1]
-        else:
-            g = curvature.gradient(model, loss_fn, batch_g, at=w - spec.alpha * grad)
+        g = loss_and_gradient(batch_g, at=w - spec.alpha * grad)[1]
         t = time.perf_counter()
         direction = _corrected(spec, model, loss_fn, scratch, batch_h, g, w)
         curvature_s += time.perf_counter() - t
@@ -104,6 +100,11 @@ def local_update(
         curvature_s=curvature_s,
         num_examples=int(x.shape[0]),
     )
+
+
+def _functional(model: nn.Module, loss_fn: LossFn) -> Callable[..., tuple[Tensor, Tensor]]:
+    """:func:`perfedavg.curvature.loss_and_gradient` bound to ``model`` and ``loss_fn`` (ScratchModel's signature)."""
+    return lambda batch, at: curvature.loss_and_gradient(model, loss_fn, batch, at=at)
 
 
 def _corrected(

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from perfedavg.task import compute_device
+
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "last.pt"
 FORMAT_VERSION = 1
@@ -64,16 +66,12 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _device_here(device: Any) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(device)
-
-
 def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: saved → current`` for every key that differs and would change results."""
     a, b = _flatten(saved), _flatten(current)
     # Where clients compute changes results; compare the devices meant here (checkpoints older than the
     # ``device`` key ran on the CPU).
-    a["device"], b["device"] = _device_here(a.get("device", "cpu")), _device_here(b.get("device", "cpu"))
+    a["device"], b["device"] = (str(compute_device({"device": c.get("device", "cpu")})) for c in (a, b))
     lines = []
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] in RESUMABLE_DIFFERENCES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -80,8 +81,6 @@ def _auto_resume(cfg: DictConfig, run_dir: Path) -> float | None:
         check_resumable(to_container(cfg))  # a different config never continues (nor stands in for) a run
     metrics = run_dir / "metrics.json"
     if state is not None and state["round"] >= cfg.num_rounds and metrics.exists():
-        import json
-
         final = json.loads(metrics.read_text())["final"]
         log.info("already complete (%d rounds), kept as it is: %s", state["round"], run_dir)
         return _objective(final)

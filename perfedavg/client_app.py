@@ -24,13 +24,6 @@ from perfedavg.data import ClientData, data_params, load_client
 from perfedavg.data.client_cache import ClientCache
 
 
-def run_config(message: Message) -> tuple[int, dict[str, Any]]:
-    """The round number and the resolved run configuration carried by a message (parsed once per process: every
-    message of a run carries the same JSON; the returned dict is shared and must not be changed)."""
-    record = message.content["config"]
-    return int(record["round"]), _parsed(str(record["run-config"]))
-
-
 @functools.lru_cache(maxsize=4)
 def _parsed(config_json: str) -> dict[str, Any]:
     return json.loads(config_json)
@@ -46,14 +39,15 @@ CLIENTS = ClientCache()
 
 def client_data(cfg: dict[str, Any], client_id: int) -> ClientData:
     """This client's data on the run's compute device, built once per process and kept (see :data:`CLIENTS`)."""
-    device = task.compute_device(cfg)
-    key = (json.dumps(data_params(cfg), sort_keys=True), client_id, cfg["num_clients"], cfg["seed"], str(device))
+    return _client_data(_worker(json.dumps(cfg, sort_keys=True)), cfg, client_id)
 
+
+def _client_data(worker: Worker, cfg: dict[str, Any], client_id: int) -> ClientData:
     def build() -> ClientData:
         data = load_client(data_params(cfg), client_id, cfg["num_clients"], cfg["seed"])
-        return data if device.type == "cpu" else data.to(device)
+        return data if worker.device.type == "cpu" else data.to(worker.device)
 
-    return CLIENTS.get(key, build)
+    return CLIENTS.get((worker.data_key, client_id), build)
 
 
 def client_generator(seed: int, client_id: int, server_round: int) -> torch.Generator:
@@ -64,9 +58,10 @@ def client_generator(seed: int, client_id: int, server_round: int) -> torch.Gene
 
 @dataclass(frozen=True)
 class Worker:
-    """What a process needs to serve messages of one run, built once per run config: the model (one module per
-    process, reused: building one costs more than loading weights into it, and the BackPACK cache of
-    ``hessian=diag`` stays warm), its loss, the local-update spec, and the compute device."""
+    """What a process needs to serve messages of one run, built once per run config (nothing of it is recomputed
+    per message): the model (one module per process, reused: building one costs more than loading weights into it,
+    and the BackPACK cache of ``hessian=diag`` stays warm), its loss, the local-update spec, the compute device and
+    the key of the run's client data."""
 
     model: torch.nn.Module
     loss_fn: torch.nn.Module
@@ -74,6 +69,7 @@ class Worker:
     classification: bool
     device: torch.device
     tensors: dict[str, torch.Tensor]  # the model's parameters and buffers by state-dict name (live tensors)
+    data_key: str  # what identifies this run's client data in :data:`CLIENTS` (with the client id)
 
 
 @functools.lru_cache(maxsize=4)
@@ -88,6 +84,7 @@ def _worker(config_json: str) -> Worker:
         classification=task.is_classification(cfg["dataset"]),
         device=device,
         tensors=dict(model.state_dict(keep_vars=True)),
+        data_key=json.dumps([data_params(cfg), cfg["num_clients"], cfg["seed"], str(device)], sort_keys=True),
     )
 
 
@@ -133,7 +130,7 @@ def _receive(message: Message, context: Context) -> tuple[int, dict[str, Any], i
     cid = partition_id(context)
     worker = _worker(config_json)
     load_weights(worker, message.content["arrays"])
-    return server_round, cfg, cid, client_data(cfg, cid), worker
+    return server_round, cfg, cid, _client_data(worker, cfg, cid), worker
 
 
 def train(message: Message, context: Context) -> Message:

@@ -256,9 +256,9 @@ class ScratchModel:
 
     Same arithmetic as :func:`loss_and_gradient`, :func:`hvp` and :func:`fd_hvp`, bit for bit
     (``tests/test_curvature.py``), without their per-call costs: no ``functional_call`` re-parametrisation, no
-    buffer clones, the parameter layout walked once: a gradient of the paper's MLP at batch 40 took 0.55 ms instead
-    of 0.78 ms on the 2-core machine (both timed in one process). Only for models without buffers, since a
-    train-mode forward would update e.g. BatchNorm statistics: :meth:`supports` says whether it applies.
+    buffer clones, the parameter layout walked once (its effect on a whole round: README "Speed",
+    ``scripts/bench_speed.py``). Only for models without buffers, since a train-mode forward would update e.g.
+    BatchNorm statistics: :meth:`supports` says whether it applies.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:

@@ -91,7 +91,7 @@ def machine() -> dict[str, str]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "numpy": _numpy(),
+        "numpy": __import__("numpy").__version__,
     }
 
 
@@ -101,12 +101,6 @@ def _cpu_model() -> str:
             return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         return ""
-
-
-def _numpy() -> str:
-    import numpy
-
-    return numpy.__version__
 
 
 def main() -> None:

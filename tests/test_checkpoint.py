@@ -149,3 +149,16 @@ def test_resume_auto_starts_continues_and_skips_a_finished_run(tmp_path: Path) -
     out = cli([*COMMON, "num_rounds=4", "alpha=0.5", "resume=auto", f"hydra.run.dir={auto}"], tmp_path)
     assert out.returncode == 2 and "alpha: 0.05 → 0.5" in out.stderr  # another config never stands in for this one
     assert (auto / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_resume_compares_where_clients_compute_not_how_the_device_is_spelled(gpu: bool, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    same_here = [] if not gpu else ["device: cuda → cpu"]
+    assert checkpoint.result_differences({"device": "auto"}, {"device": "cpu"}) == same_here
+    assert checkpoint.result_differences({}, {"device": "auto"}) == ([] if not gpu else ["device: cpu → cuda"])
+    assert checkpoint.result_differences({"device": "cuda"}, {"device": "auto"}) == (
+        ["device: cuda → cpu"] if not gpu else []
+    )

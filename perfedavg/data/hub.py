@@ -102,11 +102,6 @@ def _load_split(source_json: str) -> Any:
         ) from None
 
 
-def load_split(params: Mapping[str, Any]) -> Any:
-    """The unshuffled ``train`` split as a ``datasets.Dataset`` (per-process cached; images not decoded)."""
-    return _load_split(_source_json(params))
-
-
 def _label_key(params: Mapping[str, Any]) -> str:
     return str(params.get("label_key") or SOURCES[params["name"]].label_key)
 
@@ -173,18 +168,36 @@ def decode_images(split: Any, image_key: str, input_shape: list[int]) -> np.ndar
 
 @functools.lru_cache(maxsize=4)
 def _split_key(source_json: str) -> dict[str, Any]:
-    """What identifies the decoded split: the loaded data's fingerprint, the columns and the input shape.
+    """What identifies the decoded split: the loaded data's fingerprint, the columns, the input shape, the decoder.
 
-    Computing it loads the split through ``datasets`` (an import of about 2 s and 150 MB per process). The first
-    process to do so records it in the cache's index with the size and modification time of the files it came from;
-    later processes (Ray actors, SuperNodes) whose files still match take it from there and never import
+    Computing it loads the split through ``datasets`` (an import of about 2 s and 150 MB per process); the driver
+    does so before every run (:func:`refresh_split_key`) and records the key in the cache's index with the files it
+    came from. Later processes (Ray actors, SuperNodes) whose files still match take it from there and never import
     ``datasets`` at all.
     """
-    params = json.loads(source_json)
-    index = array_cache.cache_root() / "index" / f"{params['name']}-{array_cache.digest(source_json)}.json"
-    known = None if _refresh_index else _read_index(index)
-    if known is not None and _still_the_same_files(params, known):
+    known = _read_index(_index_path(source_json))
+    if known is not None and _still_the_same_files(json.loads(source_json), known):
         return known["key"]
+    return _compute_split_key(source_json)
+
+
+def refresh_split_key(params: Mapping[str, Any]) -> None:
+    """Look at the data through ``datasets`` again and record its key (the driver's data check does this before every
+    run, so data downloaded or changed since is noticed even where the index would still match)."""
+    for cached in (_load_split, _split_key, _decoded, _partition):  # nothing of an older look survives
+        if hasattr(cached, "cache_clear"):  # (a test may have replaced one with a plain function)
+            cached.cache_clear()
+    _compute_split_key(_source_json(params))
+
+
+def _index_path(source_json: str) -> Path:
+    return (
+        array_cache.cache_root() / "index" / f"{json.loads(source_json)['name']}-{array_cache.digest(source_json)}.json"
+    )
+
+
+def _compute_split_key(source_json: str) -> dict[str, Any]:
+    params = json.loads(source_json)
     split = _load_split(source_json)
     image_key, label_key = image_column(params, split.column_names), _label_key(params)
     fingerprint = getattr(split, "_fingerprint", None) or json.dumps([f["filename"] for f in split.cache_files])
@@ -193,26 +206,8 @@ def _split_key(source_json: str) -> dict[str, Any]:
     key = {"fingerprint": fingerprint, "split": SPLIT, "image": image_key, "label": label_key, "input_shape": shape}
     key["decoder"] = _versions("pillow", "datasets")  # a new decoder decodes again (once)
     files = _source_files(params, split)
-    array_cache.write_json(index, {"key": key, "files": files, "signature": _files_signature(files)})
+    array_cache.write_json(_index_path(source_json), {"key": key, "files": files, "signature": _files_signature(files)})
     return key
-
-
-#: Set by the driver's data check: compute the key through ``datasets`` and rewrite the index (workers read it).
-_refresh_index = False
-
-
-def refresh_split_key(params: Mapping[str, Any]) -> None:
-    """Recompute the split's key through ``datasets`` and record it (the driver does this before every run, so a
-    data set downloaded or changed since is noticed even where the index would still match)."""
-    global _refresh_index
-    for cached in (_load_split, _split_key, _decoded, _partition):  # nothing of an older look survives
-        if hasattr(cached, "cache_clear"):
-            cached.cache_clear()
-    _refresh_index = True
-    try:
-        _split_key(_source_json(params))
-    finally:
-        _refresh_index = False
 
 
 def _still_the_same_files(params: Mapping[str, Any], known: Mapping[str, Any]) -> bool:
