@@ -53,6 +53,8 @@ def _job(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except FederationError as e:
         log.error("federation stopped: %s (logs so far are in %s)", e, run_dir)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the launcher records this job as failed (a sweeper such as Optuna's then goes on)
         sys.exit(1)
     final = summary["final"]
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
@@ -66,6 +68,8 @@ AUTO_RESUME = "auto"
 
 
 def _objective(final: dict[str, float]) -> float | None:
+    """What a Hydra sweeper optimizes: the final personalized accuracy (classification; maximize) or loss
+    (regression; minimize), on the run's ``eval_split``."""
     return final.get("eval/personalized_acc", final.get("eval/personalized_loss"))
 
 

@@ -155,22 +155,24 @@ def train(message: Message, context: Context) -> Message:
 
 
 def evaluate(message: Message, context: Context) -> Message:
-    """Global and personalized (α-step on the training split) test metrics of the received weights."""
+    """Global and personalized (α-steps on the training split) metrics of the received weights on the run's
+    ``eval_split`` (the client's test split, or its validation split when tuning)."""
     start = time.perf_counter()
     _, cfg, cid, data, worker = _receive(message, context)
+    x_eval, y_eval = data.eval_split(cfg["eval_split"])
     metrics = algorithm.personalized_evaluation(
         worker.model,
         worker.loss_fn,
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        x_eval,
+        y_eval,
         alpha=cfg["alpha"],
         adapt_steps=cfg["adapt_steps"],
         classification=worker.classification,
     )
     record = MetricRecord(
-        {"client-id": cid, "num-examples": data.num_test, **metrics, "compute-s": time.perf_counter() - start}
+        {"client-id": cid, "num-examples": int(y_eval.shape[0]), **metrics, "compute-s": time.perf_counter() - start}
     )
     return Message(content=RecordDict({"metrics": record}), reply_to=message)
 

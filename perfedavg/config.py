@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,11 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class EvalSplit(StrEnum):
+    test = "test"  # each client's held-out test split (results)
+    val = "val"  # each client's validation split, held out of its training data (tuning; needs val_fraction > 0)
+
+
 class Backend(StrEnum):
     ray = "ray"  # Flower's simulation engine: clients in parallel Ray actors
     inprocess = "inprocess"  # clients one after another in this process: no Ray, breakpoints work
@@ -106,6 +112,7 @@ class DatasetConf:
     num_classes: int = 0  # classification only
     num_targets: int = 0  # regression only
     test_fraction: float = 0.2
+    val_fraction: float = 0.0  # share of each client's training split held out for validation (eval_split=val)
     samples_per_client: int = 64  # regression: examples per client
     heterogeneity: float = 1.0  # regression: spread of the per-client tasks
     noise: float = 0.1  # regression: label noise standard deviation
@@ -128,6 +135,12 @@ class PartitionConf:
 
 
 @dataclass
+class StepSizes:
+    alpha: float = MISSING
+    beta: float = MISSING
+
+
+@dataclass
 class Config:
     model: ModelConf = MISSING
     hessian: HessianConf = MISSING
@@ -146,6 +159,7 @@ class Config:
     seed: int = 0
     eval_every: int = 1
     eval_fraction: float = 1.0
+    eval_split: EvalSplit = EvalSplit.test  # which split evaluation reports: test, or val (tuning never sees test)
     aggregation: Aggregation = Aggregation.uniform
     min_clients: int = 1  # a training round with fewer successful clients stops the run
     client_cpus: float = 1.0
@@ -153,12 +167,33 @@ class Config:
     device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
     verbose: bool = False
     backend: Backend = Backend.ray
+    # Per-method step sizes (e.g. tuned ones: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
+    step_sizes: dict[str, StepSizes] | None = None
     resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 
 
+def method_name(algorithm: str, hessian_mode: str) -> str:
+    """The method a run compares in the paper's tables: ``fedavg`` (which ignores the Hessian mode), or Per-FedAvg's
+    Hessian mode (``fo``, ``fd``, ``hvp``, ``exact``, ``diag``)."""
+    return AlgorithmName.fedavg.value if algorithm == AlgorithmName.fedavg.value else str(hessian_mode)
+
+
+def _per_method(key: str, *, _root_: DictConfig) -> float:
+    """``${per_method:alpha}``: ``step_sizes[<this run's method>].<key>`` (see :func:`method_name`)."""
+    method = method_name(str(_root_.algorithm.name), str(_root_.hessian.mode))
+    table = _root_.get("step_sizes") or {}
+    if method not in table:
+        have = ", ".join(table) or "none"
+        raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes has no entry for method {method} (has: {have})")
+    return table[method][key]
+
+
 def register_schema() -> None:
-    """Register :class:`Config` as ``base_config`` so ``conf/config.yaml`` can extend it."""
+    """Register :class:`Config` as ``base_config`` so ``conf/config.yaml`` can extend it, and the ``per_method``
+    resolver its experiments may use."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("per_method"):
+        OmegaConf.register_new_resolver("per_method", _per_method)
 
 
 def _positive(name: str, value: Any, problems: list[str], integer: bool = False) -> None:
@@ -169,6 +204,11 @@ def _positive(name: str, value: Any, problems: list[str], integer: bool = False)
 
 def validate(cfg: DictConfig) -> None:
     """Check ranges and combinations; raise :class:`ConfigError` with one line per problem."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as e:  # e.g. a ${per_method:…} without a table entry for this method
+        message = str(e).splitlines()[0].removeprefix("ConfigError raised while resolving interpolation: ")
+        raise ConfigError(message) from None
     problems: list[str] = []
     for key in ("num_rounds", "num_clients", "local_steps", "batch_size", "adapt_steps", "eval_every", "min_clients"):
         _positive(key, cfg[key], problems, integer=True)
@@ -179,6 +219,10 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{key}={cfg[key]}: must be in (0, 1]")
     if not 0 < cfg.dataset.test_fraction < 1:
         problems.append(f"dataset.test_fraction={cfg.dataset.test_fraction}: must be in (0, 1)")
+    if not 0 <= cfg.dataset.val_fraction < 1:
+        problems.append(f"dataset.val_fraction={cfg.dataset.val_fraction}: must be in [0, 1)")
+    elif cfg.eval_split == EvalSplit.val and cfg.dataset.val_fraction == 0:
+        problems.append("eval_split=val: there is no validation split; set dataset.val_fraction > 0 (e.g. 0.2)")
     if not (math.isfinite(cfg.client_gpus) and cfg.client_gpus >= 0):
         problems.append(f"client_gpus={cfg.client_gpus}: must be ≥ 0 (a share of one GPU per client, e.g. 0.5)")
     if cfg.hessian.max_memory_gb is not None:

@@ -33,7 +33,7 @@ def bound_bytes() -> int:
 
 
 def nbytes(data: ClientData) -> int:
-    return sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+    return sum(t.numel() * t.element_size() for t in data.tensors())
 
 
 class ClientCache:

@@ -16,7 +16,7 @@ from typing import Any
 
 from perfedavg.data import digits, hub, regression, synthetic
 from perfedavg.data.partition import GENERATED_DATASETS, LABEL_PARTITIONS, NATURAL
-from perfedavg.data.types import ClientData
+from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
 
 log = logging.getLogger("perfedavg")
 
@@ -196,13 +196,18 @@ def check_dataset(params: Mapping[str, Any], num_clients: int, seed: int) -> Non
 
 
 def load_client(params: Mapping[str, Any], client_id: int, num_clients: int, seed: int) -> ClientData:
-    """Client ``client_id``'s train/test data (deterministic in ``seed``)."""
+    """Client ``client_id``'s train/test data, and its validation split held out of the training data when
+    ``dataset.val_fraction`` > 0 (all deterministic in ``seed``)."""
     if params["name"] not in DATASETS:
         raise DataError(f"dataset={params['name']!r} is not one of: {', '.join(DATASETS)}")
     if not 0 <= client_id < num_clients:
         raise DataError(f"client id {client_id} is outside 0..{num_clients - 1}")
     with _partitioner_warnings(None):
-        return DATASETS[params["name"]][0](client_id, num_clients, seed, params)
+        data = DATASETS[params["name"]][0](client_id, num_clients, seed, params)
+    try:
+        return hold_out_validation(data, float(params.get("val_fraction", 0.0)), validation_generator(seed, client_id))
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def load_clients(params: Mapping[str, Any], num_clients: int, seed: int) -> list[ClientData]:
