@@ -167,7 +167,7 @@ class Config:
     device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
     verbose: bool = False
     backend: Backend = Backend.ray
-    # Per-method step sizes (e.g. tuned ones: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
+    # Per-method α, β (e.g. tuned: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
     step_sizes: dict[str, StepSizes] | None = None
     resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 

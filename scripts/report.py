@@ -6,8 +6,8 @@
 Every directory under SWEEP_DIR with a ``.hydra/config.yaml`` and event files is one run; runs are grouped by
 method (algorithm and Hessian mode) and summarised over their seeds. Writes into SWEEP_DIR:
 
-- ``report.md``: per method, the number of runs and the final global and personalized accuracy (mean ± sample
-  standard deviation over seeds; losses for regression data);
+- ``report.md``: per method, the number of runs, its step sizes α and β, and the final global and personalized
+  accuracy (mean ± sample standard deviation over seeds; losses for regression data);
 - ``personalized_acc.png`` and ``global_acc.png``: the curve per method (mean over seeds) with a band of ± one
   standard deviation.
 """
@@ -56,7 +56,10 @@ def read_run(run_dir: Path) -> Run | None:
     from omegaconf import OmegaConf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    from perfedavg.config import register_schema
+
+    register_schema()  # the resolvers a run's config may use (per-method step sizes: ${per_method:alpha})
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags().get("scalars", []))
@@ -93,13 +96,14 @@ def ordered(methods: list[str]) -> list[str]:
 
 
 def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
-    head = ["method", "runs (seeds)", "rounds", *[f"final {title}" for _, title in metrics]]
+    head = ["method", "runs (seeds)", "rounds", "α", "β", *[f"final {title}" for _, title in metrics]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in ordered(list(by_method)):
         runs = by_method[method]
         rounds = sorted({int(r.curves[metrics[0][0]][0][-1]) for r in runs})
         seeds = ",".join(str(s) for s in sorted(r.seed for r in runs))
         cells = [method, f"{len(runs)} ({seeds})", "/".join(map(str, rounds))]
+        cells += ["/".join(f"{v:g}" for v in sorted({float(r.config[k]) for r in runs})) for k in ("alpha", "beta")]
         cells += [mean_std([final_value(r, tag) for r in runs]) for tag, _ in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -149,7 +153,7 @@ def plot(by_method: dict[str, list[Run]], tag: str, title: str, out: Path) -> No
 
 def describe(run: Run) -> str:
     c = run.config
-    keys = ("num_clients", "fraction", "local_steps", "batch_size", "alpha", "beta", "delta", "num_rounds")
+    keys = ("num_clients", "fraction", "local_steps", "batch_size", "delta", "num_rounds")  # α, β: in the table
     setting = ", ".join(f"{k}={c[k]}" for k in keys if k in c)
     part = c.get("partition", {}).get("name", "?")
     return f"model={c['model']['name']}, dataset={c['dataset']['name']}, partition={part}, {setting}"

@@ -14,7 +14,7 @@
 # seed 0; conf/hydra/sweeper/step_sizes.yaml): TRIALS runs of ROUNDS rounds each, α and β log-uniform in
 # [3e-4, 0.3], objective the final personalized validation accuracy, seed 0. Runs are in-process, JOBS at a time.
 # Environment: TRIALS (20), ROUNDS (300), JOBS (number of CPUs), VAL_FRACTION (0.2), METHODS ("fedavg fo fd"),
-# TUNE_DIR (multirun/tune-EXPERIMENT). Cut off? Run it again with the same TUNE_DIR: finished studies are kept, an
+# TUNE_DIR (multirun/tune-EXPERIMENT), TUNED_CONFIG and TUNE_REPORT (where the two files go). Cut off? Run it again with the same TUNE_DIR: finished studies are kept, an
 # unfinished one starts over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,9 @@ rounds=${ROUNDS:-300}
 val_fraction=${VAL_FRACTION:-0.2}
 methods=${METHODS:-fedavg fo fd}
 tune_dir=${TUNE_DIR:-multirun/tune-$experiment}
+# Accuracy is maximized; for a regression experiment the objective is the personalized loss, minimized.
+direction=$(.venv/bin/python -c 'import sys; from perfedavg.runner import compose
+print("maximize" if compose(sys.argv[1:]).dataset.task == "classification" else "minimize")' "experiment=$experiment" "$@")
 start=$(date +%s)
 for method in $methods; do
   case $method in
@@ -49,10 +52,11 @@ for method in $methods; do
   .venv/bin/perfedavg -m "experiment=$experiment" "${choice[@]}" \
     "num_rounds=$rounds" "eval_every=$rounds" "dataset.val_fraction=$val_fraction" eval_split=val \
     backend=inprocess client_cpus=1 seed=0 \
-    hydra/sweeper=step_sizes "hydra.sweeper.n_trials=$trials" "hydra.sweeper.n_jobs=$jobs" \
+    hydra/sweeper=step_sizes "hydra.sweeper.direction=$direction" "hydra.sweeper.n_trials=$trials" "hydra.sweeper.n_jobs=$jobs" \
     hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
     "hydra.sweep.dir=$study" 'hydra.sweep.subdir=trial${hydra.job.num}' "$@"
 done
 echo "[tune] all studies done in $(( $(date +%s) - start )) s" >&2
 .venv/bin/python scripts/tune_report.py "$tune_dir" --experiment "$experiment" --methods $methods \
+  ${TUNED_CONFIG:+--config-out "$TUNED_CONFIG"} ${TUNE_REPORT:+--out "$TUNE_REPORT"} \
   --command "TRIALS=$trials ROUNDS=$rounds VAL_FRACTION=$val_fraction bash scripts/tune.sh $experiment $*"

@@ -38,6 +38,7 @@ class Trial:
     alpha: float
     beta: float
     objective: float | None  # None: the run failed (no final metrics)
+    maximize: bool  # the objective is an accuracy (classification), not a loss (regression)
     wall_s: float | None
     overrides: dict[str, str]
 
@@ -58,13 +59,16 @@ def read_trials(study: Path) -> list[Trial]:
         given = _overrides(run_dir)
         metrics = run_dir / "metrics.json"
         objective = wall = None
+        maximize = True
         if metrics.exists():
             summary = json.loads(metrics.read_text())
             final = summary["final"]
-            objective = final.get("eval/personalized_acc", final.get("eval/personalized_loss"))
+            maximize = "eval/personalized_acc" in final
+            objective = final["eval/personalized_acc" if maximize else "eval/personalized_loss"]
             wall = summary.get("wall_s")
         number = int(run_dir.name.removeprefix("trial"))
-        trials.append(Trial(number, float(given["alpha"]), float(given["beta"]), objective, wall, given))
+        alpha, beta = float(given["alpha"]), float(given["beta"])
+        trials.append(Trial(number, alpha, beta, objective, maximize, wall, given))
     return trials
 
 
@@ -111,10 +115,10 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
         if not trials:
             raise ValueError(f"no trials under {tune_dir / method}")
         done = [t for t in trials if t.objective is not None]
-        if done and any(t.objective > 1 for t in done):  # type: ignore[operator]
-            maximize = False  # losses (regression) rather than accuracies
+        maximize = all(t.maximize for t in done)  # accuracies; losses (regression) are minimized
         choices[method] = pick = best(trials, maximize)
         failed = [t for t in trials if t.objective is None]
+        failed_at = ", ".join(f"({t.alpha:.3g}, {t.beta:.3g})" for t in failed)
         ranked = sorted(done, key=lambda t: t.objective if maximize else -t.objective, reverse=True)  # type: ignore
         walls = [t.wall_s for t in done if t.wall_s]
         given = trials[0].overrides
@@ -126,7 +130,7 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
             f"### {TITLES.get(method, method)}",
             "",
             f"{len(trials)} trials, {len(done)} finished, {len(failed)} failed"
-            + (f" (α, β of the failed: {', '.join(f'({t.alpha:.3g}, {t.beta:.3g})' for t in failed)})" if failed else "")
+            + (f" (α, β of the failed: {failed_at})" if failed else "")
             + (f"; median run {sorted(walls)[len(walls) // 2]:.0f} s" if walls else "")
             + f". Chosen: trial {pick.number}, α = {pick.alpha:.3g}, β = {pick.beta:.3g}.",
             "",
@@ -144,8 +148,7 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
         f"Protocol: each client holds out dataset.val_fraction={given.get('dataset.val_fraction', '?')} of its "
         f"training split; runs evaluate on it (eval_split={given.get('eval_split', '?')}), never on test data; "
         f"seed {given.get('seed', '?')}. One Optuna study (TPE) per method over α, β log-uniform; objective: the "
-        "final personalized validation "
-        + ("accuracy (maximized)." if maximize else "loss (minimized)."),
+        "final personalized validation " + ("accuracy (maximized)." if maximize else "loss (minimized)."),
         "",
         "Budget: " + "; ".join(budget) + " (run time summed over trials; runs went in parallel).",
         "",

@@ -1,0 +1,199 @@
+"""The step-size tuning protocol: a validation split disjoint from train and test, evaluation pointed at it, the
+run's objective handed to Hydra's Optuna sweeper (scripts/tune.sh), per-method step sizes in one experiment, and
+report.py reading sweeps whose methods have their own step sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from perfedavg import checkpoint, runner, task
+from perfedavg.client_app import app as client_app
+from perfedavg.config import ConfigError, validate
+from perfedavg.data import data_params, load_client
+from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
+from perfedavg.inprocess_grid import InProcessGrid
+from perfedavg.runner import compose, prepare
+from perfedavg.server_app import run_and_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ids(n_train: int, n_test: int) -> ClientData:
+    """A client whose examples are their own ids (train 0..n_train-1, test after), so splits can be compared."""
+    ids = torch.arange(n_train + n_test, dtype=torch.float32).unsqueeze(1)
+    return ClientData(7, ids[:n_train], ids[:n_train, 0].long(), ids[n_train:], ids[n_train:, 0].long())
+
+
+def test_validation_hold_out_is_disjoint_deterministic_and_keeps_train_order() -> None:
+    data = _ids(40, 10)
+    split = hold_out_validation(data, 0.25, validation_generator(3, 7))
+    again = hold_out_validation(data, 0.25, validation_generator(3, 7))
+    other = hold_out_validation(data, 0.25, validation_generator(4, 7))
+    train, val = split.y_train.tolist(), split.y_val.tolist()
+    assert (len(train), len(val)) == (30, 10)
+    assert set(train).isdisjoint(val) and sorted(train + val) == list(range(40))
+    assert train == sorted(train)  # the examples left to train on keep their order
+    assert torch.equal(split.x_test, data.x_test)  # the test split is untouched, so disjoint from both
+    assert torch.equal(split.x_val, again.x_val) and not torch.equal(split.x_val, other.x_val)
+    assert hold_out_validation(data, 0.0, validation_generator(3, 7)) is data
+    tiny = hold_out_validation(_ids(2, 1), 0.01, validation_generator(0, 0))
+    assert (tiny.num_train, tiny.num_val) == (1, 1)  # at least one each
+    with pytest.raises(ValueError, match="val_fraction=0.5: client 7 has 1 training example"):
+        hold_out_validation(_ids(1, 1), 0.5, validation_generator(0, 0))
+
+
+def _rows(x: torch.Tensor) -> Counter:
+    return Counter(bytes(r.numpy().tobytes()) for r in x)
+
+
+@pytest.mark.parametrize("overrides", [["dataset=digits"], ["dataset=synthetic", "partition=natural", "model=mlp"]])
+def test_a_clients_validation_split_comes_out_of_its_training_split_only(overrides: list[str]) -> None:
+    resolved = prepare(compose([*overrides, "dataset.val_fraction=0.2"]))
+    params = data_params(resolved)
+    for cid in (0, 5):
+        with_val = load_client(params, cid, resolved["num_clients"], resolved["seed"])
+        without = load_client({**params, "val_fraction": 0.0}, cid, resolved["num_clients"], resolved["seed"])
+        assert with_val.num_val == round(0.2 * without.num_train) > 0
+        assert torch.equal(with_val.x_test, without.x_test) and without.x_val is None
+        assert _rows(with_val.x_train) + _rows(with_val.x_val) == _rows(
+            without.x_train
+        )  # a split of train, as multisets
+        again = load_client(params, cid, resolved["num_clients"], resolved["seed"])
+        assert torch.equal(again.x_val, with_val.x_val) and torch.equal(again.x_train, with_val.x_train)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["eval_split=val"], "eval_split=val: there is no validation split; set dataset.val_fraction > 0"),
+        (["dataset.val_fraction=1"], "dataset.val_fraction=1.0: must be in [0, 1)"),
+        (["dataset.val_fraction=-0.1"], "dataset.val_fraction=-0.1: must be in [0, 1)"),
+    ],
+)
+def test_validation_settings_are_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        validate(compose(overrides))
+
+
+def test_evaluation_reports_on_the_chosen_split_and_training_ignores_it(tmp_path: Path) -> None:
+    small = ["num_rounds=2", "num_clients=6", "dataset.val_fraction=0.3"]
+    runs = {}
+    for split in ("test", "val"):
+        cfg = prepare(compose([*small, f"eval_split={split}"]))
+        runs[split] = run_and_record(InProcessGrid(client_app, cfg["num_clients"]), cfg, tmp_path / split)["rounds"]
+    for a, b in zip(runs["test"], runs["val"]):
+        assert a["train/loss"] == b["train/loss"]  # the same training: the split only changes what is reported
+        assert a["eval/personalized_acc"] != b["eval/personalized_acc"]
+    # What is reported is the validation split: recompute the final global accuracy from the checkpointed weights.
+    cfg = prepare(compose([*small, "eval_split=val", "num_rounds=1"]))
+    final = run_and_record(InProcessGrid(client_app, cfg["num_clients"]), cfg, tmp_path / "one")["final"]
+    model = task.build_model(cfg["model"], cfg["seed"])
+    model.load_state_dict(checkpoint.load(tmp_path / "one")["weights"])
+    correct = total = 0
+    for cid in range(cfg["num_clients"]):
+        data = load_client(data_params(cfg), cid, cfg["num_clients"], cfg["seed"])
+        with torch.no_grad():
+            correct += int((model(data.x_val).argmax(dim=1) == data.y_val).sum())
+        total += data.num_val
+    assert final["eval/global_acc"] == pytest.approx(correct / total, abs=1e-6)
+
+
+def test_per_method_step_sizes_resolve_for_each_method_and_name_a_missing_one(tmp_path: Path, monkeypatch) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(runner.CONF_DIR, conf)
+    (conf / "experiment" / "probe.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - smoke\n"
+        "step_sizes:\n  fedavg: {alpha: 0.01, beta: 0.02}\n  fo: {alpha: 0.03, beta: 0.04}\n"
+        "alpha: ${per_method:alpha}\nbeta: ${per_method:beta}\n"
+    )
+    monkeypatch.setattr(runner, "CONF_DIR", conf)
+    got = {}
+    for method in (["algorithm=fedavg", "hessian=hvp"], ["hessian=fo"], ["hessian=fo", "alpha=0.5"]):
+        c = prepare(compose(["experiment=probe", *method]))
+        got[" ".join(method)] = (c["alpha"], c["beta"])
+    assert got == {
+        "algorithm=fedavg hessian=hvp": (0.01, 0.02),
+        "hessian=fo": (0.03, 0.04),
+        "hessian=fo alpha=0.5": (0.5, 0.04),
+    }
+    with pytest.raises(ConfigError, match=r"step_sizes has no entry for method fd \(has: fedavg, fo\)"):
+        validate(compose(["experiment=probe", "hessian=fd"]))
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+
+
+@pytest.mark.slow
+def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_sweep(tmp_path: Path) -> None:
+    """scripts/tune.sh on a tiny offline setting (2 trials per method): the Optuna sweeper receives each run's
+    objective (its best value is the best final personalized validation accuracy among the trials' metrics.json),
+    the generated experiment carries each method's best values, and a sweep of it is reported with those values."""
+    conf = tmp_path / "conf"
+    shutil.copytree(runner.CONF_DIR, conf)
+    tuned, summary, studies = conf / "experiment" / "smoke_tuned.yaml", tmp_path / "tune.md", tmp_path / "tune"
+    env = {"TRIALS": "2", "ROUNDS": "2", "JOBS": "2", "METHODS": "fedavg fd", "TUNE_DIR": str(studies)}
+    env |= {"TUNED_CONFIG": str(tuned), "TUNE_REPORT": str(summary)}
+    out = run(["bash", str(ROOT / "scripts" / "tune.sh"), "smoke", "num_clients=6"], tmp_path, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = yaml.safe_load(tuned.read_text())["step_sizes"]
+    assert set(table) == {"fedavg", "fd", "hvp", "exact"} and table["hvp"] == table["exact"] == table["fd"]
+    for method in ("fedavg", "fd"):
+        study = studies / method
+        trials = sorted(study.glob("trial*/metrics.json"))
+        assert len(trials) == 2
+        for metrics in trials:
+            saved = yaml.safe_load((metrics.parent / ".hydra" / "config.yaml").read_text())
+            assert saved["eval_split"] == "val" and saved["dataset"]["val_fraction"] == 0.2 and saved["num_rounds"] == 2
+        objective = {m: json.loads(m.read_text())["final"]["eval/personalized_acc"] for m in trials}
+        best_file = max(objective, key=objective.get)
+        result = yaml.safe_load((study / "optimization_results.yaml").read_text())
+        assert result["best_value"] == pytest.approx(objective[best_file], abs=1e-12)
+        given = dict(
+            o.split("=", 1) for o in yaml.safe_load((best_file.parent / ".hydra" / "overrides.yaml").read_text())
+        )
+        assert table[method] == {
+            "alpha": float(f"{float(given['alpha']):.3g}"),
+            "beta": float(f"{float(given['beta']):.3g}"),
+        }
+    assert "Per-FedAvg (HF, fd)" in summary.read_text() and "2 trials × 2 rounds" in summary.read_text()
+
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke_tuned", "num_clients=6", "num_rounds=2"]
+    args += ["backend=inprocess", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}"]
+    for method in (["algorithm=fedavg", "hessian=fo"], ["algorithm=perfedavg", "hessian=hvp"]):
+        out = run([*args, *method], tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
+        assert out.returncode == 0, out.stderr[-3000:]
+    out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = (sweep / "report.md").read_text()
+    for method, key in (("FedAvg", "fedavg"), ("Per-FedAvg (HF, hvp)", "hvp")):
+        assert f"| {method} | 1 (0) | 2 | {table[key]['alpha']:g} | {table[key]['beta']:g} |" in report, report
+
+
+def test_tune_sh_names_the_experiments_and_methods_on_a_wrong_one(tmp_path: Path) -> None:
+    out = run(["bash", str(ROOT / "scripts" / "tune.sh"), "paper_mnst"], tmp_path)
+    assert out.returncode == 2 and "paper_mnist" in out.stderr
+    out = run(
+        ["bash", str(ROOT / "scripts" / "tune.sh"), "smoke"], tmp_path, {"METHODS": "sgd", "TUNE_DIR": str(tmp_path)}
+    )
+    assert out.returncode == 2 and "unknown method 'sgd'" in out.stderr
+
+
+def test_tune_report_refuses_a_directory_without_trials(tmp_path: Path) -> None:
+    script = str(ROOT / "scripts" / "tune_report.py")
+    out = run([sys.executable, script, str(tmp_path / "nope"), "--experiment", "smoke"], tmp_path)
+    assert out.returncode == 2 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
+    out = run([sys.executable, script, str(tmp_path), "--experiment", "smoke"], tmp_path)
+    assert out.returncode == 2 and "no trials under" in out.stderr and "Traceback" not in out.stderr
