@@ -321,6 +321,7 @@ def hparams_of(cfg: Mapping[str, Any]) -> dict[str, str | float | int]:
                 "num_rounds",
                 "seed",
                 "aggregation",
+                "eval_split",
             )
         },
     }
