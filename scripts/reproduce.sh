@@ -14,6 +14,8 @@
 # (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
 # Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
 # BACKEND (inprocess or ray; default inprocess).
+# A run that stops (e.g. diverges to a non-finite model) does not stop the others: the report lists it as skipped
+# and the script exits 1 at the end.
 # Cut off? Run the same command again with SWEEP_DIR=<the sweep's directory>: every run has resume=auto, so finished
 # runs are kept as they are and interrupted ones continue from their last checkpoint (at most one round is lost).
 set -euo pipefail
@@ -37,9 +39,14 @@ common=(
 )
 start=$(date +%s)
 echo "[reproduce] $experiment: $((4 * n_seeds)) runs ($n_seeds seeds × 4 methods), $jobs at a time → $sweep_dir" >&2
+failed=0  # a run that stops (e.g. diverges) fails its multirun after the others finish; the sweep goes on
 echo "[reproduce] 1/2: Per-FedAvg with hessian=fo,fd,hvp" >&2
-.venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg hessian=fo,fd,hvp "$@"
+.venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg hessian=fo,fd,hvp "$@" || failed=1
 echo "[reproduce] 2/2: FedAvg" >&2
-.venv/bin/perfedavg -m "${common[@]}" algorithm=fedavg hessian=fo "$@"
+.venv/bin/perfedavg -m "${common[@]}" algorithm=fedavg hessian=fo "$@" || failed=1
 echo "[reproduce] all runs done in $(( $(date +%s) - start )) s; writing the report" >&2
 .venv/bin/python scripts/report.py "$sweep_dir"
+if [ "$failed" -ne 0 ]; then
+  echo "[reproduce] some runs failed (see their log lines above and report.md's skipped runs)" >&2
+  exit 1
+fi

@@ -121,3 +121,21 @@ def test_reproduce_names_the_experiments_on_a_wrong_one(tmp_path: Path) -> None:
     out = run(["bash", str(ROOT / "scripts" / "reproduce.sh"), "paper_mnst"], tmp_path)
     assert out.returncode == 2
     assert "paper_digits" in out.stderr and "paper_synthetic" in out.stderr and "paper_mnist" in out.stderr
+
+
+def test_paper_mnist_tuned_is_paper_mnist_with_each_methods_tuned_step_sizes() -> None:
+    """The generated experiment (scripts/tune.sh): the paper's MNIST setting unchanged but for α and β, which are the
+    tuned table's entry of the run's method (hvp takes HF's fd values)."""
+    import yaml
+
+    table = yaml.safe_load((ROOT / "conf" / "experiment" / "paper_mnist_tuned.yaml").read_text())["step_sizes"]
+    assert table["hvp"] == table["fd"]
+    methods = {"fedavg": ["algorithm=fedavg"], "fo": ["hessian=fo"], "fd": ["hessian=fd"], "hvp": ["hessian=hvp"]}
+    for method, overrides in methods.items():
+        tuned = compose(["experiment=paper_mnist_tuned", *overrides])
+        validate(tuned)
+        c = to_container(tuned)
+        assert (c["alpha"], c["beta"]) == (table[method]["alpha"], table[method]["beta"]), method
+        literal = to_container(compose(["experiment=paper_mnist", *overrides]))
+        rest = lambda cfg: {k: v for k, v in cfg.items() if k not in ("alpha", "beta", "step_sizes")}  # noqa: E731
+        assert rest(c) == rest(literal), method

@@ -197,3 +197,15 @@ def test_tune_report_refuses_a_directory_without_trials(tmp_path: Path) -> None:
     assert out.returncode == 2 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
     out = run([sys.executable, script, str(tmp_path), "--experiment", "smoke"], tmp_path)
     assert out.returncode == 2 and "no trials under" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_that_diverges_in_a_multirun_fails_alone(tmp_path: Path) -> None:
+    """In a sweep a diverging run is recorded as a failed job (what the Optuna sweeper counts as a failed trial):
+    the other runs finish, and the multirun exits non-zero naming the failure."""
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke", "num_rounds=2", "backend=inprocess"]
+    args += ["beta=0.1,1e30", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    out = run(args, tmp_path)
+    assert out.returncode == 1
+    assert "federation stopped: round 1" in out.stderr and "non-finite" in out.stderr
+    assert (sweep / "0" / "metrics.json").exists() and not (sweep / "1" / "metrics.json").exists()
