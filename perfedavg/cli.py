@@ -127,10 +127,67 @@ def output_target(argv: list[str]) -> Path:
     return Path(explicit[-1]) if explicit else Path.cwd() / ("multirun" if multirun else "outputs")
 
 
+#: Choosing any of these decides which other keys a run reads (see :data:`perfedavg.config.READ_ONLY_WITH`).
+_CHOICES = ("dataset", "partition", "model", "hessian", "algorithm", "experiment")
+
+
+def _composition_error(e: Exception) -> str:
+    """Hydra's and OmegaConf's composition errors in one line: the failing override and the reason."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause = e.__cause__ or e.__context__
+    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    return f"{first.removeprefix('Error merging override ')}: {reason}" if reason else first
+
+
+def check_composes(argv: list[str]) -> None:
+    """Compose the config before Hydra runs, so that a wrong type (``alpha=abc``), an enum value outside the schema
+    or a key a run would not read (``dataset.path=…`` with a generated data set) stops with one line and exit 2.
+
+    A sweep (``hessian=fo,fd``) is composed once per value, the other sweeps at their first value; values Hydra
+    cannot list (Optuna's ``interval(…)``) are left to Hydra. Keys that no run reads are refused only when no group
+    choice is swept (in a sweep over groups some run may read them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from perfedavg.config import ineffective_overrides
+    from perfedavg.runner import compose
+
+    given = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+    except HydraException as e:
+        raise ConfigError(_composition_error(e)) from None
+    base: list[str] = []
+    variants: list[tuple[int, str]] = []
+    for i, override in enumerate(parsed):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            base.append(override.input_line)
+            continue
+        try:
+            values = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        except Exception:  # noqa: BLE001 - a sweep Hydra cannot enumerate (e.g. interval): its sweeper checks it
+            values = []
+        base.append(values[0] if values else "")
+        variants += [(i, v) for v in values[1:]]
+    swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in _CHOICES for p in parsed)
+    for i, value in [(-1, ""), *variants]:
+        overrides = [value if j == i else o for j, o in enumerate(base) if (value if j == i else o)]
+        try:
+            cfg = compose(overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(_composition_error(e)) from None
+        problems = [] if swept_choice else ineffective_overrides(cfg, overrides)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
 def main() -> None:
     try:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))
+        check_composes(sys.argv[1:])
         check_output_dir(output_target(sys.argv[1:]))
     except ConfigError as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)

@@ -304,19 +304,27 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
     """Catch misspelled keys and unknown group options before Hydra composes, with a suggestion.
 
     ``key=value`` must name a field of :class:`Config` (dotted for nested groups, e.g. ``hessian.max_memory_gb``)
-    and ``group=option`` an existing ``conf/<group>/<option>.yaml``. Hydra's own overrides (``hydra.*``) and
-    explicit additions/deletions (``+key``, ``~key``) are left to Hydra.
+    and ``group=option`` an existing ``conf/<group>/<option>.yaml``. Adding or deleting keys (``+key=…``,
+    ``++key=…``, ``~key``) is refused: every key perfedavg reads is in the schema. Hydra's own overrides
+    (``hydra.*``, ``hydra/…``, also with ``+``) are left to Hydra.
     """
     import difflib
     from dataclasses import fields, is_dataclass
     from pathlib import Path
 
     for override in overrides:
-        if override.startswith(("-", "+", "~")) or "=" not in override:
+        bare = override.lstrip("+~")
+        if override.startswith("-") or bare.startswith(("hydra.", "hydra/", "hydra=")):
+            continue
+        if override.startswith(("+", "~")):
+            verb = "deleting" if override.startswith("~") else "adding"
+            raise ConfigError(
+                f"{override}: {verb} keys is not supported; every key perfedavg reads is in conf/config.yaml "
+                f"(set one with key=value; keys: {', '.join(f.name for f in fields(Config))})"
+            )
+        if "=" not in override:
             continue
         key, value = override.split("=", 1)
-        if key.startswith(("hydra.", "hydra/")) or key == "hydra":
-            continue
         if key in GROUPS:
             options = sorted(p.stem for p in (Path(conf_dir) / key).glob("*.yaml"))
             for choice in value.split(","):
@@ -335,3 +343,41 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
                 )
             node = next(f.type for f in fields(node) if f.name == part)
             node = globals().get(node, node) if isinstance(node, str) else node
+
+
+#: Keys read only under some choice of a group: key → (the choice's key, the values under which the key is read).
+READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{
+        f"dataset.{k}": ("dataset.name", ("mnist", "fashion_mnist", "cifar10"))
+        for k in ("path", "cache_dir", "image_key", "label_key")
+    },
+    **{f"dataset.{k}": ("dataset.name", ("regression",)) for k in ("samples_per_client", "heterogeneity", "noise")},
+    **{f"dataset.{k}": ("dataset.name", ("synthetic",)) for k in ("synthetic_alpha", "synthetic_beta")},
+    "partition.alpha": ("partition.name", ("dirichlet",)),
+    "partition.min_partition_size": ("partition.name", ("dirichlet",)),
+    "partition.classes_per_client": ("partition.name", ("pathological",)),
+    "partition.shards_per_client": ("partition.name", ("shard",)),
+    "partition.images_per_class": ("partition.name", ("paper",)),
+    "model.hidden": ("model.name", ("mlp",)),
+    "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
+    "delta": ("hessian.mode", ("fd",)),
+}
+
+
+def ineffective_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """One line per ``key=value`` among ``overrides`` that the composed ``cfg`` never reads (e.g. ``dataset.path``
+    with a generated data set), naming the choice that would read it."""
+    problems = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key not in READ_ONLY_WITH:
+            continue
+        choice, allowed = READ_ONLY_WITH[key]
+        actual = str(OmegaConf.select(cfg, choice))
+        if actual not in allowed:
+            group = choice.split(".")[0]
+            problems.append(
+                f"{key}={value}: has no effect with {group}={actual}; it is read only with "
+                f"{group}={' or '.join(allowed)} (remove it, or choose such a {group})"
+            )
+    return problems

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from perfedavg import task
+from perfedavg.cli import check_composes
 from perfedavg.config import ConfigError, check_overrides, to_container, validate
 from perfedavg.runner import CONF_DIR, compose, prepare
 
@@ -51,6 +52,11 @@ BAD_INPUTS = [
     (["min_clients=11"], ["min_clients=11", "more than the 10 clients sampled per round"]),
     (["hydra.run.dir=/etc/hostname/run"], ["output directory /etc/hostname/run", "is a file, not a directory"]),
     (["client_gpus=-1"], ["client_gpus=-1.0", "must be ≥ 0"]),
+    (["+foo=1"], ["+foo=1: adding keys is not supported", "key=value"]),
+    (["~alpha"], ["~alpha: deleting keys is not supported"]),
+    (["dataset.path=/nonexistent"], ["dataset.path=/nonexistent: has no effect with dataset=digits", "mnist"]),
+    (["hessian=hvp", "delta=0.01"], ["delta=0.01: has no effect with hessian=hvp", "hessian=fd"]),
+    (["-m", "seed=0,1", "alpha=0.1,abc"], ["alpha=abc", "could not be converted to Float"]),
 ]
 if not __import__("torch").cuda.is_available():  # the CI machine has no GPU: asking for one is a user error there
     BAD_INPUTS.append((["device=cuda"], ["device=cuda: no CUDA GPU is visible to PyTorch", "use device=cpu"]))
@@ -60,7 +66,7 @@ if not __import__("torch").cuda.is_available():  # the CI machine has no GPU: as
 def test_bad_input_stops_early_with_a_clear_message(overrides, fragments, tmp_path: Path) -> None:
     out = cli(overrides, tmp_path, timeout=120)
     text = out.stdout + out.stderr
-    assert out.returncode != 0
+    assert out.returncode == 2, text  # every user error, Hydra's type errors included
     assert "Traceback" not in text
     for fragment in fragments:
         assert fragment in text, (fragment, text)
@@ -119,10 +125,23 @@ def test_model_input_follows_the_dataset() -> None:
 
 def test_override_precheck_leaves_hydra_syntax_alone() -> None:
     check_overrides(
-        ["-m", "hessian=hvp,fo", "seed=0,1,2", "+extra=1", "hydra.run.dir=x", "experiment=null"], str(CONF_DIR)
+        ["-m", "hessian=hvp,fo", "seed=0,1,2", "+hydra.job.env_set.X=1", "hydra.run.dir=x", "experiment=null"],
+        str(CONF_DIR),
     )
     with pytest.raises(ConfigError, match="seeed"):
         check_overrides(["seeed=1"], str(CONF_DIR))
+    with pytest.raises(ConfigError, match=r"\+extra=1: adding keys is not supported"):
+        check_overrides(["+extra=1"], str(CONF_DIR))
+
+
+def test_a_key_read_by_some_run_of_a_sweep_is_accepted() -> None:
+    check_composes(["-m", "hessian=fo,fd", "delta=0.01"])  # the fd runs read δ
+    check_composes(["-m", "dataset=digits,mnist", "dataset.path=/data"])
+    check_composes(["-m", "hydra/sweeper=step_sizes", "alpha=tag(log, interval(0.001, 0.1))"])  # left to the sweeper
+    with pytest.raises(ConfigError, match="delta=0.01: has no effect with hessian=fo"):
+        check_composes(["-m", "hessian=fo", "delta=0.01,0.1"])
+    with pytest.raises(ConfigError, match=r"hessian.mode=newton: Invalid value 'newton', expected one of"):
+        check_composes(["-m", "seed=0,1", "hessian.mode=fo,newton"])
 
 
 @pytest.mark.slow
