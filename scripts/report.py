@@ -82,6 +82,31 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[Path]]:
     return runs, empty
 
 
+def last_round(run: Run) -> int:
+    return max(int(steps[-1]) for steps, _ in run.curves.values() if len(steps))
+
+
+def finished(run: Run) -> bool:
+    """Whether the run reached its configured last round (a run that stopped, e.g. diverged, did not)."""
+    return last_round(run) >= int(run.config["num_rounds"])
+
+
+def stop_reason(run: Run) -> str:
+    """Where a run stopped and why, from its console log (``federation stopped: …``)."""
+    log = run.path / "cli.log"
+    lines = (
+        [ln for ln in log.read_text(errors="replace").splitlines() if "federation stopped:" in ln]
+        if log.exists()
+        else []
+    )
+    why = (
+        lines[-1].split("federation stopped:", 1)[1].split(" (logs so far")[0].strip()
+        if lines
+        else "no reason logged (still running, or cut off)"
+    )
+    return f"last logged round {last_round(run)} of {run.config['num_rounds']}; {why[:160]}"
+
+
 def final_value(run: Run, tag: str) -> float:
     return float(run.curves[tag][1][-1])
 
@@ -168,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: error: SWEEP_DIR={sweep_dir} is not a directory", file=sys.stderr)
         return 2
     runs, empty = find_runs(sweep_dir)
+    stopped = [r for r in runs if not finished(r)]
+    runs = [r for r in runs if finished(r)]
     if not runs:
-        print(f"report: error: no runs with TensorBoard event files under {sweep_dir}", file=sys.stderr)
+        print(f"report: error: no finished runs with TensorBoard event files under {sweep_dir}", file=sys.stderr)
         return 2
     metrics = CLASSIFICATION if all(t in runs[0].curves for t, _ in CLASSIFICATION) else REGRESSION
     usable = [r for r in runs if all(t in r.curves for t, _ in metrics)]
@@ -193,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         png = sweep_dir / f"{tag.split('/')[1]}.png"
         plot(by_method, tag, title, png)
         text.append(f"![{title}]({png.name})")
+    if stopped:
+        text += ["", f"Stopped before their last round ({len(stopped)}; not in the table):", ""]
+        text += [f"- {r.path.name} ({r.method}, seed {r.seed}): {stop_reason(r)}" for r in stopped]
     if skipped:
         text += ["", f"Skipped {len(skipped)} run(s) without the metrics: " + ", ".join(str(p) for p in skipped)]
     (sweep_dir / "report.md").write_text("\n".join(text) + "\n")
