@@ -6,16 +6,21 @@
 #   bash scripts/tune.sh paper_mnist dataset.path=../shared/data/mnist
 #   TRIALS=4 ROUNDS=20 bash scripts/tune.sh paper_digits       # a quick look, offline
 #
-# Methods: FedAvg (β, and the α of its personalization step before evaluation), Per-FedAvg FO (hessian=fo) and
-# Per-FedAvg HF (hessian=fd, the paper's estimator). HF with hessian=hvp (or exact) is the same algorithm with an
-# exact Hessian-vector product, so it takes HF's values.
+# Methods: FedAvg (β, and the α of its personalization step before evaluation), Per-FedAvg FO (hessian=fo), and
+# Per-FedAvg HF with the paper's finite difference (hessian=fd) and with an exact Hessian-vector product
+# (hessian=hvp), each tuned on its own: at large α the two estimates behave differently (measured on paper_mnist:
+# with fd's best values hvp diverged at round 13). hessian=exact takes hvp's values (the same product, exactly).
 # Protocol: each client holds out VAL_FRACTION of its training split (dataset.val_fraction) and evaluation reports on
-# it (eval_split=val), so tuning never sees test data. One Optuna study per method (hydra-optuna-sweeper, TPE, sampler
-# seed 0; conf/hydra/sweeper/step_sizes.yaml): TRIALS runs of ROUNDS rounds each, α and β log-uniform in
-# [3e-4, 0.3], objective the final personalized validation accuracy, seed 0. Runs are in-process, JOBS at a time.
-# Environment: TRIALS (20), ROUNDS (300), JOBS (number of CPUs), VAL_FRACTION (0.2), METHODS ("fedavg fo fd"),
-# TUNE_DIR (multirun/tune-EXPERIMENT), TUNED_CONFIG and TUNE_REPORT (where the two files go). Cut off? Run it again with the same TUNE_DIR: finished studies are kept, an
-# unfinished one starts over.
+# it (eval_split=val), so tuning never sees test data; seed 0; runs in-process, JOBS at a time.
+#   1. Search: one Optuna study per method (hydra-optuna-sweeper, TPE, sampler seed 0;
+#      conf/hydra/sweeper/step_sizes.yaml): TRIALS runs of ROUNDS rounds, α and β log-uniform in [3e-4, 0.3],
+#      objective the final personalized validation accuracy (the loss, minimized, for regression).
+#   2. Confirm: the best CONFIRM trials of each method run again over the experiment's own num_rounds; the chosen
+#      values are the best confirmed run's (a trial that diverges later is not chosen). CONFIRM=0 skips this.
+# Environment: TRIALS (20), ROUNDS (300), CONFIRM (3), JOBS (number of CPUs), VAL_FRACTION (0.2),
+# METHODS ("fedavg fo fd hvp"), TUNE_DIR (multirun/tune-EXPERIMENT), TUNED_CONFIG and TUNE_REPORT (where the two
+# files go). Cut off? Run it again with the same TUNE_DIR: finished studies are kept (an unfinished one starts over)
+# and confirmation runs continue from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [ ! -f "conf/experiment/$1.yaml" ]; then
@@ -30,18 +35,25 @@ jobs=${JOBS:-$(nproc)}
 trials=${TRIALS:-20}
 rounds=${ROUNDS:-300}
 val_fraction=${VAL_FRACTION:-0.2}
-methods=${METHODS:-fedavg fo fd}
+methods=${METHODS:-fedavg fo fd hvp}
+confirm=${CONFIRM:-3}
 tune_dir=${TUNE_DIR:-multirun/tune-$experiment}
 # Accuracy is maximized; for a regression experiment the objective is the personalized loss, minimized.
 direction=$(.venv/bin/python -c 'import sys; from perfedavg.runner import compose
 print("maximize" if compose(sys.argv[1:]).dataset.task == "classification" else "minimize")' "experiment=$experiment" "$@")
-start=$(date +%s)
-for method in $methods; do
-  case $method in
-    fedavg) choice=(algorithm=fedavg hessian=fo) ;;
-    fo | fd | hvp | exact | diag) choice=(algorithm=perfedavg "hessian=$method") ;;
-    *) echo "tune: error: METHODS: unknown method '$method'; allowed: fedavg fo fd hvp exact diag" >&2; exit 2 ;;
+method_args() {  # the overrides that select a method
+  case $1 in
+    fedavg) echo "algorithm=fedavg hessian=fo" ;;
+    fo | fd | hvp | exact | diag) echo "algorithm=perfedavg hessian=$1" ;;
+    *) echo "tune: error: METHODS: unknown method '$1'; allowed: fedavg fo fd hvp exact diag" >&2; return 2 ;;
   esac
+}
+for method in $methods; do method_args "$method" >/dev/null || exit 2; done
+validation=("dataset.val_fraction=$val_fraction" eval_split=val backend=inprocess client_cpus=1 seed=0)
+start=$(date +%s)
+echo "[tune] 1/2 search: one study per method ($methods)" >&2
+for method in $methods; do
+  read -r -a choice <<< "$(method_args "$method")"
   study=$tune_dir/$method
   if [ -f "$study/optimization_results.yaml" ]; then
     echo "[tune] $method: finished study kept ($study)" >&2
@@ -49,14 +61,34 @@ for method in $methods; do
   fi
   rm -rf "$study"
   echo "[tune] $method: $trials trials × $rounds rounds, $jobs at a time → $study" >&2
-  .venv/bin/perfedavg -m "experiment=$experiment" "${choice[@]}" \
-    "num_rounds=$rounds" "eval_every=$rounds" "dataset.val_fraction=$val_fraction" eval_split=val \
-    backend=inprocess client_cpus=1 seed=0 \
-    hydra/sweeper=step_sizes "hydra.sweeper.direction=$direction" "hydra.sweeper.n_trials=$trials" "hydra.sweeper.n_jobs=$jobs" \
-    hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
+  .venv/bin/perfedavg -m "experiment=$experiment" "${choice[@]}" "num_rounds=$rounds" "eval_every=$rounds" \
+    "${validation[@]}" hydra/sweeper=step_sizes "hydra.sweeper.direction=$direction" \
+    "hydra.sweeper.n_trials=$trials" "hydra.sweeper.n_jobs=$jobs" hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
     "hydra.sweep.dir=$study" 'hydra.sweep.subdir=trial${hydra.job.num}' "$@"
 done
-echo "[tune] all studies done in $(( $(date +%s) - start )) s" >&2
+echo "[tune] studies done in $(( $(date +%s) - start )) s" >&2
+# 2/2: the best CONFIRM trials of each study again, over the experiment's own num_rounds (still on validation data):
+# step sizes that win over ROUNDS rounds can diverge later. Each run resumes (resume=auto) if cut off.
+if [ "$confirm" -gt 0 ]; then
+  echo "[tune] 2/2 confirm: the best $confirm trials of each method over the experiment's num_rounds" >&2
+  candidates=$(.venv/bin/python scripts/tune_report.py "$tune_dir" --experiment "$experiment" --methods $methods \
+    --candidates "$confirm")
+  running=0
+  while read -r method trial alpha beta; do
+    read -r -a choice <<< "$(method_args "$method")"
+    run_dir=$tune_dir/$method/confirm-$trial
+    echo "[tune] $method: confirming α=$alpha β=$beta → $run_dir (log: $run_dir.log)" >&2
+    ( .venv/bin/perfedavg "experiment=$experiment" "${choice[@]}" "alpha=$alpha" "beta=$beta" "${validation[@]}" \
+        resume=auto "hydra.run.dir=$run_dir" "$@" >"$run_dir.log" 2>&1 \
+        && echo "[tune] $method: confirm-$trial finished" >&2 \
+        || echo "[tune] $method: confirm-$trial stopped (see $run_dir.log)" >&2 ) &
+    running=$((running + 1))
+    if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
+  done <<< "$candidates"
+  wait
+  echo "[tune] confirmation done" >&2
+fi
+echo "[tune] all done in $(( $(date +%s) - start )) s" >&2
 .venv/bin/python scripts/tune_report.py "$tune_dir" --experiment "$experiment" --methods $methods \
   ${TUNED_CONFIG:+--config-out "$TUNED_CONFIG"} ${TUNE_REPORT:+--out "$TUNE_REPORT"} \
-  --command "TRIALS=$trials ROUNDS=$rounds VAL_FRACTION=$val_fraction bash scripts/tune.sh $experiment $*"
+  --command "TRIALS=$trials ROUNDS=$rounds CONFIRM=$confirm VAL_FRACTION=$val_fraction bash scripts/tune.sh $experiment $*"
