@@ -114,7 +114,7 @@ def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
     missing = run([sys.executable, script, str(tmp_path / "nope")], tmp_path)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr and "Traceback" not in missing.stderr
     empty = run([sys.executable, script, str(tmp_path)], tmp_path)
-    assert empty.returncode == 2 and "no runs with TensorBoard event files" in empty.stderr
+    assert empty.returncode == 2 and "no finished runs with TensorBoard event files" in empty.stderr
 
 
 def test_reproduce_names_the_experiments_on_a_wrong_one(tmp_path: Path) -> None:
