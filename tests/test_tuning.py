@@ -210,5 +210,6 @@ def test_a_run_that_diverges_in_a_multirun_fails_alone(tmp_path: Path) -> None:
     args += ["beta=0.1,1e30", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
     out = run(args, tmp_path)
     assert out.returncode == 1
-    assert "federation stopped: round 1" in out.stderr and "non-finite" in out.stderr
+    log = out.stdout + out.stderr
+    assert "federation stopped: round 1" in log and "non-finite" in log
     assert (sweep / "0" / "metrics.json").exists() and not (sweep / "1" / "metrics.json").exists()
