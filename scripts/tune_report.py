@@ -78,13 +78,6 @@ def read_trials(study: Path, prefix: str = "trial") -> list[Trial]:
     return trials
 
 
-def best(trials: list[Trial], maximize: bool) -> Trial:
-    done = [t for t in trials if t.objective is not None]
-    if not done:
-        raise ValueError("no trial finished")
-    return max(done, key=lambda t: t.objective if maximize else -t.objective)  # type: ignore[operator]
-
-
 def chosen_table(choices: dict[str, Trial]) -> dict[str, dict[str, float]]:
     table = {m: {"alpha": float(f"{t.alpha:.3g}"), "beta": float(f"{t.beta:.3g}")} for m, t in choices.items()}
     for method, source in SHARED.items():
@@ -155,6 +148,7 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
     sections = []
     budget = []
     confirmed_any = False
+    first_overrides: dict[str, str] = {}  # the first method's first trial: the protocol's settings
     for method in methods:
         trials = read_trials(tune_dir / method)
         if not trials:
@@ -167,13 +161,16 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
                 f"{method}: none of its {len(confirmed)} confirmation runs finished (diverged or cut off; see "
                 f"{tune_dir / method}/confirm-trial*.log); re-run tune.sh to continue cut-off ones"
             )
-        choices[method] = pick = ranked(confirmed)[0] if confirmed else best(trials, maximize)
+        if not done:
+            raise ValueError(f"no trial finished under {tune_dir / method}")
+        choices[method] = pick = (ranked(confirmed) or done)[0]
         confirmed_any |= bool(confirmed)
         failed = [t for t in trials if t.objective is None]
         failed_at = ", ".join(f"({t.alpha:.3g}, {t.beta:.3g})" for t in failed)
         walls = [t.wall_s for t in done if t.wall_s]
         confirm_walls = [t.wall_s for t in confirmed if t.wall_s]
         given = trials[0].overrides
+        first_overrides = first_overrides or given
         budget.append(
             f"{TITLES.get(method, method)}: {len(trials)} trials × {given.get('num_rounds', '?')} rounds"
             + (f" + {len(confirmed)} confirmation runs" if confirmed else "")
@@ -199,7 +196,7 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
             lines += _confirmation_lines(confirmed, {t.number: t for t in trials}, rounds)
         sections.append("\n".join(lines))
     table = chosen_table(choices)
-    given = read_trials(tune_dir / methods[0])[0].overrides
+    given = first_overrides
     rule = "the best confirmed run's values" if confirmed_any else "the best trial's values"
     shared = ", ".join(f"{m} takes {src}'s" for m, src in SHARED.items() if src in choices and m not in choices)
     head = [
