@@ -16,12 +16,12 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from perfedavg import curvature
+from perfedavg import curvature, diagnostics
 from perfedavg.curvature import Batch, LossFn
 
 ALGORITHMS: tuple[str, ...] = ("perfedavg", "fedavg")
@@ -50,6 +50,8 @@ class LocalResult:
     compute_s: float  # wall time of the whole local update
     curvature_s: float  # of which spent in the curvature correction (0 for fo and FedAvg)
     num_examples: int  # size of the client's training split
+    diagnostics: dict[str, float] = field(default_factory=dict)  # at the first meta-step, when asked for
+    diagnostics_s: float = 0.0  # of compute_s, spent on the diagnostics
 
 
 def sample_batch(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> Batch:
@@ -60,13 +62,22 @@ def sample_batch(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generat
 
 
 def local_update(
-    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, spec: LocalSpec, generator: torch.Generator
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+    spec: LocalSpec,
+    generator: torch.Generator,
+    *,
+    diagnose: bool = False,
 ) -> LocalResult:
     """Run ``spec.local_steps`` local steps from the model's current parameters; return the new flat weights.
 
     The model's parameters are used as scratch space and hold the final weights afterwards.
     Cost per Per-FedAvg step: 2 gradients + one correction (hvp ≈ 2 gradients, fd 2, diag ~3, exact ~P HVPs;
     measured in README "Curvature modes").
+    ``diagnose`` (Per-FedAvg only): also measure :func:`perfedavg.diagnostics.meta_step_diagnostics` at the first
+    meta-step (its D″, g and w), into ``LocalResult.diagnostics``; the weights are the same bit for bit.
     """
     if spec.algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm {spec.algorithm!r} is not one of: {', '.join(ALGORITHMS)}")
@@ -78,7 +89,9 @@ def local_update(
     scratch = curvature.ScratchModel(model, loss_fn) if curvature.ScratchModel.supports(model) else None
     loss_and_gradient = scratch.loss_and_gradient if scratch is not None else _functional(model, loss_fn)
     losses = []
-    for _ in range(spec.local_steps):
+    found: dict[str, float] = {}
+    diagnostics_s = 0.0
+    for step in range(spec.local_steps):
         batch = sample_batch(x, y, spec.batch_size, generator)
         loss, grad = loss_and_gradient(batch, at=w)
         losses.append(float(loss))
@@ -91,6 +104,10 @@ def local_update(
         t = time.perf_counter()
         direction = _corrected(spec, model, loss_fn, scratch, batch_h, g, w)
         curvature_s += time.perf_counter() - t
+        if diagnose and step == 0:
+            t = time.perf_counter()
+            found = diagnostics.meta_step_diagnostics(model, loss_fn, batch_h, g, w, spec.alpha, spec.delta)
+            diagnostics_s = time.perf_counter() - t
         w = w - spec.beta * direction
     curvature.set_flat_parameters(model, w)
     return LocalResult(
@@ -99,6 +116,8 @@ def local_update(
         compute_s=time.perf_counter() - start,
         curvature_s=curvature_s,
         num_examples=int(x.shape[0]),
+        diagnostics=found,
+        diagnostics_s=diagnostics_s,
     )
 
 

@@ -23,8 +23,11 @@ CHECKPOINT_FILE = "last.pt"
 FORMAT_VERSION = 1
 
 #: Keys that may differ between a run and its resumption: they do not change any result.
-#: (``num_rounds`` may be raised to extend a finished run.)
-RESUMABLE_DIFFERENCES = frozenset({"resume", "verbose", "client_cpus", "client_gpus", "num_rounds", "backend"})
+#: (``num_rounds`` may be raised to extend a finished run; ``step_sizes`` acts only through ``alpha`` and ``beta``,
+#: which are compared; ``diagnostics`` only adds curves, tests/test_diagnostics.py.)
+RESUMABLE_DIFFERENCES = frozenset(
+    {"resume", "verbose", "client_cpus", "client_gpus", "num_rounds", "backend", "step_sizes", "diagnostics"}
+)
 
 
 def checkpoint_path(run_dir: Path) -> Path:

@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from perfedavg import algorithm, task
+from perfedavg import algorithm, diagnostics, task
 from perfedavg.data import ClientData, data_params, load_client
 from perfedavg.data.client_cache import ClientCache
 
@@ -138,8 +138,15 @@ def train(message: Message, context: Context) -> Message:
     start = time.perf_counter()
     server_round, cfg, cid, data, worker = _receive(message, context)
     model = worker.model
+    every = int(cfg.get("diagnostics", {}).get("every", 0))
     result = algorithm.local_update(
-        model, worker.loss_fn, data.x_train, data.y_train, worker.spec, client_generator(cfg["seed"], cid, server_round)
+        model,
+        worker.loss_fn,
+        data.x_train,
+        data.y_train,
+        worker.spec,
+        client_generator(cfg["seed"], cid, server_round),
+        diagnose=every > 0 and server_round % every == 0 and worker.spec.algorithm == "perfedavg",
     )
     metrics = MetricRecord(
         {
@@ -147,6 +154,8 @@ def train(message: Message, context: Context) -> Message:
             "num-examples": result.num_examples,
             "train-loss": result.train_loss,
             "curvature-s": result.curvature_s,
+            **{diagnostics.TAG_PREFIX + k: v for k, v in result.diagnostics.items()},
+            **({"diagnostics-s": result.diagnostics_s} if result.diagnostics else {}),
         }
     )
     arrays = ArrayRecord(model.state_dict())

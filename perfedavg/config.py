@@ -135,6 +135,11 @@ class PartitionConf:
 
 
 @dataclass
+class DiagnosticsConf:
+    every: int = 0  # every this many rounds, curvature diagnostics at each client's first meta-step (0: off)
+
+
+@dataclass
 class StepSizes:
     alpha: float = MISSING
     beta: float = MISSING
@@ -169,6 +174,7 @@ class Config:
     backend: Backend = Backend.ray
     # Per-method α, β (e.g. tuned: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
     step_sizes: dict[str, StepSizes] | None = None
+    diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)  # perfedavg.diagnostics (Per-FedAvg)
     resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 
 
@@ -235,6 +241,8 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed}: must be a non-negative integer")
+    if cfg.diagnostics.every < 0:
+        problems.append(f"diagnostics.every={cfg.diagnostics.every}: must be ≥ 0 (rounds between diagnostics; 0: off)")
     problems += _partition_problems(cfg)
     problems += _model_dataset_problems(cfg)
     if problems:
@@ -361,6 +369,7 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "model.hidden": ("model.name", ("mlp",)),
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
+    "diagnostics.every": ("algorithm.name", ("perfedavg",)),
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -324,6 +325,152 @@ class ScratchModel:
         return (g_plus - g_minus) / (2 * delta)
 
 
+class HessianOperator:
+    """The minibatch Hessian ``H = ∇²f(at; batch)`` ``[P, P]`` as a matrix-free operator: ``op.matvec(v)`` is ``H v``.
+
+    The gradient is built once with ``create_graph=True`` (one gradient's work, its graph kept); each product is
+    then one backward through that graph (``retain_graph``), about 1–1.5 gradients instead of :func:`hvp`'s ≈ 2,
+    which is what makes iterative eigensolvers cheap. :attr:`products` counts the products taken. ``at`` is a flat
+    point (default: the model's own parameters); the model is never changed (see the module docstring).
+    Memory: the graph of one gradient plus O(P) per product.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, batch: Batch, at: Tensor | None = None) -> None:
+        self.layout = parameter_layout(model)
+        if self.layout.size == 0:
+            raise ValueError("the model has no trainable parameters")
+        if at is None:
+            params = _live_params(model, self.layout)
+            self._leaves = list(params.values())
+        else:
+            _check_vector(at, self.layout, "at")
+            self._leaves, params = _as_leaves(self.layout, at)
+        with torch.enable_grad():
+            loss = _loss(model, loss_fn, batch, params)
+            grads = torch.autograd.grad(
+                loss, self._leaves, create_graph=True, allow_unused=True, materialize_grads=True
+            )
+        self._live = [i for i, g in enumerate(grads) if g.requires_grad]  # blocks the loss is not linear in
+        self._grads = grads
+        self.dtype = grads[0].dtype
+        self.products = 0
+
+    @property
+    def size(self) -> int:
+        """P, the number of trainable parameters."""
+        return self.layout.size
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``H v`` ``[P]`` for a flat ``v`` ``[P]`` (cast to the model's dtype). Cost: one backward of the graph."""
+        _check_vector(v, self.layout)
+        self.products += 1
+        if not self._live:  # the loss is linear in every parameter: H = 0
+            return torch.zeros(self.size, dtype=self.dtype, device=v.device)
+        blocks = self.layout.unflatten(v.detach().to(self.dtype))
+        with torch.enable_grad():
+            hv = torch.autograd.grad(
+                [self._grads[i] for i in self._live],
+                self._leaves,
+                grad_outputs=[blocks[i] for i in self._live],
+                retain_graph=True,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+        return self.layout.flatten(hv)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Spectrum
+# --------------------------------------------------------------------------------------------------------------
+
+#: Up to this many parameters :func:`top_eigenvalues` takes the dense route (P products, then ``eigvalsh``).
+DENSE_SPECTRUM_MAX_P = 64
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """The k largest eigenvalues of a minibatch Hessian (descending, float64) and what they cost."""
+
+    values: Tensor  # [k], descending
+    products: int  # Hessian-vector products taken
+
+
+def hessian_spectrum(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    k: int = 1,
+    *,
+    at: Tensor | None = None,
+    tol: float = 1e-10,
+    max_restarts: int | None = None,
+    seed: int = 0,
+    operator: HessianOperator | None = None,
+) -> Spectrum:
+    """:func:`top_eigenvalues` with its cost: see there. ``operator`` reuses a :class:`HessianOperator` already
+    built for this (model, loss, batch, at) (its products are counted in the result from that point on)."""
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not (isinstance(tol, (int, float)) and 0 <= tol < 1):
+        raise ValueError(f"tol must be in [0, 1), got {tol!r}")
+    op = operator if operator is not None else HessianOperator(model, loss_fn, batch, at)
+    p = op.size
+    if k > p:
+        raise ValueError(f"k={k}: the Hessian has only P={p} eigenvalues")
+    first = op.products
+    device = op._grads[0].device  # noqa: SLF001 - the operator's own device
+    if p <= max(DENSE_SPECTRUM_MAX_P, 2 * k + 1):
+        eye = torch.eye(p, dtype=op.dtype, device=device)
+        dense = torch.stack([op.matvec(e) for e in eye]).to(torch.float64)
+        values = torch.linalg.eigvalsh((dense + dense.T) / 2).flip(0)[:k].cpu()
+        return Spectrum(values, op.products - first)
+
+    import numpy as np
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1)).to(device)
+        return op.matvec(v).to(torch.float64).cpu().numpy()
+
+    v0 = np.random.default_rng(seed).standard_normal(p)
+    linear = LinearOperator((p, p), matvec=matvec, dtype=np.float64)
+    try:
+        found = eigsh(linear, k=k, which="LA", tol=tol, v0=v0, maxiter=max_restarts, return_eigenvectors=False)
+    except ArpackNoConvergence as e:
+        raise RuntimeError(
+            f"top_eigenvalues: Lanczos did not reach tol={tol:g} for k={k} within max_restarts={max_restarts} "
+            f"({op.products - first} Hessian-vector products); {len(e.eigenvalues)} of {k} converged"
+        ) from None
+    values = torch.from_numpy(np.sort(np.asarray(found, dtype=np.float64))[::-1].copy())
+    return Spectrum(values, op.products - first)
+
+
+def top_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    k: int = 1,
+    *,
+    at: Tensor | None = None,
+    tol: float = 1e-10,
+    max_restarts: int | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """The ``k`` largest (algebraic) eigenvalues of the minibatch Hessian over all trainable parameters, ``[k]``
+    float64, descending; at the model's parameters or at the flat point ``at``.
+
+    Matrix-free: ARPACK's implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on a
+    :class:`HessianOperator`, in float64 (products in the model's dtype), started from a normal vector drawn
+    with ``seed`` (deterministic, no global RNG touched). ``tol``: ARPACK's relative accuracy of each eigenvalue,
+    ``|λ̂ − λ| ≤ tol·|λ|`` (0: machine precision); ``max_restarts``: ARPACK's ``maxiter`` (default 10·P), beyond
+    which ``RuntimeError``. Cost: one gradient with its graph kept, then one backward per product; a restart
+    takes about ``ncv − k`` products with ``ncv = max(2k + 1, 20)`` (e.g. k = 1 on the paper's MNIST MLP: 21–40
+    products at tol 1e-3, see ``scripts/bench_curvature.py``). For P ≤ :data:`DENSE_SPECTRUM_MAX_P` the
+    Hessian is formed with P products and ``eigvalsh`` gives the exact spectrum.
+    """
+    return hessian_spectrum(model, loss_fn, batch, k, at=at, tol=tol, max_restarts=max_restarts, seed=seed).values
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Full Hessian
 # --------------------------------------------------------------------------------------------------------------
@@ -441,20 +588,40 @@ def _hessian_row_blocks(
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: The reasons :func:`hessian_diag` has already warned about (each is said once per process).
+_DIAG_FALLBACK_WARNED: set[str] = set()
+
+
+class DiagFallbackWarning(UserWarning):
+    """:func:`hessian_diag` cannot take BackPACK's one-pass path and uses the row-by-row fallback (P× the work)."""
+
+
 def hessian_diag(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
     """The exact diagonal of the Hessian, ``[P]``.
 
     Fast path: BackPACK's ``DiagHessian`` on a copy of the model (one extended backward pass, milliseconds),
-    taken when the loss is an ``nn.MSELoss`` or ``nn.CrossEntropyLoss`` module and every layer is one BackPACK
-    differentiates exactly (see :func:`perfedavg.diag_backpack.supports`). Otherwise the exact general
-    fallback: rows of H in vectorised blocks, keeping only their diagonal entries (cost of :func:`hessian`,
-    memory of one block).
+    taken when the loss is ``nn.MSELoss`` / ``nn.CrossEntropyLoss`` (modules with default options) or the
+    functional ``F.mse_loss`` / ``F.cross_entropy`` (mean or sum, also through ``functools.partial``) and every
+    layer is one BackPACK differentiates exactly (:mod:`perfedavg.diag_backpack`). Otherwise the exact general
+    fallback: rows of H in vectorised blocks, keeping only their diagonal entries (the work of P Hessian-vector
+    products, like :func:`hessian`; memory of one block), with a :class:`DiagFallbackWarning` naming the reason,
+    once per reason and process.
     """
     from perfedavg import diag_backpack  # local import: BackPACK is only needed for this function
 
-    diag = diag_backpack.diag_hessian(model, loss_fn, batch)
+    diag, why = diag_backpack.diag_hessian_or_reason(model, loss_fn, batch)
     if diag is not None:
         return diag
+    if why not in _DIAG_FALLBACK_WARNED:
+        _DIAG_FALLBACK_WARNED.add(why)
+        p = parameter_layout(model).size
+        warnings.warn(
+            f"hessian_diag: BackPACK's one-pass diagonal does not apply: {why}; using the exact row-by-row "
+            f"fallback, the work of P = {p:,} Hessian-vector products per call (about a thousand times slower "
+            f"for the seed's Net(12, 12); README 'Curvature modes')",
+            DiagFallbackWarning,
+            stacklevel=2,
+        )
     return _diag_by_rows(model, loss_fn, batch)
 
 

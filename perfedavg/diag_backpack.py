@@ -6,7 +6,9 @@ diagonal costs about one backward pass with a few extra matrix products, instead
 when every operation between input and loss is a layer BackPACK differentiates, so :func:`diag_hessian` works on
 a traced copy of the model and returns ``None`` (the caller then uses the exact general fallback) unless:
 
-* the loss is an ``nn.MSELoss`` or ``nn.CrossEntropyLoss`` module with default options and ``mean``/``sum``;
+* the loss is an ``nn.MSELoss`` or ``nn.CrossEntropyLoss`` module with default options and ``mean``/``sum``, or
+  the functional ``F.mse_loss`` / ``F.cross_entropy`` (also through ``functools.partial`` with only ``reduction``
+  fixed), which are the same function and are run as those modules;
 * the inputs are batched (``dim ≥ 2``);
 * after tracing, every node of the graph is a call of a module BackPACK's ``DiagHessian`` supports (the
   ``x.view(x.size(0), -1)`` idiom of the seed's Net is rewritten to ``nn.Flatten()`` first);
@@ -18,12 +20,14 @@ The model itself is never touched: BackPACK's hooks go on a deep copy.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 Batch = tuple[Tensor, Tensor]
@@ -69,12 +73,12 @@ def _is_batch_flatten(node: fx.Node) -> bool:
     )
 
 
-def _trace_for_backpack(model: nn.Module) -> fx.GraphModule | None:
-    """A traced deep copy of ``model`` made of supported layers only, or ``None``."""
+def _trace_for_backpack(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
+    """A traced deep copy of ``model`` made of supported layers only, or ``(None, why not)``."""
     try:
         traced = fx.symbolic_trace(copy.deepcopy(model))
-    except Exception:  # noqa: BLE001 - any model torch.fx cannot trace simply takes the fallback
-        return None
+    except Exception as e:  # noqa: BLE001 - any model torch.fx cannot trace simply takes the fallback
+        return None, f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__})"
     graph = traced.graph
     for i, node in enumerate(list(graph.nodes)):
         if _is_batch_flatten(node):
@@ -89,9 +93,20 @@ def _trace_for_backpack(model: nn.Module) -> fx.GraphModule | None:
     for node in graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
-        if node.op != "call_module" or type(traced.get_submodule(node.target)) not in SUPPORTED_LAYERS:
-            return None
-    return traced
+        if node.op != "call_module":
+            what = getattr(node.target, "__name__", str(node.target))
+            return None, f"{type(model).__name__} calls {what} outside a module BackPACK's DiagHessian differentiates"
+        layer = type(traced.get_submodule(node.target))
+        if layer not in SUPPORTED_LAYERS:
+            return None, f"{type(model).__name__} has a {layer.__name__} layer, which DiagHessian does not support"
+    return traced, ""
+
+
+#: The functional losses that are exactly a supported loss module: function → module class.
+FUNCTIONAL_LOSSES: dict[Callable[..., Tensor], type[nn.Module]] = {
+    F.mse_loss: nn.MSELoss,
+    F.cross_entropy: nn.CrossEntropyLoss,
+}
 
 
 def _loss_supported(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
@@ -105,6 +120,32 @@ def _loss_supported(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
             and loss_fn.label_smoothing == 0.0
         )
     return False
+
+
+def loss_module(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[nn.Module | None, str]:
+    """The loss module BackPACK runs for ``loss_fn``, or ``(None, why not)``.
+
+    A supported module is itself; ``F.mse_loss`` / ``F.cross_entropy``, bare or as ``functools.partial`` with no
+    positional arguments and at most ``reduction="mean"|"sum"``, become ``nn.MSELoss`` / ``nn.CrossEntropyLoss``
+    with that reduction (the same function).
+    """
+    if isinstance(loss_fn, nn.Module):
+        if _loss_supported(loss_fn):
+            return loss_fn, ""
+        return None, f"the loss module {loss_fn!r} is not an nn.MSELoss or nn.CrossEntropyLoss with default options"
+    func, kwargs = loss_fn, {}
+    if isinstance(loss_fn, functools.partial):
+        if loss_fn.args:
+            inner = getattr(loss_fn.func, "__name__", repr(loss_fn.func))
+            return None, f"functools.partial({inner}) fixes positional arguments"
+        func, kwargs = loss_fn.func, dict(loss_fn.keywords)
+    module = FUNCTIONAL_LOSSES.get(func)  # type: ignore[call-overload]
+    name = getattr(func, "__name__", repr(func))
+    if module is None:
+        return None, f"the loss {name} is not nn.MSELoss, nn.CrossEntropyLoss, F.mse_loss or F.cross_entropy"
+    if set(kwargs) - {"reduction"} or kwargs.get("reduction", "mean") not in ("mean", "sum"):
+        return None, f"{name} with {kwargs} (only reduction='mean' or 'sum' is supported)"
+    return module(reduction=kwargs.get("reduction", "mean")), ""
 
 
 @dataclass
@@ -129,14 +170,14 @@ def _structure_key(model: nn.Module, loss_fn: nn.Module) -> tuple:
     return params, buffers, modes, repr(loss_fn), loss_fn.reduction
 
 
-def _extended(model: nn.Module, loss_fn: nn.Module) -> _Extended | None:
+def _extended(model: nn.Module, loss_fn: nn.Module) -> tuple[_Extended | None, str]:
     key = _structure_key(model, loss_fn)
     cached = _CACHE.get(model)
     if cached is not None and cached.key == key:
-        return cached
-    traced = _trace_for_backpack(model)
+        return cached, ""
+    traced, why = _trace_for_backpack(model)
     if traced is None:
-        return None
+        return None, why
     from backpack import extend
 
     # The traced copy keeps the module tree, so the original's names find its parameters, in layout order.
@@ -146,25 +187,30 @@ def _extended(model: nn.Module, loss_fn: nn.Module) -> _Extended | None:
         warnings.simplefilter("ignore")  # BackPACK warns about converter details that do not affect results
         try:
             net = extend(traced, use_converter=True)
-        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
-            return None
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError) as e:
+            return None, f"BackPACK cannot extend {type(model).__name__} ({type(e).__name__}: {e})"
     entry = _Extended(key, net, extend(copy.deepcopy(loss_fn)), params, buffers)
     _CACHE[model] = entry
-    return entry
+    return entry, ""
 
 
-def diag_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch) -> Tensor | None:
-    """The exact Hessian diagonal ``[P]`` (layout order) by BackPACK, or ``None`` where it does not apply.
+def diag_hessian_or_reason(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch
+) -> tuple[Tensor | None, str]:
+    """``(the exact Hessian diagonal [P] by BackPACK, "")``, or ``(None, why the one-pass path does not apply)``.
 
     Cost: one forward and one extended backward on a cached copy whose parameters are refreshed from the model
     (the first call per model also traces and extends the copy, ~20 ms).
     """
     inputs, targets = batch
-    if not isinstance(loss_fn, nn.Module) or not _loss_supported(loss_fn) or inputs.dim() < 2:
-        return None
-    entry = _extended(model, loss_fn)
+    loss, why = loss_module(loss_fn)
+    if loss is None:
+        return None, why
+    if inputs.dim() < 2:
+        return None, f"the inputs have shape {tuple(inputs.shape)}, not a batch (dim ≥ 2)"
+    entry, why = _extended(model, loss)
     if entry is None:
-        return None
+        return None, why
     from backpack import backpack
     from backpack.extensions import DiagHessian
 
@@ -179,13 +225,19 @@ def diag_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], 
     try:
         with warnings.catch_warnings(), torch.enable_grad():
             warnings.simplefilter("ignore")
-            loss = entry.loss(entry.net(inputs), targets)
+            out = entry.loss(entry.net(inputs), targets)
             with backpack(DiagHessian()):
-                loss.backward()
-    except (NotImplementedError, RuntimeError, IndexError, ValueError):
+                out.backward()
+    except (NotImplementedError, RuntimeError, IndexError, ValueError) as e:
         _CACHE.pop(model, None)
-        return None
+        return None, f"BackPACK's DiagHessian pass failed ({type(e).__name__}: {e})"
     diags = [getattr(p, "diag_h", None) for p in entry.params]
     if any(d is None for d in diags):
-        return None
-    return torch.cat([d.detach().reshape(-1) for d in diags])
+        return None, "BackPACK gave no diagonal for some trainable parameters"
+    return torch.cat([d.detach().reshape(-1) for d in diags]), ""
+
+
+def diag_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch) -> Tensor | None:
+    """The exact Hessian diagonal ``[P]`` (layout order) by BackPACK, or ``None`` where it does not apply
+    (:func:`diag_hessian_or_reason` says why)."""
+    return diag_hessian_or_reason(model, loss_fn, batch)[0]

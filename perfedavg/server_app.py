@@ -21,7 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from perfedavg import checkpoint, sim_engine, task
+from perfedavg import checkpoint, diagnostics, sim_engine, task
 
 log = logging.getLogger("perfedavg")
 
@@ -108,6 +108,7 @@ class Federation:
         self.history = History()
         self.node_of: dict[int, int] = {}
         self.client_of: dict[int, int] = {}
+        self.round_histograms: dict[str, list[float]] = {}  # this round's per-client values besides evaluation's
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
@@ -201,7 +202,24 @@ class Federation:
             "clients/failed": float(len(failures)),
             "clients/non_finite": float(non_finite),
         }
+        metrics.update(self._diagnostics(rows))
         return new, metrics
+
+    def _diagnostics(self, rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+        """The client mean of each diagnostic the clients sent (``curvature/…``; NaN values left out, NaN if all
+        are) and their mean cost ``time/diagnostics_s``; the per-client values go to :attr:`round_histograms`."""
+        out: dict[str, float] = {}
+        for name in diagnostics.NAMES:
+            tag = diagnostics.TAG_PREFIX + name
+            values = [float(r[tag]) for r in rows if tag in r]
+            if not values:
+                continue
+            finite = [v for v in values if math.isfinite(v)]
+            out[tag] = sum(finite) / len(finite) if finite else math.nan
+            self.round_histograms[tag] = finite
+        if any("diagnostics-s" in r for r in rows):
+            out["time/diagnostics_s"] = mean_metric([r for r in rows if "diagnostics-s" in r], "diagnostics-s")
+        return out
 
     def evaluate_round(self, server_round: int, weights: Weights) -> tuple[dict[str, float], list[float]]:
         clients = sample_clients(self.eval_rng, self.cfg["num_clients"], self.cfg["eval_fraction"])
@@ -252,6 +270,7 @@ class Federation:
         total = int(cfg["num_rounds"])
         for server_round in range(first, total + 1):
             t0 = time.perf_counter()
+            self.round_histograms = {}
             weights, metrics = self.train_round(server_round, weights)
             metrics["time/train_s"] = time.perf_counter() - t0
             if not all_finite(weights):
@@ -275,6 +294,8 @@ class Federation:
                     else "eval/personalized_loss_per_client"
                 )
                 self.tracker.histogram(tag, per_client, server_round)
+                for tag, values in self.round_histograms.items():
+                    self.tracker.histogram(tag, values, server_round)
             log.info(progress_line(server_round, total, metrics))
             self._checkpoint(server_round, weights)
         summary = {

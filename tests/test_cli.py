@@ -55,6 +55,8 @@ BAD_INPUTS = [
     (["+foo=1"], ["+foo=1: adding keys is not supported", "key=value"]),
     (["~alpha"], ["~alpha: deleting keys is not supported"]),
     (["dataset.path=/nonexistent"], ["dataset.path=/nonexistent: has no effect with dataset=digits", "mnist"]),
+    (["diagnostics.every=-1"], ["diagnostics.every=-1", "must be ≥ 0"]),
+    (["algorithm=fedavg", "diagnostics.every=5"], ["diagnostics.every=5: has no effect with algorithm=fedavg"]),
     (["hessian=hvp", "delta=0.01"], ["delta=0.01: has no effect with hessian=hvp", "hessian=fd"]),
     (["-m", "seed=0,1", "alpha=0.1,abc"], ["alpha=abc", "could not be converted to Float"]),
 ]

@@ -6,6 +6,7 @@ Ground truth is ``torch.autograd.functional.hessian`` over the flattened paramet
 
 from __future__ import annotations
 
+import copy
 import functools
 import resource
 from collections.abc import Callable
@@ -161,13 +162,17 @@ def test_hessian_diag_equals_dense_diagonal(case: Case, dtype: torch.dtype, trut
 @pytest.mark.parametrize(
     "case, fast",
     [
-        (c, c.name in {"ann-mse", "net-4x4-ce", "net-5x3-ce", "net-3ch-sum", "mlp-elu-ce", "frozen-param"})
+        (
+            c,
+            c.name
+            in {"ann-mse", "net-4x4-ce", "net-5x3-ce", "net-3ch-sum", "mlp-elu-ce", "frozen-param", "functional-loss"},
+        )
         for c in CASES
     ],
     ids=IDS,
 )
 def test_diag_fast_path_taken_exactly_where_supported(case: Case, fast: bool) -> None:
-    """Seed models (and frozen params) use BackPACK; functional losses, unused params and BatchNorm fall back."""
+    """Seed models, frozen params and functional losses use BackPACK; unused params and BatchNorm fall back."""
     model, loss_fn, batch = case.build(torch.float64)
     assert (diag_backpack.diag_hessian(model, loss_fn, batch) is not None) == fast
 
@@ -382,3 +387,114 @@ def test_scratch_model_is_bit_for_bit_the_functional_path(case: Case, dtype: tor
     assert torch.equal(scratch.fd_hvp(batch, v, at=w, delta=1e-3), want_fd)
     with pytest.raises(ValueError, match="delta must be a positive finite number"):
         scratch.fd_hvp(batch, v, at=w, delta=0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Functional losses on the one-pass diagonal
+# --------------------------------------------------------------------------------------------------------------
+
+FUNCTIONAL_LOSSES = {
+    "F.cross_entropy": (F.cross_entropy, "ce"),
+    "F.cross_entropy-sum": (functools.partial(F.cross_entropy, reduction="sum"), "ce"),
+    "F.cross_entropy-mean-partial": (functools.partial(F.cross_entropy, reduction="mean"), "ce"),
+    "F.mse_loss": (F.mse_loss, "mse"),
+    "F.mse_loss-sum": (functools.partial(F.mse_loss, reduction="sum"), "mse"),
+}
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONAL_LOSSES))
+def test_functional_losses_take_the_one_pass_diagonal_and_match_dense(name: str, recwarn) -> None:
+    loss_fn, kind = FUNCTIONAL_LOSSES[name]
+    case = CASES[1] if kind == "ce" else CASES[0]  # Net(4, 4) with labels, or the ANN with regression targets
+    model, _, batch = case.build(torch.float64)
+    fast = diag_backpack.diag_hessian(model, loss_fn, batch)
+    assert fast is not None
+    assert (fast - dense_hessian(model, loss_fn, batch).diagonal()).abs().max().item() <= 1e-10
+    assert not [w for w in recwarn if issubclass(w.category, C.DiagFallbackWarning)]
+
+
+@pytest.mark.parametrize(
+    "loss_fn, reason",
+    [
+        (lambda out, y: F.cross_entropy(out, y), "is not nn.MSELoss, nn.CrossEntropyLoss"),
+        (functools.partial(F.cross_entropy, label_smoothing=0.1), "only reduction='mean' or 'sum'"),
+        (nn.CrossEntropyLoss(label_smoothing=0.1), "with default options"),
+    ],
+    ids=["lambda", "partial-label-smoothing", "module-label-smoothing"],
+)
+def test_diag_fallback_says_why_once_and_stays_exact(loss_fn, reason: str, monkeypatch) -> None:
+    monkeypatch.setattr(C, "_DIAG_FALLBACK_WARNED", set())
+    model, _, batch = CASES[4].build(torch.float64)  # the small MLP: the fallback is quick
+    with pytest.warns(C.DiagFallbackWarning, match=reason) as record:
+        d = C.hessian_diag(model, loss_fn, batch)
+        C.hessian_diag(model, loss_fn, batch)  # the same reason again: no second warning
+    assert len([w for w in record if issubclass(w.category, C.DiagFallbackWarning)]) == 1
+    assert "P = 137" in str(record[0].message)
+    assert (d - dense_hessian(model, loss_fn, batch).diagonal()).abs().max().item() <= 1e-10
+
+
+def test_diag_fallback_for_an_unsupported_layer_names_it(monkeypatch) -> None:
+    monkeypatch.setattr(C, "_DIAG_FALLBACK_WARNED", set())
+    model, loss_fn, batch = CASES[8].build(torch.float64)
+    with pytest.warns(C.DiagFallbackWarning, match="BatchNorm1d layer"):
+        C.hessian_diag(model, loss_fn, batch)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Top eigenvalues
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_top_eigenvalues_match_dense_eigvalsh(case: Case, truth) -> None:
+    """k = 3 largest (algebraic) eigenvalues, descending, to 1e-6 relative in float64, at tol=0 (machine precision);
+    Lanczos for P > 64, the dense route below; fewer products than P once Lanczos applies."""
+    model, loss_fn, batch = case.build(torch.float64)
+    expected = torch.linalg.eigvalsh(truth[case.name, torch.float64]).flip(0)[:3]
+    before = C.snapshot(model)
+    spectrum = C.hessian_spectrum(model, loss_fn, batch, 3, tol=0)
+    assert spectrum.values.dtype == torch.float64 and spectrum.values.shape == (3,)
+    assert torch.all(spectrum.values[:-1] >= spectrum.values[1:])
+    scale = expected.abs().max().item()
+    assert (spectrum.values - expected).abs().max().item() <= 1e-6 * scale
+    p = C.parameter_layout(model).size
+    assert spectrum.products == p if p <= C.DENSE_SPECTRUM_MAX_P else spectrum.products < p
+    assert_same_snapshot(before, C.snapshot(model))
+
+
+def test_top_eigenvalue_at_a_point_and_its_tolerance() -> None:
+    """``at`` moves the Hessian (the model stays put); a loose tol is cheaper and still within it; the same seed
+    gives the same value."""
+    model, loss_fn, batch = CASES[1].build(torch.float64)
+    w = C.flat_parameters(model) + 0.3 * torch.randn(C.parameter_layout(model).size, dtype=torch.float64)
+    ref = Net(4, 4).to(torch.float64)
+    C.set_flat_parameters(ref, w)
+    expected = torch.linalg.eigvalsh(dense_hessian(ref, loss_fn, batch))[-1].item()
+    tight = C.hessian_spectrum(model, loss_fn, batch, 1, at=w, tol=0)
+    loose = C.hessian_spectrum(model, loss_fn, batch, 1, at=w, tol=1e-3)
+    assert tight.values[0].item() == pytest.approx(expected, rel=1e-9)
+    assert loose.values[0].item() == pytest.approx(expected, rel=1e-3)
+    assert loose.products <= tight.products
+    assert torch.equal(C.top_eigenvalues(model, loss_fn, batch, at=w, tol=1e-3), loose.values)
+
+
+def test_top_eigenvalues_in_float32_and_bad_arguments() -> None:
+    model, loss_fn, batch = CASES[1].build(torch.float32)
+    top = C.top_eigenvalues(model, loss_fn, batch, 2, tol=1e-6)
+    m64, b64 = copy.deepcopy(model).to(torch.float64), (batch[0].to(torch.float64), batch[1])
+    expected = torch.linalg.eigvalsh(dense_hessian(m64, loss_fn, b64)).flip(0)[:2]
+    assert torch.allclose(top, expected, rtol=1e-4, atol=0)
+    for bad, message in (({"k": 0}, "k must be"), ({"k": 10**6}, "only P=2885"), ({"tol": 1.5}, "tol must be")):
+        with pytest.raises(ValueError, match=message):
+            C.top_eigenvalues(model, loss_fn, batch, **bad)
+    with pytest.raises(RuntimeError, match="did not reach tol"):
+        C.top_eigenvalues(model, loss_fn, batch, 3, tol=0, max_restarts=1)
+
+
+def test_hessian_operator_counts_products_and_equals_hvp(truth) -> None:
+    model, loss_fn, batch = CASES[2].build(torch.float64)
+    op = C.HessianOperator(model, loss_fn, batch)
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # the kept graph serves every product
+        assert torch.allclose(op.matvec(v), truth[CASES[2].name, torch.float64] @ v, atol=1e-10, rtol=0)
+    assert op.products == 2
