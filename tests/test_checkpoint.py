@@ -104,6 +104,20 @@ def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
     assert diffs == ["hessian.mode: hvp → fo"]
 
 
+def test_a_changed_step_size_table_or_diagnostics_do_not_block_a_resume_but_a_changed_alpha_does() -> None:
+    """``step_sizes`` acts only through the resolved ``alpha``/``beta`` (compared); diagnostics only add curves. A
+    checkpoint from before the ``diagnostics`` key existed still resumes."""
+    saved = {"alpha": 0.1, "beta": 0.2, "step_sizes": {"fo": {"alpha": 0.1, "beta": 0.2}, "fd": {"alpha": 1.0}}}
+    now = {
+        "alpha": 0.1,
+        "beta": 0.2,
+        "step_sizes": {"fo": {"alpha": 0.1, "beta": 0.2}, "fd": {"alpha": 0.5}},
+        "diagnostics": {"every": 10},
+    }
+    assert checkpoint.result_differences(saved, now) == []
+    assert checkpoint.result_differences(saved, {**now, "alpha": 0.3}) == ["alpha: 0.1 → 0.3"]
+
+
 def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
     """The global model can only turn non-finite in aggregation (non-finite updates are excluded before it), e.g.
     by overflow; force that in round 3 and check the stop, the message and what is kept."""
