@@ -41,10 +41,21 @@ METHODS = [
     "autograd.functional.hessian",
     "hessian",
     "hessian_diag",
+    "hessian_diag, functional loss",
     "hvp",
     "fd_hvp",
+    "top eigenvalue (tol 1e-3)",
+    "meta-step diagnostics",
 ]
-FAST = {"gradient", "hessian_diag", "hvp", "fd_hvp"}
+FAST = {
+    "gradient",
+    "hessian_diag",
+    "hessian_diag, functional loss",
+    "hvp",
+    "fd_hvp",
+    "top eigenvalue (tol 1e-3)",
+    "meta-step diagnostics",
+}
 REPEATS = 50
 
 
@@ -110,10 +121,14 @@ def functional_hessian(model, loss_fn, batch):
 
 def method_fn(method: str, model, loss_fn, batch) -> Callable[[], object]:
     import torch
+    import torch.nn.functional as F
 
     from perfedavg import curvature as C
+    from perfedavg import diagnostics
 
     v = torch.randn(C.parameter_layout(model).size, generator=torch.Generator().manual_seed(1))
+    functional = F.mse_loss if isinstance(loss_fn, torch.nn.MSELoss) else F.cross_entropy  # the same loss
+    w = C.flat_parameters(model)
     return {
         "gradient": lambda: C.gradient(model, loss_fn, batch),
         "seed diagonal loop": lambda: seed_diagonal_loop(model, loss_fn, batch),
@@ -123,6 +138,9 @@ def method_fn(method: str, model, loss_fn, batch) -> Callable[[], object]:
         "hessian_diag": lambda: C.hessian_diag(model, loss_fn, batch),
         "hvp": lambda: C.hvp(model, loss_fn, batch, v),
         "fd_hvp": lambda: C.fd_hvp(model, loss_fn, batch, v, 1e-3),
+        "hessian_diag, functional loss": lambda: C.hessian_diag(model, functional, batch),
+        "top eigenvalue (tol 1e-3)": lambda: C.hessian_spectrum(model, loss_fn, batch, 1, tol=1e-3),
+        "meta-step diagnostics": lambda: diagnostics.meta_step_diagnostics(model, loss_fn, batch, v, w, 0.05, 1e-3),
     }[method]
 
 
@@ -147,16 +165,20 @@ def run_one(model_name: str, method: str) -> dict:
         method_fn(method, *build("ann"))()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times, grad_times = [], []
+    products = None
     for _ in range(REPEATS if method in FAST else 1):
         t = time.perf_counter()
-        fn()
+        result = fn()
         times.append(time.perf_counter() - t)
+        products = getattr(result, "products", products)
         if method in FAST:  # a gradient right after each call: the ratio is taken under the same conditions
             t = time.perf_counter()
             grad()
             grad_times.append(time.perf_counter() - t)
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     out = {"P": p, "seconds": statistics.median(times), "peak_mb": peak_mb}
+    if products is not None:
+        out["products"] = products
     if grad_times:
         out["ratio"] = out["seconds"] / statistics.median(grad_times)
     return out
@@ -222,11 +244,16 @@ def main() -> None:
             # Fast methods: against the gradient timed alternately in the same process; slow ones: against the
             # gradient row (a ratio in the thousands is not sensitive to the gradient's few-percent noise).
             ratio = f"{r.get('ratio', r['seconds'] / grad_s):.2f}" if grad_s else ""
-            seed = {"hessian": "seed row loop", "hessian_diag": "seed diagonal loop"}.get(method)
+            seed = {
+                "hessian": "seed row loop",
+                "hessian_diag": "seed diagonal loop",
+                "hessian_diag, functional loss": "seed diagonal loop",
+            }.get(method)
             vs = ""
             if seed and "seconds" in rows[seed]:
                 vs = f"{rows[seed]['seconds'] / r['seconds']:.0f}× faster"
-            print(f"| {label} | {p} | {method} | {fmt_time(r['seconds'])} | {ratio} | {r['peak_mb']:.0f} MB | {vs} |")
+            shown = f"{method}: {r['products']} HVPs" if "products" in r else method
+            print(f"| {label} | {p} | {shown} | {fmt_time(r['seconds'])} | {ratio} | {r['peak_mb']:.0f} MB | {vs} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ method (algorithm and Hessian mode) and summarised over their seeds. Writes into
 - ``report.md``: per method, the number of runs, its step sizes α and β, and the final global and personalized
   accuracy (mean ± sample standard deviation over seeds; losses for regression data);
 - ``personalized_acc.png`` and ``global_acc.png``: the curve per method (mean over seeds) with a band of ± one
-  standard deviation.
+  standard deviation;
+- when the runs logged curvature diagnostics (``diagnostics.every``, ``reproduce.sh`` with ``DIAGNOSTICS=N``): a
+  table of them per method and ``curvature.png``, one line per run (runs that stopped early dashed: their last
+  rounds are often the instructive ones).
 """
 
 from __future__ import annotations
@@ -176,6 +179,71 @@ def plot(by_method: dict[str, list[Run]], tag: str, title: str, out: Path) -> No
     plt.close(fig)
 
 
+#: Curvature diagnostics (perfedavg.diagnostics.NAMES) as logged, with their titles; in table and panel order.
+DIAGNOSTICS = [
+    ("curvature/correction_ratio", "‖αHg‖ / ‖g‖"),
+    ("curvature/cosine_to_fo", "cos((I − αH)g, g)"),
+    ("curvature/fd_rel_error", "fd error ‖Ĥg − Hg‖ / ‖Hg‖"),
+    ("curvature/top_eigenvalue", "λ_max(H) on D″"),
+]
+
+
+def curvature_table(by_method: dict[str, list[Run]]) -> str:
+    """Per method (runs that logged diagnostics, stopped ones included): each diagnostic's median over all its
+    diagnosed rounds and runs, and α·λ_max (median and largest), the number that says whether (I − αH) reverses
+    the gradient along the sharpest direction (α·λ_max > 1)."""
+    head = ["method", "runs", "diagnosed rounds", *[title for _, title in DIAGNOSTICS], "α·λ_max median / max"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in ordered(list(by_method)):
+        runs = [r for r in by_method[method] if DIAGNOSTICS[0][0] in r.curves]
+        if not runs:
+            continue
+        cells = [method, str(len(runs)), "/".join(sorted({str(len(r.curves[DIAGNOSTICS[0][0]][0])) for r in runs}))]
+        for tag, _ in DIAGNOSTICS:
+            values = np.concatenate([r.curves[tag][1] for r in runs if tag in r.curves])
+            cells.append(f"{np.nanmedian(values):.3g}" if np.isfinite(values).any() else "—")
+        scaled = np.concatenate([float(r.config["alpha"]) * r.curves[DIAGNOSTICS[3][0]][1] for r in runs])
+        cells.append(f"{np.nanmedian(scaled):.3g} / {np.nanmax(scaled):.3g}" if np.isfinite(scaled).any() else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curvature(by_method: dict[str, list[Run]], out: Path) -> None:
+    """One panel per diagnostic (log scale where positive), one thin line per run, colour by method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(ordered(list(by_method))):
+        runs = [r for r in by_method[method] if DIAGNOSTICS[0][0] in r.curves]
+        for j, run in enumerate(runs):
+            for ax, (tag, _) in zip(axes.flat, DIAGNOSTICS):
+                steps, values = run.curves[tag]
+                ax.plot(
+                    steps,
+                    values,
+                    color=colours[i % len(colours)],
+                    linewidth=0.9,
+                    alpha=0.8,
+                    linestyle="-" if finished(run) else "--",
+                    label=method if j == 0 else None,
+                )
+    for ax, (tag, title) in zip(axes.flat, DIAGNOSTICS):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        if tag != "curvature/cosine_to_fo":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Curvature at each client's first meta-step: client mean per diagnosed round (dashed: stopped run)")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def describe(run: Run) -> str:
     c = run.config
     keys = ("num_clients", "fraction", "local_steps", "batch_size", "delta", "num_rounds")  # α, β: in the table
@@ -220,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         png = sweep_dir / f"{tag.split('/')[1]}.png"
         plot(by_method, tag, title, png)
         text.append(f"![{title}]({png.name})")
+    diagnosed: dict[str, list[Run]] = defaultdict(list)
+    for run in usable + stopped:
+        if DIAGNOSTICS[0][0] in run.curves:
+            diagnosed[run.method].append(run)
+    if diagnosed:
+        plot_curvature(diagnosed, sweep_dir / "curvature.png")
+        text += ["", "Curvature diagnostics (medians over diagnosed rounds and runs):", "", curvature_table(diagnosed)]
+        text += ["", "![curvature diagnostics](curvature.png)"]
     if stopped:
         text += ["", f"Stopped before their last round ({len(stopped)}; not in the table):", ""]
         text += [f"- {r.path.name} ({r.method}, seed {r.seed}): {stop_reason(r)}" for r in stopped]

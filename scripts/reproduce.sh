@@ -13,7 +13,9 @@
 # BACKEND=ray runs each simulation through Flower's Ray engine instead; every run then starts its own Ray instance
 # (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
 # Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
-# BACKEND (inprocess or ray; default inprocess).
+# BACKEND (inprocess or ray; default inprocess), DIAGNOSTICS (default 0: off; N: the Per-FedAvg runs log curvature
+# diagnostics every N rounds, diagnostics.every=N, which leaves their results unchanged; scripts/diagnostics_report.py
+# plots them).
 # A run that stops (e.g. diverges to a non-finite model) does not stop the others: the report lists it as skipped
 # and the script exits 1 at the end.
 # Cut off? Run the same command again with SWEEP_DIR=<the sweep's directory>: every run has resume=auto, so finished
@@ -41,7 +43,9 @@ start=$(date +%s)
 echo "[reproduce] $experiment: $((4 * n_seeds)) runs ($n_seeds seeds × 4 methods), $jobs at a time → $sweep_dir" >&2
 failed=0  # a run that stops (e.g. diverges) fails its multirun after the others finish; the sweep goes on
 echo "[reproduce] 1/2: Per-FedAvg with hessian=fo,fd,hvp" >&2
-.venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg hessian=fo,fd,hvp "$@" || failed=1
+diagnose=()
+if [ "${DIAGNOSTICS:-0}" != 0 ]; then diagnose=("diagnostics.every=$DIAGNOSTICS"); fi
+.venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg hessian=fo,fd,hvp "${diagnose[@]}" "$@" || failed=1
 echo "[reproduce] 2/2: FedAvg" >&2
 .venv/bin/perfedavg -m "${common[@]}" algorithm=fedavg hessian=fo "$@" || failed=1
 echo "[reproduce] all runs done in $(( $(date +%s) - start )) s; writing the report" >&2

@@ -74,12 +74,13 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}-seed${seed}",
         "resume=auto",
     ]
-    for method in (["algorithm=perfedavg", "hessian=fo,hvp"], ["algorithm=fedavg", "hessian=fo"]):
+    per_fedavg = ["algorithm=perfedavg", "hessian=fo,hvp", "diagnostics.every=2"]  # reproduce.sh's DIAGNOSTICS=2
+    for method in (per_fedavg, ["algorithm=fedavg", "hessian=fo"]):
         out = run([sys.executable, "-m", "perfedavg", "-m", *common, *method], tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         assert re.search(r"\[perfedavg-fo-seed\d\] round 3/3|\[fedavg-fo-seed\d\] round 3/3", out.stderr + out.stdout)
     finished = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")}
-    out = run([sys.executable, "-m", "perfedavg", "-m", *common, "algorithm=perfedavg", "hessian=fo,hvp"], tmp_path)
+    out = run([sys.executable, "-m", "perfedavg", "-m", *common, *per_fedavg], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]  # the same sweep again (reproduce.sh re-run): nothing re-runs
     assert (out.stdout + out.stderr).count("already complete (3 rounds)") == 4
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")} == finished
@@ -103,7 +104,11 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     ahead = sum(d > 0 for d in diffs)
     row = f"| Per-FedAvg (HF, hvp) | {np.mean(diffs):.4f} ± {np.std(diffs, ddof=1):.4f} | {ahead}/2 seeds |"
     assert row in report, (row, report)
-    for png in ("personalized_acc.png", "global_acc.png"):
+    # the diagnostics section: the Per-FedAvg runs logged round 2's diagnostics, FedAvg none
+    assert "Curvature diagnostics" in report
+    assert re.search(r"\| Per-FedAvg \(HF, hvp\) \| 2 \| 1 \| [0-9.e+-]+ \| [0-9.e+-]+ \|", report), report
+    assert "| FedAvg | 2 | 1 |" not in report
+    for png in ("personalized_acc.png", "global_acc.png", "curvature.png"):
         data = (sweep / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert "(personalized_acc.png)" in report
