@@ -63,7 +63,8 @@ def _cuda_absent() -> str:
 
 
 def check_device(resolved: dict[str, Any]) -> None:
-    """``device`` and ``client_gpus`` must be usable here: CUDA asked for where there is none, or GPUs reserved for
+    """``device``, ``client_cpus`` and ``client_gpus`` must be usable here: more CPUs or GPUs per client than the
+    machine has (Ray would wait forever to place an actor), CUDA asked for where there is none, or GPUs reserved for
     Ray actors that would not use them (or, under Ray, CUDA without a GPU share: Ray hides GPUs from such actors),
     stop before anything starts."""
     import torch
@@ -75,6 +76,17 @@ def check_device(resolved: dict[str, Any]) -> None:
         raise ConfigError(f"client_gpus={gpus:g}: {_cuda_absent()}; use client_gpus=0")
     if gpus > 0 and device == "cpu":
         raise ConfigError(f"client_gpus={gpus:g} with device=cpu: the reserved GPUs would sit idle; use device=auto")
+    cpus = os.cpu_count() or 1
+    if ray and float(resolved["client_cpus"]) > cpus:
+        raise ConfigError(
+            f"client_cpus={resolved['client_cpus']:g}: more than the {cpus} CPUs of this machine, so Ray could place "
+            f"no client; use client_cpus ≤ {cpus} (e.g. 1)"
+        )
+    if ray and gpus > torch.cuda.device_count() > 0:
+        raise ConfigError(
+            f"client_gpus={gpus:g}: more than the {torch.cuda.device_count()} GPU(s) of this machine, so Ray could "
+            f"place no client; use a share ≤ {torch.cuda.device_count()} (e.g. 0.5: two clients per GPU)"
+        )
     if device == "cuda" and ray and gpus == 0:
         raise ConfigError(
             "device=cuda with backend=ray needs client_gpus > 0 (the share of a GPU each client's Ray actor reserves, "

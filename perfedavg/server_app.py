@@ -230,6 +230,13 @@ class Federation:
             raise FederationError(f"round {server_round}: all {len(clients)} clients failed in evaluation")
         keys = [k for k in ("global_loss", "global_acc", "personalized_loss", "personalized_acc") if k in rows[0]]
         metrics = {f"eval/{k}": mean_metric(rows, k, "num-examples") for k in keys}
+        # Non-finite evaluation metrics (e.g. a personalization step that overflows the loss) are logged as they
+        # are and the run goes on: the mean is then inf/NaN, the per-client histogram holds the finite values.
+        non_finite = sorted(int(r["client-id"]) for r in rows if not all(math.isfinite(float(r[k])) for k in keys))
+        if non_finite:
+            log.warning("round %d: non-finite evaluation metrics from clients %s", server_round, non_finite)
+        metrics["clients/evaluated"] = float(len(rows))
+        metrics["clients/eval_non_finite"] = float(len(non_finite))
         metrics["time/eval_compute_total_s"] = sum(float(r["compute-s"]) for r in rows)
         per_client = [float(r["personalized_acc" if "personalized_acc" in r else "personalized_loss"]) for r in rows]
         return metrics, per_client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,8 +24,10 @@ class RunLogger:
             self.writer.add_scalar(tag, value, step)
 
     def histogram(self, tag: str, values: Sequence[float], step: int) -> None:
-        if values:
-            self.writer.add_histogram(tag, torch.tensor(list(values), dtype=torch.float64), step, bins="auto")
+        """A histogram of the finite ``values`` (TensorBoard cannot bin inf or NaN; none: nothing is written)."""
+        finite = [float(v) for v in values if math.isfinite(float(v))]
+        if finite:
+            self.writer.add_histogram(tag, torch.tensor(finite, dtype=torch.float64), step, bins="auto")
 
     def hparams(self, params: Mapping[str, str | float | int | bool], final: Mapping[str, float]) -> None:
         """Record hyper-parameters and final metrics in this run's own event file (HPARAMS tab).

@@ -56,6 +56,11 @@ BAD_INPUTS = [
     (["~alpha"], ["~alpha: deleting keys is not supported"]),
     (["dataset.path=/nonexistent"], ["dataset.path=/nonexistent: has no effect with dataset=digits", "mnist"]),
     (["diagnostics.every=-1"], ["diagnostics.every=-1", "must be ≥ 0"]),
+    (
+        ["num_clients=100000"],
+        ["num_clients=100000", "cannot be split into that many", "largest that works is num_clients=150"],
+    ),
+    (["client_cpus=4096"], ["client_cpus=4096: more than the", "CPUs of this machine", "client_cpus ≤"]),
     (["algorithm=fedavg", "diagnostics.every=5"], ["diagnostics.every=5: has no effect with algorithm=fedavg"]),
     (["hessian=hvp", "delta=0.01"], ["delta=0.01: has no effect with hessian=hvp", "hessian=fd"]),
     (["-m", "seed=0,1", "alpha=0.1,abc"], ["alpha=abc", "could not be converted to Float"]),

@@ -228,3 +228,31 @@ def test_gpu_shares_reach_ray_as_client_resources() -> None:
 
     cfg = prepare(compose(["experiment=smoke", "device=cpu"]))
     assert backend_config({**cfg, "client_gpus": 0.25})["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.25}
+
+
+def poisoning_evaluation(client_id: int):
+    """A mod that makes one client's evaluation report an infinite personalized loss (as an overflowing α step)."""
+
+    def mod(message: Message, context: Context, call_next):
+        reply = call_next(message, context)
+        if int(context.node_config["partition-id"]) == client_id and message.metadata.message_type == "evaluate":
+            reply.content["metrics"]["personalized_loss"] = math.inf
+        return reply
+
+    return mod
+
+
+def test_non_finite_evaluation_metrics_are_logged_and_the_run_goes_on(tmp_path: Path, caplog) -> None:
+    """The rule: log them as they are (the mean is inf), histogram the finite values, count the clients, go on."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    app = build_client_app(mods=[poisoning_evaluation(1)])
+    summary = federate([*ANN_SMALL, "fraction=1.0"], tmp_path, app)
+    rounds = summary["rounds"]
+    assert len(rounds) == 3 and all(r["eval/personalized_loss"] == math.inf for r in rounds)
+    assert [r["clients/eval_non_finite"] for r in rounds] == [1, 1, 1]
+    assert [r["clients/evaluated"] for r in rounds] == [4, 4, 4]
+    assert all(math.isfinite(r["eval/global_loss"]) for r in rounds)
+    assert "round 3: non-finite evaluation metrics from clients [1]" in caplog.text
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+    assert [h.histogram_value.num for h in acc.Histograms("eval/personalized_loss_per_client")] == [3, 3, 3]

@@ -99,7 +99,15 @@ def _largest_fitting(sizes_for: Callable[[int], list[int]], num_clients: int) ->
 
 
 def _check_sizes(sizes_for: Callable[[int], list[int]], p: Mapping[str, Any], num_clients: int) -> None:
-    sizes = sizes_for(num_clients)
+    try:
+        sizes = sizes_for(num_clients)
+    except ValueError as e:  # the partitioner refuses outright, e.g. more clients than examples
+        fits = _largest_fitting(sizes_for, num_clients)
+        hint = f"the largest that works is num_clients={fits}" if fits else "no number of clients works"
+        raise DataError(
+            f"num_clients={num_clients}: dataset={p['name']} cannot be split into that many clients with "
+            f"partition={p['partition']['name']} ({str(e).rstrip('.')}); {hint}"
+        ) from None
     if _fits(sizes):
         return
     small = [i for i, n in enumerate(sizes) if n < MIN_EXAMPLES_PER_CLIENT]
