@@ -5,11 +5,17 @@ same directory, flushed to disk, then ``os.replace``): the global weights, the r
 server RNGs (training and evaluation sampling), the metrics so far and the resolved config. Clients need no state:
 their randomness is a function of (seed, client id, round). Resuming from it therefore continues exactly where an
 uninterrupted run would have been.
+
+The checkpoint before it is kept as ``previous.pt`` (hard-linked before the replace, so ``last.pt`` always exists): a
+latest checkpoint that cannot be read (truncated, garbage) falls back to it with a warning. Checkpoints hold tensors
+and plain data only and are read with ``torch.load(weights_only=True)``: resuming a directory never runs pickled code.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,16 @@ from perfedavg.task import compute_device
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "last.pt"
+PREVIOUS_FILE = "previous.pt"
 FORMAT_VERSION = 1
+#: What every checkpoint holds besides its version.
+REQUIRED_KEYS = ("round", "weights", "sample_rng", "eval_rng", "rounds", "client_failures", "config")
+
+log = logging.getLogger("perfedavg")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint exists but cannot be used (unreadable, not ours, or of another format)."""
 
 #: Keys that may differ between a run and its resumption: they do not change any result.
 #: (``num_rounds`` may be raised to extend a finished run; ``step_sizes`` acts only through ``alpha`` and ``beta``,
@@ -35,27 +50,66 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 
 def save(run_dir: Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` atomically: a reader (or a resumed run) sees the previous or the new checkpoint, never half."""
+    """Write ``state`` atomically: a reader (or a resumed run) sees the previous or the new checkpoint, never half.
+    The checkpoint it replaces becomes ``previous.pt``."""
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"version": FORMAT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # e.g. the disk is full: leave no partial file; the last good checkpoint is untouched
+        tmp.unlink(missing_ok=True)
+        raise
+    if path.exists():
+        previous, previous_tmp = path.with_name(PREVIOUS_FILE), path.with_name("previous.tmp")
+        previous_tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, previous_tmp)  # no copy; last.pt stays in place until the replace below
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, previous_tmp)
+        os.replace(previous_tmp, previous)
     os.replace(tmp, path)
     return path
 
 
-def load(run_dir: Path) -> dict[str, Any] | None:
-    """The last checkpoint of ``run_dir``, or ``None`` if it has none."""
-    path = checkpoint_path(run_dir)
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state.get('version')} is not {FORMAT_VERSION}")
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, garbage, or holding objects weights_only refuses
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path}: not a perfedavg checkpoint of format {FORMAT_VERSION} (format {version})")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
     return state
+
+
+def load(run_dir: Path) -> dict[str, Any] | None:
+    """The last checkpoint of ``run_dir``, or ``None`` if it has none. If ``last.pt`` cannot be read, the previous
+    checkpoint, with a warning; if neither can, :class:`CheckpointError` naming both."""
+    path = checkpoint_path(run_dir)
+    previous = path.with_name(PREVIOUS_FILE)
+    if not path.exists() and not previous.exists():
+        return None
+    try:
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing")
+        return _read(path)
+    except CheckpointError as latest:
+        if not previous.exists():
+            raise
+        try:
+            state = _read(previous)
+        except CheckpointError as earlier:
+            raise CheckpointError(f"{latest}; the previous checkpoint too: {earlier}") from None
+        log.warning("%s; using the previous checkpoint (round %d) instead", latest, state["round"])
+        return state
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -79,7 +79,10 @@ def _auto_resume(cfg: DictConfig, run_dir: Path) -> float | None:
     same config → return its objective without running anything. Sets ``cfg.resume`` accordingly."""
     from perfedavg import checkpoint
 
-    state = checkpoint.load(run_dir)
+    try:
+        state = checkpoint.load(run_dir)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"resume=auto in {run_dir}: {e}") from None
     cfg.resume = None if state is None else str(run_dir)
     if state is not None:
         check_resumable(to_container(cfg))  # a different config never continues (nor stands in for) a run
@@ -112,7 +115,10 @@ def resume_arguments(argv: list[str]) -> list[str]:
 
     keys = {a.split("=", 1)[0] for a in argv if "=" in a}
     original = [o for o in yaml.safe_load(saved.read_text()) or [] if o.split("=", 1)[0] not in keys | {"resume"}]
-    state = checkpoint.load(run_dir)
+    try:
+        state = checkpoint.load(run_dir)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"resume={run_dir}: {e}") from None
     if state is not None and "num_rounds" not in keys:
         original = [o for o in original if not o.startswith("num_rounds=")]
         original.append(f"num_rounds={state['config']['num_rounds']}")

@@ -127,7 +127,10 @@ def check_output_dir(path: Path) -> None:
 def check_resumable(resolved: dict[str, Any]) -> None:
     """``resume=<run dir>`` must name a run with a checkpoint whose config matches in everything that matters."""
     run_dir = Path(resolved["resume"])
-    state = checkpoint.load(run_dir) if run_dir.is_dir() else None
+    try:
+        state = checkpoint.load(run_dir) if run_dir.is_dir() else None
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"resume={resolved['resume']}: {e}") from None
     if state is None:
         raise ConfigError(
             f"resume={resolved['resume']}: no checkpoint there "

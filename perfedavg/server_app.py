@@ -254,6 +254,17 @@ class Federation:
         return state["weights"], int(state["round"]) + 1
 
     def _checkpoint(self, server_round: int, weights: Weights) -> None:
+        try:
+            self._save_checkpoint(server_round, weights)
+        except OSError as e:  # e.g. the disk is full
+            last = checkpoint.checkpoint_path(self.run_dir)
+            good = f"round {server_round - 1}" if last.exists() else "none"
+            raise FederationError(
+                f"round {server_round}: cannot write the checkpoint in {last.parent} ({e.strerror or e}); "
+                f"the last good checkpoint there: {good}"
+            ) from None
+
+    def _save_checkpoint(self, server_round: int, weights: Weights) -> None:
         checkpoint.save(
             self.run_dir,
             {

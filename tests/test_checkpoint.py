@@ -90,12 +90,31 @@ def test_resume_errors_name_the_problem(tmp_path: Path) -> None:
         prepare(compose([f"resume={tmp_path}"]))
 
 
-def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
+def state_of(round_: int) -> dict:
+    import numpy as np
     import torch
 
-    checkpoint.save(tmp_path, {"round": 1, "weights": {"w": torch.zeros(2)}})
-    checkpoint.save(tmp_path, {"round": 2, "weights": {"w": torch.ones(2)}})
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]  # no temporary left
+    rng = np.random.default_rng(round_).bit_generator.state
+    return {
+        "round": round_,
+        "weights": {"w": torch.full((2,), float(round_))},
+        "sample_rng": rng,
+        "eval_rng": rng,
+        "rounds": [{"round": r, "train/loss": 1.0 / r} for r in range(1, round_ + 1)],
+        "client_failures": 0,
+        "config": {"num_rounds": 5, "dataset": {"name": "digits", "path": None}},
+    }
+
+
+def test_checkpoints_are_written_atomically_and_keep_the_previous_one(tmp_path: Path) -> None:
+    checkpoint.save(tmp_path, state_of(1))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
+    checkpoint.save(tmp_path, state_of(2))
+    checkpoint.save(tmp_path, state_of(3))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "previous.pt"]  # no temporary
+    assert checkpoint.load(tmp_path)["round"] == 3
+    assert checkpoint.load(tmp_path)["sample_rng"] == state_of(3)["sample_rng"]  # 128-bit ints survive weights_only
+    (tmp_path / "checkpoints" / "last.pt").unlink()
     assert checkpoint.load(tmp_path)["round"] == 2
     diffs = checkpoint.result_differences(
         {"alpha": 0.1, "hessian": {"mode": "hvp"}, "verbose": False},
@@ -176,3 +195,88 @@ def test_resume_compares_where_clients_compute_not_how_the_device_is_spelled(gpu
     assert checkpoint.result_differences({"device": "cuda"}, {"device": "auto"}) == (
         ["device: cuda → cpu"] if not gpu else []
     )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, damage: str, caplog) -> None:
+    checkpoint.save(tmp_path, state_of(1))
+    checkpoint.save(tmp_path, state_of(2))
+    last = tmp_path / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 10, "empty": b""}[damage])
+    state = checkpoint.load(tmp_path)
+    assert state["round"] == 1
+    assert "last.pt cannot be read" in caplog.text and "using the previous checkpoint (round 1)" in caplog.text
+
+
+def test_no_readable_checkpoint_is_a_clear_error_and_exit_2(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert cli([*COMMON, "num_rounds=2", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    for name in ("last.pt", "previous.pt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"last.pt cannot be read.*the previous checkpoint too: .*previous.pt"):
+        prepare(compose([*COMMON, f"resume={run_dir}"]))
+    out = cli([f"resume={run_dir}"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("perfedavg: error: resume=") and "cannot be read" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+class Payload:
+    """Stands for pickled code in a checkpoint from an untrusted directory."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_loading_never_runs_pickled_code(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(
+        {**state_of(1), "version": checkpoint.FORMAT_VERSION, "extra": Payload()}, tmp_path / "checkpoints" / "last.pt"
+    )
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
+        checkpoint.load(tmp_path)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_checkpoints_of_the_earlier_format_without_previous_still_load(tmp_path: Path) -> None:
+    """A run directory from before previous.pt existed: only last.pt, written with torch.save as before."""
+    import torch
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"version": 1, **state_of(4)}, tmp_path / "checkpoints" / "last.pt")
+    assert checkpoint.load(tmp_path)["round"] == 4
+
+
+def test_a_full_disk_mid_run_stops_with_one_line_and_leaves_no_temporary(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import torch
+
+    from perfedavg.client_app import app
+    from perfedavg.inprocess_grid import InProcessGrid
+    from perfedavg.server_app import FederationError, run_and_record
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # round 3's checkpoint: half written, then the disk is full
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    cfg = prepare(compose([*COMMON, "num_rounds=5"]))
+    with pytest.raises(FederationError) as stopped:
+        run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
+    message = str(stopped.value)
+    assert message == (
+        f"round 3: cannot write the checkpoint in {tmp_path / 'checkpoints'} (No space left on device); "
+        "the last good checkpoint there: round 2"
+    )
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "previous.pt"]
+    assert checkpoint.load(tmp_path)["round"] == 2
