@@ -37,6 +37,7 @@ log = logging.getLogger("perfedavg")
 class CheckpointError(ValueError):
     """A checkpoint exists but cannot be used (unreadable, not ours, or of another format)."""
 
+
 #: Keys that may differ between a run and its resumption: they do not change any result.
 #: (``num_rounds`` may be raised to extend a finished run; ``step_sizes`` acts only through ``alpha`` and ``beta``,
 #: which are compared; ``diagnostics`` only adds curves, tests/test_diagnostics.py.)

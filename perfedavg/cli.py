@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from perfedavg import run_lock
 from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
@@ -194,8 +195,11 @@ def main() -> None:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))
         check_composes(sys.argv[1:])
-        check_output_dir(output_target(sys.argv[1:]))
-    except ConfigError as e:
+        target = output_target(sys.argv[1:])
+        check_output_dir(target)
+        if not any(a in ("-m", "--multirun") for a in sys.argv[1:]):  # before Hydra rewrites the directory's .hydra/
+            run_lock.check_free(target)
+    except (ConfigError, run_lock.RunDirectoryInUse) as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)
         sys.exit(2)
     register_schema()

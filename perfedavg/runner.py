@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from perfedavg import checkpoint, curvature, task
+from perfedavg import checkpoint, curvature, run_lock, task
 from perfedavg.config import ConfigError, register_schema, to_container, validate
 from perfedavg.data import check_dataset, data_params
 
@@ -185,6 +185,15 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
         run_dir = Path(resolved["resume"])  # a resumed run continues in its own directory and TensorBoard log
     check_output_dir(Path(run_dir))
     quiet_logs(resolved["verbose"])
+    try:
+        with run_lock.hold(Path(run_dir)):  # one run per directory; a second (or a resume of a live run) is refused
+            return _simulate(resolved, Path(run_dir), client_app)
+    except run_lock.RunDirectoryInUse as e:
+        raise ConfigError(str(e)) from None
+
+
+def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[str, Any]:
+    """The federation of a prepared config on the chosen backend (see :func:`run`)."""
     if resolved.get("backend") == "inprocess":
         from perfedavg.client_app import app as inprocess_app
         from perfedavg.inprocess_grid import InProcessGrid

@@ -1,0 +1,104 @@
+"""One run per run directory: a lock file holding the owner's PID and host while a run uses the directory.
+
+Two runs writing into one directory (the same ``hydra.run.dir``, or ``resume=`` of a run still going) would overwrite
+each other's checkpoint, ``metrics.json`` and TensorBoard log without a word. :func:`hold` takes the directory for the
+duration of a run: it creates ``<run dir>/.perfedavg.lock`` exclusively (``O_CREAT | O_EXCL``, atomic on local file
+systems) with ``{"pid", "host", "since"}`` and removes it when the run ends, however it ends short of ``kill -9``.
+A lock left by a process that no longer exists on this host is stale and is taken over with a warning; a lock of a
+live process, or of another host (whose processes cannot be checked from here), is refused with
+:class:`RunDirectoryInUse` naming the owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_FILE = ".perfedavg.lock"
+
+log = logging.getLogger("perfedavg")
+
+
+class RunDirectoryInUse(RuntimeError):
+    """Another live run holds the directory."""
+
+
+def lock_path(run_dir: Path) -> Path:
+    return Path(run_dir) / LOCK_FILE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def owner(run_dir: Path) -> dict | None:
+    """The live owner of ``run_dir``'s lock (``{"pid", "host", "since"}``), or ``None`` if it is free or stale."""
+    path = lock_path(run_dir)
+    try:
+        info = json.loads(path.read_text())
+        pid, host = int(info["pid"]), str(info["host"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):  # half-written or foreign: treat as stale
+        return None
+    if host == socket.gethostname() and not _alive(pid):
+        return None
+    return info
+
+
+def _describe(run_dir: Path, info: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("since", 0))))
+    return (
+        f"run directory {run_dir} is in use by another run (PID {info['pid']} on host {info['host']}, since {since}); "
+        f"wait for it to end, or choose another directory (hydra.run.dir=…). If that process is gone, remove "
+        f"{lock_path(run_dir)}"
+    )
+
+
+def check_free(run_dir: Path) -> None:
+    """Raise :class:`RunDirectoryInUse` if a live run holds ``run_dir`` (a check before anything is written)."""
+    info = owner(run_dir)
+    if info is not None and int(info["pid"]) != os.getpid():
+        raise RunDirectoryInUse(_describe(Path(run_dir), info))
+
+
+@contextlib.contextmanager
+def hold(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for the duration of the ``with`` block (see the module docstring)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_path(run_dir)
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            info = owner(run_dir)
+            if info is not None:
+                raise RunDirectoryInUse(_describe(run_dir, info)) from None
+            log.warning("%s: taking over a stale lock (its process no longer exists)", path)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        break
+    else:
+        raise RunDirectoryInUse(f"run directory {run_dir}: could not take its lock {path}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if json.loads(path.read_text()).get("pid") == mine["pid"]:
+                path.unlink()

@@ -1,0 +1,96 @@
+"""One run per run directory: a second run, or a resume of a live run, is refused; stale locks are taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfedavg import run_lock
+from perfedavg.config import ConfigError
+from perfedavg.runner import compose, run
+
+SMALL = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=4", "num_rounds=2", "local_steps=2"]
+
+
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "perfedavg", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def live_lock(run_dir: Path, pid: int | None = None, host: str | None = None) -> None:
+    """A lock as a live run would leave it (by default this test process: certainly alive)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {"pid": pid or os.getpid(), "host": host or socket.gethostname(), "since": 0}
+    run_lock.lock_path(run_dir).write_text(json.dumps(info))
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_run_into_a_live_runs_directory_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- the first run's overrides\n")
+    live_lock(run_dir, pid=os.getppid())  # the pytest runner's parent: alive, and not the CLI process itself
+    out = cli([*SMALL, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"run directory {run_dir} is in use by another run (PID {os.getppid()} on host" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the first run's overrides\n"  # untouched
+    assert not list(run_dir.glob("events.out.tfevents*"))
+
+
+def test_resume_of_a_live_run_is_refused(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert cli([*SMALL, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    assert not run_lock.lock_path(run_dir).exists()  # released when the run ended
+    live_lock(run_dir, pid=os.getppid())
+    out = cli([f"resume={run_dir}", "num_rounds=3"], tmp_path)
+    assert out.returncode == 2 and "is in use by another run" in out.stderr, out.stderr[-2000:]
+    run_lock.lock_path(run_dir).unlink()
+    assert cli([f"resume={run_dir}", "num_rounds=3"], tmp_path).returncode == 0  # once it is free, it resumes
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning_and_released(tmp_path: Path, caplog) -> None:
+    live_lock(tmp_path, pid=dead_pid())
+    summary = run(compose(SMALL), tmp_path)
+    assert len(summary["rounds"]) == 2
+    assert "taking over a stale lock" in caplog.text
+    assert not run_lock.lock_path(tmp_path).exists()
+
+
+def test_the_lock_is_released_when_the_run_fails_and_held_while_it_runs(tmp_path: Path, monkeypatch) -> None:
+    from perfedavg import runner
+
+    seen = []
+
+    def failing(resolved, run_dir, client_app):
+        seen.append(json.loads(run_lock.lock_path(run_dir).read_text()))
+        with pytest.raises(run_lock.RunDirectoryInUse):  # while it runs, nobody else gets the directory
+            with run_lock.hold(run_dir):
+                pass
+        raise RuntimeError("the federation broke")
+
+    monkeypatch.setattr(runner, "_simulate", failing)
+    with pytest.raises(RuntimeError, match="the federation broke"):
+        run(compose(SMALL), tmp_path)
+    assert seen[0]["pid"] == os.getpid() and seen[0]["host"] == socket.gethostname()
+    assert not run_lock.lock_path(tmp_path).exists()
+
+
+def test_a_lock_of_another_host_is_refused_and_names_it(tmp_path: Path) -> None:
+    live_lock(tmp_path, pid=dead_pid(), host="elsewhere.example")
+    with pytest.raises(ConfigError, match="PID .* on host elsewhere.example"):
+        run(compose(SMALL), tmp_path)
+    assert run_lock.lock_path(tmp_path).exists()  # not ours to remove
