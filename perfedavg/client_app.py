@@ -117,7 +117,7 @@ def local_spec(cfg: dict[str, Any]) -> algorithm.LocalSpec:
         delta=cfg["delta"],
         local_steps=cfg["local_steps"],
         batch_size=cfg["batch_size"],
-        max_memory_gb=cfg["hessian"].get("max_memory_gb"),
+        max_memory_gb=task.hessian_budget_gb(cfg) if cfg["hessian"]["mode"] == "exact" else None,
     )
 
 

@@ -46,12 +46,20 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     check_dataset(data_params(resolved), resolved["num_clients"], resolved["seed"])
     if resolved["hessian"]["mode"] == "exact":
         model = task.build_model(resolved["model"], resolved["seed"])
+        p, clients, budget = curvature.parameter_layout(model).size, task.concurrent_clients(resolved), None
         try:
-            curvature.check_hessian_fits(
-                curvature.parameter_layout(model).size, torch.float32, resolved["hessian"]["max_memory_gb"]
-            )
-        except curvature.HessianTooLargeError as e:
-            raise ConfigError(f"hessian=exact with model={resolved['model']['name']}: {e}") from None
+            budget = task.hessian_budget_gb(resolved)
+            curvature.check_hessian_fits(p, torch.float32, budget)
+        except curvature.HessianTooLargeError:
+            given = resolved["hessian"]["max_memory_gb"]
+            total = "half the available memory" if given is None else f"hessian.max_memory_gb = {given:.2f} GB"
+            shared = f"; {total} shared among {clients} clients computing at once" if clients > 1 else f"; {total}"
+            raise ConfigError(
+                f"hessian=exact with model={resolved['model']['name']}: the full Hessian has P = {p:,} parameters "
+                f"and needs {curvature.hessian_memory_bytes(p) / 1e9:.2f} GB (float32), above the budget of "
+                f"{budget:.2f} GB per client{shared}; use hessian=hvp (exact Hessian-vector products, O(P) memory) "
+                f"or raise hessian.max_memory_gb"
+            ) from None
     return resolved
 
 

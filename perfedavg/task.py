@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,3 +45,22 @@ def is_classification(dataset_cfg: Mapping[str, Any]) -> bool:
 def build_loss(dataset_cfg: Mapping[str, Any]) -> nn.Module:
     """Cross-entropy for classification, mean-squared error for regression (module forms: BackPACK-ready)."""
     return nn.CrossEntropyLoss() if is_classification(dataset_cfg) else nn.MSELoss()
+
+
+def concurrent_clients(cfg: Mapping[str, Any]) -> int:
+    """How many clients of run config ``cfg`` may compute at the same time on this machine: one in-process; under
+    Ray, the actors its CPUs hold (Ray is started with ``num_cpus`` = this machine's CPUs, ``client_cpus`` each)."""
+    if cfg.get("backend") == "inprocess":
+        return 1
+    return max(1, int((os.cpu_count() or 1) // float(cfg["client_cpus"])))
+
+
+def hessian_budget_gb(cfg: Mapping[str, Any]) -> float:
+    """The memory one client may use for an exact P×P Hessian: the run's budget (``hessian.max_memory_gb``, default
+    half the available memory) shared among the clients that may build one at the same time
+    (:func:`concurrent_clients`), so that together they stay within it."""
+    from perfedavg.curvature import default_memory_budget_gb
+
+    given = cfg["hessian"].get("max_memory_gb")
+    total = default_memory_budget_gb() if given is None else float(given)
+    return total / concurrent_clients(cfg)

@@ -46,7 +46,7 @@ BAD_INPUTS = [
         ["dataset=mnist", "dataset.cache_dir=${hydra:runtime.cwd}/no-cache"],
         ["dataset=mnist", "perfedavg.data.fetch mnist"],
     ),
-    (["hessian=exact", "hessian.max_memory_gb=0.1"], ["P = 20,810", "max_memory_gb = 0.10 GB", "hessian=hvp"]),
+    (["hessian=exact", "hessian.max_memory_gb=0.1"], ["P = 20,810", "hessian.max_memory_gb = 0.10 GB", "hessian=hvp"]),
     (["model=ann"], ["model=ann", "dataset=regression", "dataset=digits"]),
     (["hessian.mode=newton"], ["newton", "exact, hvp, fd, diag, fo"]),
     (["min_clients=11"], ["min_clients=11", "more than the 10 clients sampled per round"]),
