@@ -16,8 +16,9 @@ from perfedavg import run_lock
 from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
-from perfedavg.runner import CONF_DIR, check_output_dir, check_resumable, run
-from perfedavg.server_app import FederationError
+from perfedavg.federation import FederationError
+from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable
+from perfedavg.runner import run
 
 log = logging.getLogger("perfedavg")
 

@@ -33,7 +33,7 @@ GROUPS = [
     ("data: load, decode, partition, client tensors", ("perfedavg/data/registry.py:load_client",)),
     ("local math: algorithm.local_update", ("perfedavg/algorithm.py:local_update",)),
     ("local math: personalized evaluation", ("perfedavg/algorithm.py:personalized_evaluation",)),
-    ("server: aggregate", ("perfedavg/server_app.py:aggregate",)),
+    ("server: aggregate", ("perfedavg/federation.py:aggregate",)),
     ("server: TensorBoard, checkpoint", ("perfedavg/tracking.py:scalars", "perfedavg/checkpoint.py:save")),
 ]
 

@@ -142,11 +142,11 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
     by overflow; force that in round 3 and check the stop, the message and what is kept."""
     import torch
 
-    from perfedavg import server_app
+    from perfedavg import federation
     from perfedavg.client_app import app
     from perfedavg.inprocess_grid import InProcessGrid
 
-    real_aggregate = server_app.aggregate
+    real_aggregate = federation.aggregate
     calls = {"n": 0}
 
     def overflowing(updates, weights):
@@ -154,10 +154,10 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
         out = real_aggregate(updates, weights)
         return {k: torch.full_like(v, float("inf")) for k, v in out.items()} if calls["n"] == 3 else out
 
-    monkeypatch.setattr(server_app, "aggregate", overflowing)
+    monkeypatch.setattr(federation, "aggregate", overflowing)
     cfg = prepare(compose([*COMMON, "num_rounds=5"]))
-    with pytest.raises(server_app.FederationError, match=r"round 3: the aggregated global model is not finite.*alpha="):
-        server_app.run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
+    with pytest.raises(federation.FederationError, match=r"round 3: the aggregated global model is not finite.*alpha="):
+        federation.run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
     state = checkpoint.load(tmp_path)
     assert state["round"] == 2 and all(torch.isfinite(v).all() for v in state["weights"].values())
     assert list(tmp_path.glob("events.out.tfevents*"))  # the log so far is kept
@@ -257,8 +257,8 @@ def test_a_full_disk_mid_run_stops_with_one_line_and_leaves_no_temporary(tmp_pat
     import torch
 
     from perfedavg.client_app import app
+    from perfedavg.federation import FederationError, run_and_record
     from perfedavg.inprocess_grid import InProcessGrid
-    from perfedavg.server_app import FederationError, run_and_record
 
     real_save, calls = torch.save, []
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from perfedavg.client_app import app as client_app
+from perfedavg.federation import run_and_record
 from perfedavg.inprocess_grid import InProcessGrid
 from perfedavg.runner import compose, prepare
-from perfedavg.server_app import run_and_record
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

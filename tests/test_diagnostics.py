@@ -12,10 +12,10 @@ from torch import nn
 
 from perfedavg import algorithm, curvature, diagnostics
 from perfedavg.algorithm import LocalSpec
+from perfedavg.federation import run_and_record
 from perfedavg.inprocess_grid import InProcessGrid
 from perfedavg.models import MLP, Net
 from perfedavg.runner import compose, prepare
-from perfedavg.server_app import run_and_record
 
 TAGS = [diagnostics.TAG_PREFIX + n for n in diagnostics.NAMES]
 
@@ -140,7 +140,7 @@ def _client_app():
 
 
 def test_the_server_mean_leaves_out_nan_values() -> None:
-    from perfedavg.server_app import Federation
+    from perfedavg.federation import Federation
 
     fed = Federation.__new__(Federation)
     fed.round_histograms = {}

@@ -12,9 +12,9 @@ from flwr.clientapp import ClientApp
 
 from perfedavg.client_app import app as client_app
 from perfedavg.client_app import build_client_app
+from perfedavg.federation import FederationError, aggregate, run_and_record, sample_clients
 from perfedavg.inprocess_grid import InProcessGrid
 from perfedavg.runner import compose, prepare, run
-from perfedavg.server_app import FederationError, aggregate, run_and_record, sample_clients
 
 ANN_SMALL = [
     "model=ann",

@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
-from perfedavg import checkpoint, runner, task
+from perfedavg import checkpoint, preparation, runner, task
 from perfedavg.client_app import app as client_app
 from perfedavg.config import ConfigError, validate
 from perfedavg.data import data_params, load_client
 from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
+from perfedavg.federation import run_and_record
 from perfedavg.inprocess_grid import InProcessGrid
 from perfedavg.runner import compose, prepare
-from perfedavg.server_app import run_and_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_per_method_step_sizes_resolve_for_each_method_and_name_a_missing_one(tm
         "step_sizes:\n  fedavg: {alpha: 0.01, beta: 0.02}\n  fo: {alpha: 0.03, beta: 0.04}\n"
         "alpha: ${per_method:alpha}\nbeta: ${per_method:beta}\n"
     )
-    monkeypatch.setattr(runner, "CONF_DIR", conf)
+    monkeypatch.setattr(preparation, "CONF_DIR", conf)  # where compose reads it
     got = {}
     for method in (["algorithm=fedavg", "hessian=hvp"], ["hessian=fo"], ["hessian=fo", "alpha=0.5"]):
         c = prepare(compose(["experiment=probe", *method]))
