@@ -194,12 +194,29 @@ def _per_method(key: str, *, _root_: DictConfig) -> float:
     return table[method][key]
 
 
+#: Longest run-directory name :func:`short_name` leaves as it is (file systems allow 255 bytes per name).
+MAX_RUN_NAME = 120
+
+
+def short_name(name: str) -> str:
+    """``${short_name:…}``: a sweep run's directory name from its overrides, at most :data:`MAX_RUN_NAME` characters
+    (a longer one keeps its start and gets a checksum of the whole, so names stay distinct); ``/`` becomes ``_``."""
+    import zlib
+
+    name = str(name).replace("/", "_")
+    if len(name) <= MAX_RUN_NAME:
+        return name
+    return f"{name[: MAX_RUN_NAME - 9]}~{zlib.crc32(name.encode()):08x}"
+
+
 def register_schema() -> None:
-    """Register :class:`Config` as ``base_config`` so ``conf/config.yaml`` can extend it, and the ``per_method``
-    resolver its experiments may use."""
+    """Register :class:`Config` as ``base_config`` so ``conf/config.yaml`` can extend it, and the resolvers its
+    configs use (``per_method`` for per-method step sizes, ``short_name`` for sweep run names)."""
     ConfigStore.instance().store(name="base_config", node=Config)
     if not OmegaConf.has_resolver("per_method"):
         OmegaConf.register_new_resolver("per_method", _per_method)
+    if not OmegaConf.has_resolver("short_name"):
+        OmegaConf.register_new_resolver("short_name", short_name)
 
 
 def _positive(name: str, value: Any, problems: list[str], integer: bool = False) -> None:

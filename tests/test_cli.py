@@ -159,6 +159,11 @@ def test_multirun_gives_one_run_directory_per_job(tmp_path: Path) -> None:
     assert len(jobs) == 2
     modes = {(j / ".hydra" / "overrides.yaml").read_text().split("hessian=")[1].split()[0] for j in jobs}
     assert modes == {"hvp", "fo"}
+    # each run is named after its job number and overrides (TensorBoard shows these names)
+    assert sorted(j.name for j in jobs) == [
+        "0_fraction=1.0,hessian=hvp,local_steps=1,num_clients=3,num_rounds=1",
+        "1_fraction=1.0,hessian=fo,local_steps=1,num_clients=3,num_rounds=1",
+    ]
     assert all(list(j.glob("events.out.tfevents*")) for j in jobs)
     log = out.stdout + out.stderr
     assert "round 1/1" in log and "tensorboard --logdir" in log
@@ -177,3 +182,12 @@ def test_a_nearly_full_disk_is_refused_before_the_run(monkeypatch, tmp_path: Pat
     with pytest.raises(ConfigError, match="only 5 MB free on its disk; a run needs at least 200 MB"):
         runner.run(compose(["experiment=smoke"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_long_sweep_run_names_are_shortened_but_stay_distinct() -> None:
+    from perfedavg.config import MAX_RUN_NAME, short_name
+
+    assert short_name("hessian=fo,seed=1") == "hessian=fo,seed=1"
+    assert short_name("experiment=a/b") == "experiment=a_b"  # never a sub-directory
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(short_name(long_a)) == MAX_RUN_NAME and short_name(long_a) != short_name(long_b)

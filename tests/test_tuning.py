@@ -212,4 +212,5 @@ def test_a_run_that_diverges_in_a_multirun_fails_alone(tmp_path: Path) -> None:
     assert out.returncode == 1
     log = out.stdout + out.stderr
     assert "federation stopped: round 1" in log and "non-finite" in log
-    assert (sweep / "0" / "metrics.json").exists() and not (sweep / "1" / "metrics.json").exists()
+    assert (sweep / "0_beta=0.1,experiment=smoke,num_rounds=2" / "metrics.json").exists()
+    assert not list(sweep.glob("1_*/metrics.json"))
