@@ -16,7 +16,7 @@ from perfedavg import run_lock
 from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
-from perfedavg.federation import FederationError
+from perfedavg.federation import FederationError, done_line
 from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable
 from perfedavg.runner import run
 
@@ -59,8 +59,7 @@ def _job(cfg: DictConfig) -> float | None:
             raise  # the launcher records this job as failed (a sweeper such as Optuna's then goes on)
         sys.exit(1)
     final = summary["final"]
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
-    log.info("done in %.1f s: %s", summary["wall_s"], shown)
+    log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir)
     return _objective(final)
 

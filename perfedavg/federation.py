@@ -340,6 +340,12 @@ def progress_line(server_round: int, total: int, m: Mapping[str, float]) -> str:
     return " | ".join(parts)
 
 
+def done_line(summary: Mapping[str, Any]) -> str:
+    """The closing console line of a run: wall time and the final metrics, 4 decimals (CLI and ``flwr run`` alike)."""
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items())
+    return f"done in {summary['wall_s']:.1f} s: {shown}"
+
+
 def hparams_of(cfg: Mapping[str, Any]) -> dict[str, str | float | int]:
     """The hyper-parameters shown in TensorBoard's HPARAMS tab."""
     return {

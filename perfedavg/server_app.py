@@ -15,7 +15,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from perfedavg.federation import run_and_record
+from perfedavg.federation import done_line, run_and_record
 from perfedavg.preparation import compose, prepare
 
 log = logging.getLogger("perfedavg")
@@ -53,5 +53,5 @@ def flwr_main(grid: Grid, context: Context) -> None:
     cfg = prepare(compose(overrides))
     run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
     summary = run_and_record(grid, cfg, run_dir)
-    log.info("done in %.1f s: %s", summary["wall_s"], summary["final"])
+    log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir.resolve())

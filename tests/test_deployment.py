@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -147,6 +148,7 @@ def test_two_supernodes_on_loopback_run_two_rounds(tmp_path: Path) -> None:
         found = list(out_dir.glob("*/metrics.json"))
         assert len(found) == 1, (run.stdout[-3000:], [p.read_text()[-1000:] for p in tmp_path.glob("*.log")])
         deployed = json.loads(found[0].read_text())
+        streamed = run.stdout + run.stderr
     finally:
         for p in procs:
             try:
@@ -162,6 +164,9 @@ def test_two_supernodes_on_loopback_run_two_rounds(tmp_path: Path) -> None:
     cfg = prepare(compose(OVERRIDES.split()))
     simulated = run_and_record(InProcessGrid(client_app, cfg["num_clients"]), cfg, tmp_path / "sim")
     assert deployed["final"] == simulated["final"]  # same apps, same config, same numbers
+    # the closing line is the CLI's, formatted (not a Python dict)
+    closing = r"done in [0-9.]+ s: eval/global_loss [0-9.]+, eval/global_acc [0-9.]+"
+    assert re.search(closing, streamed), streamed[-2000:]
 
 
 def test_compose_file_runs_the_commands_the_loopback_test_proves() -> None:
