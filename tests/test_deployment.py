@@ -165,7 +165,7 @@ def test_two_supernodes_on_loopback_run_two_rounds(tmp_path: Path) -> None:
     simulated = run_and_record(InProcessGrid(client_app, cfg["num_clients"]), cfg, tmp_path / "sim")
     assert deployed["final"] == simulated["final"]  # same apps, same config, same numbers
     # the closing line is the CLI's, formatted (not a Python dict)
-    closing = r"done in [0-9.]+ s: eval/global_loss [0-9.]+, eval/global_acc [0-9.]+"
+    closing = r"done in [0-9.]+ s: eval/global_loss [0-9.]+, eval/personalized_loss [0-9.]+, train/loss [0-9.]+"
     assert re.search(closing, streamed), streamed[-2000:]
 
 
