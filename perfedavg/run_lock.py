@@ -4,9 +4,10 @@ Two runs writing into one directory (the same ``hydra.run.dir``, or ``resume=`` 
 each other's checkpoint, ``metrics.json`` and TensorBoard log without a word. :func:`hold` takes the directory for the
 duration of a run: it creates ``<run dir>/.perfedavg.lock`` exclusively (``O_CREAT | O_EXCL``, atomic on local file
 systems) with ``{"pid", "host", "since"}`` and removes it when the run ends, however it ends short of ``kill -9``.
-A lock left by a process that no longer exists on this host is stale and is taken over with a warning; a lock of a
-live process, or of another host (whose processes cannot be checked from here), is refused with
-:class:`RunDirectoryInUse` naming the owner.
+A lock left by a process that no longer exists on this host is stale and is taken over with a warning: its PID is
+gone, the machine has rebooted since (Linux boot id), or the PID now belongs to a process started at another time
+(PIDs are reused). A lock of a live process, or of another host (whose processes cannot be checked from here), is
+refused with :class:`RunDirectoryInUse` naming the owner.
 """
 
 from __future__ import annotations
@@ -43,6 +44,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _boot_id() -> str | None:
+    """This boot's id (Linux), or ``None`` where the system does not say."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc/<pid>/stat``), or ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the command name may contain spaces
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _identity() -> dict:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "boot_id": _boot_id(),
+        "start": _start_time(os.getpid()),
+    }
+
+
+def _stale(info: dict) -> bool:
+    """Whether the process a lock names on this host is certainly gone (see the module docstring)."""
+    pid = int(info["pid"])
+    if not _alive(pid):
+        return True
+    if info.get("boot_id") and _boot_id() and info["boot_id"] != _boot_id():
+        return True  # recorded before a reboot: that process cannot be running
+    started = info.get("start")
+    return started is not None and _start_time(pid) not in (None, started)  # the PID was reused
+
+
 def owner(run_dir: Path) -> dict | None:
     """The live owner of ``run_dir``'s lock (``{"pid", "host", "since"}``), or ``None`` if it is free or stale."""
     path = lock_path(run_dir)
@@ -53,7 +92,7 @@ def owner(run_dir: Path) -> dict | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):  # half-written or foreign: treat as stale
         return None
-    if host == socket.gethostname() and not _alive(pid):
+    if host == socket.gethostname() and _stale({**info, "pid": pid}):
         return None
     return info
 
@@ -80,7 +119,7 @@ def hold(run_dir: Path) -> Iterator[None]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = lock_path(run_dir)
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    mine = _identity()
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

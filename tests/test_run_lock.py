@@ -94,3 +94,15 @@ def test_a_lock_of_another_host_is_refused_and_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="PID .* on host elsewhere.example"):
         run(compose(SMALL), tmp_path)
     assert run_lock.lock_path(tmp_path).exists()  # not ours to remove
+
+
+def test_a_lock_from_before_a_reboot_or_of_a_reused_pid_is_stale(tmp_path: Path) -> None:
+    """The PID in a lock may belong to another process by now: after a reboot (another boot id), or reused (another
+    start time). Either way the lock is stale; the same PID with its own boot id and start time is live."""
+    me = run_lock._identity()  # noqa: SLF001 - this live process, as a lock records it
+    for other, stale in (({}, False), ({"boot_id": "another-boot"}, True), ({"start": -1}, True)):
+        run_lock.lock_path(tmp_path).write_text(json.dumps({**me, "pid": os.getppid(), **other}))
+        if not other:  # the parent's own start time
+            info = {**me, "pid": os.getppid(), "start": run_lock._start_time(os.getppid())}  # noqa: SLF001
+            run_lock.lock_path(tmp_path).write_text(json.dumps(info))
+        assert (run_lock.owner(tmp_path) is None) == stale, other
