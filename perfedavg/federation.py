@@ -287,6 +287,7 @@ class Federation:
         timeline["first_round_start"] = time.time()
         weights, first = self._initial_state()
         total = int(cfg["num_rounds"])
+        round_times: list[float] = []  # this process's rounds, for the ETA
         for server_round in range(first, total + 1):
             t0 = time.perf_counter()
             self.round_histograms = {}
@@ -315,7 +316,8 @@ class Federation:
                 self.tracker.histogram(tag, per_client, server_round)
                 for tag, values in self.round_histograms.items():
                     self.tracker.histogram(tag, values, server_round)
-            log.info(progress_line(server_round, total, metrics))
+            round_times.append(metrics["time/round_s"])
+            log.info(progress_line(server_round, total, metrics, eta_seconds(round_times, server_round, total)))
             self._checkpoint(server_round, weights)
         summary = {
             "final": self.history.final(),
@@ -327,8 +329,28 @@ class Federation:
         return summary
 
 
-def progress_line(server_round: int, total: int, m: Mapping[str, float]) -> str:
-    """One console line per round: training loss, evaluation (global → personalized), clients, time."""
+#: A run shows its ETA in the round line once that much time remains (short runs stay uncluttered).
+ETA_FROM_S = 60.0
+
+
+def eta_seconds(round_times: Sequence[float], server_round: int, total: int) -> float | None:
+    """The remaining time of a run from the rounds this process ran (``round_times``, first to last): their mean
+    without the first (which pays start-up, e.g. Ray actors importing torch) times the rounds left; ``None`` until
+    two rounds have run or when under :data:`ETA_FROM_S`."""
+    if len(round_times) < 2 or server_round >= total:
+        return None
+    eta = sum(round_times[1:]) / (len(round_times) - 1) * (total - server_round)
+    return eta if eta >= ETA_FROM_S else None
+
+
+def _clock(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def progress_line(server_round: int, total: int, m: Mapping[str, float], eta_s: float | None = None) -> str:
+    """One console line per round: training loss, evaluation (global → personalized), clients, time, and the ETA of
+    the run when given (:func:`eta_seconds`)."""
     parts = [f"round {server_round:>{len(str(total))}}/{total}", f"train/loss {m['train/loss']:.4f}"]
     if "eval/global_acc" in m:
         parts.append(f"acc global {m['eval/global_acc']:.3f} → personalized {m['eval/personalized_acc']:.3f}")
@@ -337,6 +359,8 @@ def progress_line(server_round: int, total: int, m: Mapping[str, float]) -> str:
     failed = int(m.get("clients/failed", 0))
     parts.append(f"{int(m['clients/trained'])} clients" + (f" ({failed} failed)" if failed else ""))
     parts.append(f"{m['time/round_s']:.2f} s")
+    if eta_s is not None:
+        parts.append(f"ETA {_clock(eta_s)}")
     return " | ".join(parts)
 
 

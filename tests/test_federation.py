@@ -273,3 +273,16 @@ def test_the_exact_modes_memory_budget_is_shared_among_the_clients_computing_at_
         assert client_app.local_spec(cfg).max_memory_gb == 3.0
     two_at_once = {"backend": "ray", "client_cpus": 2, "hessian": {"max_memory_gb": 3.0}}
     assert task.concurrent_clients(two_at_once) == 2 and task.hessian_budget_gb(two_at_once) == 1.5
+
+
+def test_the_round_line_shows_an_eta_once_a_minute_or_more_remains() -> None:
+    from perfedavg.federation import eta_seconds, progress_line
+
+    m = {"train/loss": 1.0, "clients/trained": 10, "time/round_s": 2.0}
+    assert eta_seconds([30.0], 1, 100) is None  # the first round pays start-up: no estimate from it alone
+    assert eta_seconds([30.0, 2.0, 4.0], 3, 100) == 3.0 * 97  # the mean without the first round, times rounds left
+    assert eta_seconds([5.0, 0.4], 2, 30) is None  # 11 s left: not shown
+    assert eta_seconds([5.0, 2.0], 100, 100) is None
+    assert progress_line(3, 100, m, eta_seconds([30.0, 2.0, 4.0], 3, 100)).endswith("| 2.00 s | ETA 5m")
+    assert progress_line(3, 100, m, 3 * 3600 + 5 * 60).endswith("| ETA 3h05m")
+    assert "ETA" not in progress_line(2, 30, m, eta_seconds([5.0, 0.4], 2, 30))
