@@ -33,6 +33,9 @@ REQUIRED_KEYS = ("round", "weights", "sample_rng", "eval_rng", "rounds", "client
 
 log = logging.getLogger("perfedavg")
 
+#: Checkpoints whose fallback was already reported (a resume reads the checkpoint in several checks: say it once).
+_FELL_BACK: set[Path] = set()
+
 
 class CheckpointError(ValueError):
     """A checkpoint exists but cannot be used (unreadable, not ours, or of another format)."""
@@ -109,7 +112,9 @@ def load(run_dir: Path) -> dict[str, Any] | None:
             state = _read(previous)
         except CheckpointError as earlier:
             raise CheckpointError(f"{latest}; the previous checkpoint too: {earlier}") from None
-        log.warning("%s; using the previous checkpoint (round %d) instead", latest, state["round"])
+        if path not in _FELL_BACK:
+            _FELL_BACK.add(path)
+            log.warning("%s; using the previous checkpoint (round %d) instead", latest, state["round"])
         return state
 
 

@@ -17,7 +17,7 @@ from perfedavg.config import ConfigError, check_overrides, register_schema, to_c
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
 from perfedavg.federation import FederationError, done_line
-from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable
+from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable, load_checkpoint
 from perfedavg.runner import run
 
 log = logging.getLogger("perfedavg")
@@ -78,12 +78,7 @@ def _auto_resume(cfg: DictConfig, run_dir: Path) -> float | None:
     """``resume=auto`` in ``run_dir``: no checkpoint → a fresh run; a checkpoint short of ``num_rounds`` → resume it
     (the config must match, as for ``resume=<dir>``); finished (``metrics.json`` written at the last round) and of the
     same config → return its objective without running anything. Sets ``cfg.resume`` accordingly."""
-    from perfedavg import checkpoint
-
-    try:
-        state = checkpoint.load(run_dir)
-    except checkpoint.CheckpointError as e:
-        raise ConfigError(f"resume=auto in {run_dir}: {e}") from None
+    state = load_checkpoint(run_dir, f"resume=auto in {run_dir}")
     cfg.resume = None if state is None else str(run_dir)
     if state is not None:
         check_resumable(to_container(cfg))  # a different config never continues (nor stands in for) a run
@@ -112,14 +107,9 @@ def resume_arguments(argv: list[str]) -> list[str]:
         raise ConfigError(f"resume={run_dir}: not a perfedavg run directory (no {saved})")
     import yaml
 
-    from perfedavg import checkpoint
-
     keys = {a.split("=", 1)[0] for a in argv if "=" in a}
     original = [o for o in yaml.safe_load(saved.read_text()) or [] if o.split("=", 1)[0] not in keys | {"resume"}]
-    try:
-        state = checkpoint.load(run_dir)
-    except checkpoint.CheckpointError as e:
-        raise ConfigError(f"resume={run_dir}: {e}") from None
+    state = load_checkpoint(run_dir, f"resume={run_dir}")
     if state is not None and "num_rounds" not in keys:
         original = [o for o in original if not o.startswith("num_rounds=")]
         original.append(f"num_rounds={state['config']['num_rounds']}")

@@ -146,7 +146,7 @@ def train(message: Message, context: Context) -> Message:
         data.y_train,
         worker.spec,
         client_generator(cfg["seed"], cid, server_round),
-        diagnose=every > 0 and server_round % every == 0 and worker.spec.algorithm == "perfedavg",
+        diagnose=every > 0 and server_round % every == 0,  # FedAvg has no meta-step: local_update measures nothing
     )
     metrics = MetricRecord(
         {

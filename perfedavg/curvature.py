@@ -234,15 +234,18 @@ def hvp(model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor) -> Tensor:
     return layout.flatten(hv)
 
 
-def fd_hvp(model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor, delta: float = 1e-3) -> Tensor:
-    """The Per-FedAvg paper's Hessian-free product: ``[∇f(w + δv) − ∇f(w − δv)] / (2δ)`` ``[P]``.
+def fd_hvp(
+    model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor, delta: float = 1e-3, at: Tensor | None = None
+) -> Tensor:
+    """The Per-FedAvg paper's Hessian-free product: ``[∇f(w + δv) − ∇f(w − δv)] / (2δ)`` ``[P]``, with w the
+    model's parameters or the flat point ``at``.
 
     A central difference of two gradients (cost: two gradients), with error O(δ²‖v‖³) for smooth losses
     and round-off O(ε/δ). Exact for quadratics up to round-off.
     """
     if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a positive finite number, got {delta!r}")
-    w = flat_parameters(model)
+    w = flat_parameters(model) if at is None else at.detach()
     layout = parameter_layout(model)
     _check_vector(v, layout)
     step = delta * v.detach().to(w.dtype)

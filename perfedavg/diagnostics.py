@@ -61,10 +61,7 @@ def meta_step_diagnostics(
     hg = op.matvec(g)
     corrected = g - alpha * hg
     g_norm, hg_norm = float(g.norm()), float(hg.norm())
-    step = delta * g
-    fd = (
-        curvature.gradient(model, loss_fn, batch, at=w + step) - curvature.gradient(model, loss_fn, batch, at=w - step)
-    ) / (2 * delta)
+    fd = curvature.fd_hvp(model, loss_fn, batch, g, delta, at=w)
     try:
         top = float(curvature.hessian_spectrum(model, loss_fn, batch, 1, tol=eigen_tol, operator=op).values[0])
     except RuntimeError:  # Lanczos did not converge within ARPACK's default restarts

@@ -217,9 +217,10 @@ class Federation:
                 continue
             finite = [v for v in values if math.isfinite(v)]
             out[tag] = sum(finite) / len(finite) if finite else math.nan
-            self.round_histograms[tag] = finite
-        if any("diagnostics-s" in r for r in rows):
-            out["time/diagnostics_s"] = mean_metric([r for r in rows if "diagnostics-s" in r], "diagnostics-s")
+            self.round_histograms[tag] = values  # the histogram leaves out non-finite values itself
+        diagnosed = [r for r in rows if "diagnostics-s" in r]
+        if diagnosed:
+            out["time/diagnostics_s"] = mean_metric(diagnosed, "diagnostics-s")
         return out
 
     def evaluate_round(self, server_round: int, weights: Weights) -> tuple[dict[str, float], list[float]]:
@@ -343,7 +344,10 @@ def eta_seconds(round_times: Sequence[float], server_round: int, total: int) -> 
     return eta if eta >= ETA_FROM_S else None
 
 
-def _clock(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``45s``, ``23m``, ``1h05m`` (progress lines: the round's ETA, the sweep's)."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
     minutes = int(round(seconds / 60))
     return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
@@ -360,7 +364,7 @@ def progress_line(server_round: int, total: int, m: Mapping[str, float], eta_s: 
     parts.append(f"{int(m['clients/trained'])} clients" + (f" ({failed} failed)" if failed else ""))
     parts.append(f"{m['time/round_s']:.2f} s")
     if eta_s is not None:
-        parts.append(f"ETA {_clock(eta_s)}")
+        parts.append(f"ETA {format_duration(eta_s)}")
     return " | ".join(parts)
 
 

@@ -130,13 +130,19 @@ def check_output_dir(path: Path) -> None:
         )
 
 
+def load_checkpoint(run_dir: Path, setting: str) -> dict[str, Any] | None:
+    """:func:`perfedavg.checkpoint.load`, with a checkpoint that cannot be used reported as a :class:`ConfigError`
+    naming the ``setting`` that asked for it (e.g. ``resume=<dir>``)."""
+    try:
+        return checkpoint.load(run_dir) if Path(run_dir).is_dir() else None
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"{setting}: {e}") from None
+
+
 def check_resumable(resolved: dict[str, Any]) -> None:
     """``resume=<run dir>`` must name a run with a checkpoint whose config matches in everything that matters."""
     run_dir = Path(resolved["resume"])
-    try:
-        state = checkpoint.load(run_dir) if run_dir.is_dir() else None
-    except checkpoint.CheckpointError as e:
-        raise ConfigError(f"resume={resolved['resume']}: {e}") from None
+    state = load_checkpoint(run_dir, f"resume={resolved['resume']}")
     if state is None:
         raise ConfigError(
             f"resume={resolved['resume']}: no checkpoint there "

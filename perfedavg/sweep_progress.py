@@ -22,6 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from perfedavg.federation import format_duration
+
 log = logging.getLogger("perfedavg")
 
 STATE_FILE = ".sweep_progress.json"
@@ -44,14 +46,6 @@ def count_jobs(task_overrides: list[str], n_trials: int | None = None) -> int | 
     return total
 
 
-def _duration(seconds: float) -> str:
-    """``45s``, ``23m``, ``1h05m``."""
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes = int(round(seconds / 60))
-    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
-
-
 def progress_line(state: dict[str, Any], ended: list[dict[str, Any]], now: float | None = None) -> str:
     """The line for a multirun that started with ``state`` (``total``, ``start``) and whose ``ended`` jobs are
     ``[{"num", "ok"}, …]``."""
@@ -60,11 +54,11 @@ def progress_line(state: dict[str, Any], ended: list[dict[str, Any]], now: float
     failed = sum(not e.get("ok", True) for e in ended)
     head = f"[sweep] {done}/{total if total else '?'} runs ended" + (f" ({failed} failed)" if failed else "")
     elapsed = now - float(state["start"])
-    parts = [head, f"{_duration(elapsed)} elapsed"]
+    parts = [head, f"{format_duration(elapsed)} elapsed"]
     if total and done >= total:
         parts.append("all done")
     elif total and done:
-        parts.append(f"ETA {_duration(elapsed / done * (total - done))}")
+        parts.append(f"ETA {format_duration(elapsed / done * (total - done))}")
     return " | ".join(parts)
 
 

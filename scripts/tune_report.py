@@ -156,14 +156,15 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
         done = ranked(trials)
         maximize = all(t.maximize for t in done)  # accuracies; losses (regression) are minimized
         confirmed = read_trials(tune_dir / method, prefix="confirm-trial")
-        if confirmed and not ranked(confirmed):
+        confirmed_ranked = ranked(confirmed)
+        if confirmed and not confirmed_ranked:
             raise ValueError(
                 f"{method}: none of its {len(confirmed)} confirmation runs finished (diverged or cut off; see "
                 f"{tune_dir / method}/confirm-trial*.log); re-run tune.sh to continue cut-off ones"
             )
         if not done:
             raise ValueError(f"no trial finished under {tune_dir / method}")
-        choices[method] = pick = (ranked(confirmed) or done)[0]
+        choices[method] = pick = (confirmed_ranked or done)[0]
         confirmed_any |= bool(confirmed)
         failed = [t for t in trials if t.objective is None]
         failed_at = ", ".join(f"({t.alpha:.3g}, {t.beta:.3g})" for t in failed)

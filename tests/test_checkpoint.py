@@ -109,6 +109,7 @@ def state_of(round_: int) -> dict:
 def test_checkpoints_are_written_atomically_and_keep_the_previous_one(tmp_path: Path) -> None:
     checkpoint.save(tmp_path, state_of(1))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
+    assert checkpoint.load(tmp_path)["round"] == 1  # a directory without previous.pt (also those written before it)
     checkpoint.save(tmp_path, state_of(2))
     checkpoint.save(tmp_path, state_of(3))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "previous.pt"]  # no temporary
@@ -207,6 +208,8 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Pa
     state = checkpoint.load(tmp_path)
     assert state["round"] == 1
     assert "last.pt cannot be read" in caplog.text and "using the previous checkpoint (round 1)" in caplog.text
+    checkpoint.load(tmp_path)  # a resume reads it in several checks: the warning is said once
+    assert caplog.text.count("using the previous checkpoint") == 1
 
 
 def test_no_readable_checkpoint_is_a_clear_error_and_exit_2(tmp_path: Path) -> None:
@@ -240,15 +243,6 @@ def test_loading_never_runs_pickled_code(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
         checkpoint.load(tmp_path)
     assert not (tmp_path / "pwned.txt").exists()
-
-
-def test_checkpoints_of_the_earlier_format_without_previous_still_load(tmp_path: Path) -> None:
-    """A run directory from before previous.pt existed: only last.pt, written with torch.save as before."""
-    import torch
-
-    (tmp_path / "checkpoints").mkdir()
-    torch.save({"version": 1, **state_of(4)}, tmp_path / "checkpoints" / "last.pt")
-    assert checkpoint.load(tmp_path)["round"] == 4
 
 
 def test_a_full_disk_mid_run_stops_with_one_line_and_leaves_no_temporary(tmp_path: Path, monkeypatch) -> None:

@@ -151,4 +151,4 @@ def test_the_server_mean_leaves_out_nan_values() -> None:
     out = fed._diagnostics(rows)  # noqa: SLF001
     assert out["curvature/top_eigenvalue"] == 3.0 and math.isnan(out["curvature/fd_rel_error"])
     assert out["time/diagnostics_s"] == 1.0
-    assert fed.round_histograms == {"curvature/top_eigenvalue": [2.0, 4.0], "curvature/fd_rel_error": []}
+    assert fed.round_histograms["curvature/top_eigenvalue"] == [2.0, 4.0]
