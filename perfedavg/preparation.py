@@ -20,8 +20,19 @@ from perfedavg import checkpoint, curvature, task
 from perfedavg.config import ConfigError, register_schema, to_container, validate
 from perfedavg.data import check_dataset, data_params
 
-#: The conf/ tree (beside the package in the repository; the editable install keeps it there).
-CONF_DIR = Path(os.environ.get("PERFEDAVG_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+def _conf_dir() -> Path:
+    """Where the Hydra configs are: ``$PERFEDAVG_CONF_DIR``, else the copy a wheel ships inside the package
+    (``perfedavg/conf``, built from the top-level ``conf/``), else the checkout's ``conf/`` beside the package (a
+    source tree or an editable install, where ``conf/`` is the one copy a user edits)."""
+    if "PERFEDAVG_CONF_DIR" in os.environ:
+        return Path(os.environ["PERFEDAVG_CONF_DIR"])
+    package = Path(__file__).resolve().parent
+    shipped = package / "conf"
+    return shipped if (shipped / "config.yaml").is_file() else package.parent / "conf"
+
+
+#: The conf/ tree every composition reads (see :func:`_conf_dir`).
+CONF_DIR = _conf_dir()
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

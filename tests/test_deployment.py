@@ -186,6 +186,7 @@ def test_compose_file_runs_the_commands_the_loopback_test_proves() -> None:
         entry = service["command"][0]
         assert (BIN / entry).exists(), f"{entry} is not an installed entry point"
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
-    assert "pip install" in dockerfile and "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in dockerfile
+    assert "pip install ." in dockerfile and "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in dockerfile
+    assert "pip install -e" not in dockerfile, "the image installs as a user does (the wheel carries the configs)"
     for path in ("pyproject.toml", "perfedavg", "conf"):
         assert f"COPY {path}" in dockerfile
