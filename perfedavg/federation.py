@@ -374,31 +374,60 @@ def done_line(summary: Mapping[str, Any]) -> str:
     return f"done in {summary['wall_s']:.1f} s: {shown}"
 
 
-def hparams_of(cfg: Mapping[str, Any]) -> dict[str, str | float | int]:
-    """The hyper-parameters shown in TensorBoard's HPARAMS tab."""
-    return {
-        "model": cfg["model"]["name"],
-        "dataset": cfg["dataset"]["name"],
-        "partition": cfg["partition"]["name"],
-        "algorithm": cfg["algorithm"]["name"],
-        "hessian": cfg["hessian"]["mode"],
-        **{
-            k: cfg[k]
-            for k in (
-                "alpha",
-                "beta",
-                "delta",
-                "local_steps",
-                "batch_size",
-                "num_clients",
-                "fraction",
-                "num_rounds",
-                "seed",
-                "aggregation",
-                "eval_split",
-            )
-        },
-    }
+#: Overrides that say where or how a run executes, not what it computes: left out of the HPARAMS record (the same
+#: keys the sweep run names leave out, conf/config.yaml).
+NOT_HPARAMS = frozenset(
+    {"dataset.path", "dataset.cache_dir", "resume", "verbose", "backend", "client_cpus", "client_gpus", "device"}
+)
+
+#: Config groups whose choice is recorded under the group's name (the chosen config's ``name``/``mode``).
+_GROUP_HPARAMS = {"model": "name", "dataset": "name", "partition": "name", "algorithm": "name", "hessian": "mode"}
+
+
+def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """The hyper-parameters shown in TensorBoard's HPARAMS tab, and which of them the command chose.
+
+    ``overrides``: the run's Hydra overrides (``.hydra/overrides.yaml``; in a sweep, the job's values). Their keys come
+    first and are returned as *chosen* (a sweep's swept keys among them); an overridden key outside the fixed set
+    below (``model.hidden``, ``diagnostics.every``, ``experiment``) is added. Values: str, float, int or bool."""
+    params: dict[str, Any] = {group: cfg[group][field] for group, field in _GROUP_HPARAMS.items()}
+    for key in (
+        "alpha",
+        "beta",
+        "delta",
+        "local_steps",
+        "batch_size",
+        "num_clients",
+        "fraction",
+        "num_rounds",
+        "seed",
+        "aggregation",
+        "eval_split",
+    ):
+        params[key] = cfg[key]
+    chosen: list[str] = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in NOT_HPARAMS or key.startswith("hydra.") or key in chosen:
+            continue
+        if key not in params:
+            found: Any = cfg
+            for part in key.split("."):
+                found = found.get(part) if isinstance(found, Mapping) else None
+            params[key] = value if found is None or isinstance(found, Mapping) else found
+        chosen.append(key)
+    ordered = {k: params[k] for k in chosen} | {k: v for k, v in params.items() if k not in chosen}
+    return {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in ordered.items()}, chosen
+
+
+def run_overrides(run_dir: Path) -> list[str]:
+    """The Hydra overrides recorded for the run in ``run_dir`` (none outside Hydra, e.g. ``flwr run`` or tests)."""
+    saved = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        return []
+    import yaml
+
+    return [str(o) for o in yaml.safe_load(saved.read_text()) or []]
 
 
 def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -412,7 +441,8 @@ def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, 
     tracker = RunLogger(run_dir, purge_step=None if state is None else int(state["round"]) + 1)
     try:
         summary = Federation(grid, cfg, run_dir, tracker, resume_state=state).run()
-        tracker.hparams(hparams_of(cfg), {f"hparams/{k}": v for k, v in summary["final"].items()})
+        params, chosen = hparams_of(cfg, run_overrides(run_dir))
+        tracker.hparams(params, {f"hparams/{k}": v for k, v in summary["final"].items()}, first=chosen)
     finally:
         tracker.close()
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))

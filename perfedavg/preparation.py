@@ -20,6 +20,7 @@ from perfedavg import checkpoint, curvature, task
 from perfedavg.config import ConfigError, register_schema, to_container, validate
 from perfedavg.data import check_dataset, data_params
 
+
 def _conf_dir() -> Path:
     """Where the Hydra configs are: ``$PERFEDAVG_CONF_DIR``, else the copy a wheel ships inside the package
     (``perfedavg/conf``, built from the top-level ``conf/``), else the checkout's ``conf/`` beside the package (a

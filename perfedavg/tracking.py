@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -29,13 +30,25 @@ class RunLogger:
         if finite:
             self.writer.add_histogram(tag, torch.tensor(finite, dtype=torch.float64), step, bins="auto")
 
-    def hparams(self, params: Mapping[str, str | float | int | bool], final: Mapping[str, float]) -> None:
+    def hparams(
+        self,
+        params: Mapping[str, str | float | int | bool],
+        final: Mapping[str, float],
+        first: Sequence[str] = (),
+    ) -> None:
         """Record hyper-parameters and final metrics in this run's own event file (HPARAMS tab).
 
         ``SummaryWriter.add_hparams`` would write them into a new sub-directory; writing the three summaries to
         this writer keeps one directory per run, so a sweep's runs line up in the HPARAMS table.
+
+        The HParams format knows only float numbers (TensorBoard shows 16 as "16.000"), so integers are recorded as
+        their decimal text (filtered by value, sorted as text). ``first``: names the command chose (a sweep's swept
+        keys among them); they lead the table and are marked as differing, which is what TensorBoard shows by
+        default (its first five hyper-parameters, differing ones first).
         """
-        exp, ssi, sei = hparams_summary(dict(params), dict(final))
+        shown = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in params.items()}
+        exp, ssi, sei = hparams_summary(shown, dict(final))
+        _lead_with(exp, list(first))
         file_writer = self.writer._get_file_writer()  # noqa: SLF001 - the documented way add_hparams itself works
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
@@ -45,3 +58,20 @@ class RunLogger:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def _lead_with(experiment_summary: Summary, first: list[str]) -> None:
+    """Reorder the Experiment record's hyper-parameters in place: ``first`` (in that order, marked ``differs``), then
+    the rest as given."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    value = experiment_summary.value[0]
+    data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    infos = list(data.experiment.hparam_infos)
+    rank = {name: i for i, name in enumerate(first)}
+    infos.sort(key=lambda info: rank.get(info.name, len(first)))
+    for info in infos:
+        info.differs = info.name in rank
+    data.experiment.ClearField("hparam_infos")
+    data.experiment.hparam_infos.extend(infos)
+    value.metadata.plugin_data.content = data.SerializeToString()

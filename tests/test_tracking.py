@@ -1,0 +1,57 @@
+"""The HPARAMS record: the keys the command chose lead (a sweep's swept keys shown first), integers stay integers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from perfedavg.config import to_container
+from perfedavg.federation import NOT_HPARAMS, hparams_of, run_overrides
+from perfedavg.runner import CONF_DIR, compose
+from perfedavg.tracking import RunLogger
+
+
+def read_hparams_record(logdir: Path):
+    """(experiment, session start info) as TensorBoard's HParams plugin reads them from the event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(logdir)).Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    return experiment, start
+
+
+def test_overridden_keys_lead_and_integers_are_written_as_integers(tmp_path: Path) -> None:
+    overrides = ["hessian=fo", "seed=3", "dataset.path=/data", "model=mlp", "model.hidden=[8,4]", "backend=inprocess"]
+    cfg = to_container(compose(["dataset=regression", "model=mlp", "hessian=fo", "seed=3", "model.hidden=[8,4]"]))
+    params, chosen = hparams_of(cfg, overrides)
+    assert chosen == ["hessian", "seed", "model", "model.hidden"]  # where/how keys (path, backend) are not hparams
+    assert list(params)[:4] == chosen
+    assert params["seed"] == 3 and params["model.hidden"] == "[8, 4]" and params["hessian"] == "fo"
+
+    logger = RunLogger(tmp_path)
+    logger.hparams(params, {"hparams/eval/personalized_loss": 0.5}, first=chosen)
+    logger.close()
+    experiment, start = read_hparams_record(tmp_path)
+    infos = list(experiment.hparam_infos)
+    assert [i.name for i in infos[:4]] == chosen
+    assert [i.name for i in infos if i.differs] == chosen  # TensorBoard shows differing ones first
+    assert start.hparams["seed"].string_value == "3"  # not the float 3.0 ("3.000" in the table)
+    assert start.hparams["num_rounds"].string_value == str(cfg["num_rounds"])
+    assert start.hparams["alpha"].number_value == cfg["alpha"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["hparams/eval/personalized_loss"]
+
+
+def test_run_overrides_are_read_from_the_hydra_record(tmp_path: Path) -> None:
+    assert run_overrides(tmp_path) == []
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["hessian=hvp", "seed=1"]))
+    assert run_overrides(tmp_path) == ["hessian=hvp", "seed=1"]
+
+
+def test_keys_left_out_of_hparams_are_those_left_out_of_sweep_run_names() -> None:
+    config = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
+    assert set(config["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]) == NOT_HPARAMS
