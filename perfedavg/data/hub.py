@@ -90,6 +90,10 @@ def _source_json(params: Mapping[str, Any]) -> str:
 def _load_split(source_json: str) -> Any:
     import datasets
 
+    from perfedavg.log_routing import route_library_logs
+
+    route_library_logs()  # hub retry warnings once, not twice
+
     params = json.loads(source_json)
     kwargs: dict[str, Any] = {"cache_dir": params["cache_dir"]} if params.get("cache_dir") else {}
     try:
