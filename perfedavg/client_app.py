@@ -80,7 +80,7 @@ def _worker(config_json: str) -> Worker:
     return Worker(
         model=model,
         loss_fn=task.build_loss(cfg["dataset"]),
-        spec=local_spec(cfg),
+        spec=task.local_spec(cfg),
         classification=task.is_classification(cfg["dataset"]),
         device=device,
         tensors=dict(model.state_dict(keep_vars=True)),
@@ -106,19 +106,6 @@ def _setup_threads(cfg: dict[str, Any]) -> None:
     threads = max(1, int(cfg["client_cpus"]))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-
-
-def local_spec(cfg: dict[str, Any]) -> algorithm.LocalSpec:
-    return algorithm.LocalSpec(
-        algorithm=cfg["algorithm"]["name"],
-        hessian=cfg["hessian"]["mode"],
-        alpha=cfg["alpha"],
-        beta=cfg["beta"],
-        delta=cfg["delta"],
-        local_steps=cfg["local_steps"],
-        batch_size=cfg["batch_size"],
-        max_memory_gb=task.hessian_budget_gb(cfg) if cfg["hessian"]["mode"] == "exact" else None,
-    )
 
 
 def _receive(message: Message, context: Context) -> tuple[int, dict[str, Any], int, ClientData, Worker]:

@@ -22,7 +22,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from perfedavg import checkpoint, diagnostics, sim_engine, task
+from perfedavg import checkpoint, diagnostics, sim_engine, step_estimate, task
 
 log = logging.getLogger("perfedavg")
 
@@ -288,6 +288,10 @@ class Federation:
         timeline["first_round_start"] = time.time()
         weights, first = self._initial_state()
         total = int(cfg["num_rounds"])
+        if cfg["hessian"]["mode"] == "exact" and cfg["algorithm"]["name"] == "perfedavg" and first <= total:
+            line = step_estimate.slow_round_line(cfg, step_estimate.measure_local_step_s(cfg), total - first + 1)
+            if line:
+                log.info(line)
         round_times: list[float] = []  # this process's rounds, for the ETA
         for server_round in range(first, total + 1):
             t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfedavg.algorithm import LocalSpec
 from perfedavg.models import ANN, MLP, Net
 
 
@@ -64,3 +65,17 @@ def hessian_budget_gb(cfg: Mapping[str, Any]) -> float:
     given = cfg["hessian"].get("max_memory_gb")
     total = default_memory_budget_gb() if given is None else float(given)
     return total / concurrent_clients(cfg)
+
+
+def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
+    """What each client of run config ``cfg`` does in a round (its exact-Hessian budget shared as above)."""
+    return LocalSpec(
+        algorithm=cfg["algorithm"]["name"],
+        hessian=cfg["hessian"]["mode"],
+        alpha=cfg["alpha"],
+        beta=cfg["beta"],
+        delta=cfg["delta"],
+        local_steps=cfg["local_steps"],
+        batch_size=cfg["batch_size"],
+        max_memory_gb=hessian_budget_gb(cfg) if cfg["hessian"]["mode"] == "exact" else None,
+    )

@@ -27,10 +27,11 @@ import torch
 
 from perfedavg import algorithm, task
 from perfedavg.client_app import app as client_app
-from perfedavg.client_app import client_data, client_generator, local_spec
+from perfedavg.client_app import client_data, client_generator
 from perfedavg.federation import run_and_record
 from perfedavg.inprocess_grid import InProcessGrid
 from perfedavg.runner import compose, prepare, run
+from perfedavg.task import local_spec
 
 
 def per_round(summary: dict, key: str) -> list[float]:

@@ -261,7 +261,7 @@ def test_non_finite_evaluation_metrics_are_logged_and_the_run_goes_on(tmp_path: 
 def test_the_exact_modes_memory_budget_is_shared_among_the_clients_computing_at_once(monkeypatch) -> None:
     """Net on digits needs 1.74 GB: a 3 GB budget fits one client at a time (in-process, or Ray with client_cpus=4
     on 4 CPUs), not 4 Ray actors at once; each actor's own check uses the same share."""
-    from perfedavg import client_app, task
+    from perfedavg import task
     from perfedavg.config import ConfigError
 
     monkeypatch.setattr(task.os, "cpu_count", lambda: 4)
@@ -270,7 +270,7 @@ def test_the_exact_modes_memory_budget_is_shared_among_the_clients_computing_at_
         prepare(compose([*exact, "client_cpus=1"]))
     for fine in (["backend=inprocess"], ["client_cpus=4"]):
         cfg = prepare(compose([*exact, *fine]))
-        assert client_app.local_spec(cfg).max_memory_gb == 3.0
+        assert task.local_spec(cfg).max_memory_gb == 3.0
     two_at_once = {"backend": "ray", "client_cpus": 2, "hessian": {"max_memory_gb": 3.0}}
     assert task.concurrent_clients(two_at_once) == 2 and task.hessian_budget_gb(two_at_once) == 1.5
 
