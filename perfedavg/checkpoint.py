@@ -45,7 +45,17 @@ class CheckpointError(ValueError):
 #: (``num_rounds`` may be raised to extend a finished run; ``step_sizes`` acts only through ``alpha`` and ``beta``,
 #: which are compared; ``diagnostics`` only adds curves, tests/test_diagnostics.py.)
 RESUMABLE_DIFFERENCES = frozenset(
-    {"resume", "verbose", "client_cpus", "client_gpus", "num_rounds", "backend", "step_sizes", "diagnostics"}
+    {
+        "resume",
+        "verbose",
+        "client_cpus",
+        "client_gpus",
+        "num_rounds",
+        "backend",
+        "ray_address",
+        "step_sizes",
+        "diagnostics",
+    }
 )
 
 

@@ -9,6 +9,7 @@ composition with the key named. :func:`validate` then checks ranges and combinat
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -172,6 +173,7 @@ class Config:
     device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
     verbose: bool = False
     backend: Backend = Backend.ray
+    ray_address: str | None = None  # null: this run's own local Ray; auto or HOST:PORT: join a running Ray cluster
     # Per-method α, β (e.g. tuned: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
     step_sizes: dict[str, StepSizes] | None = None
     diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)  # perfedavg.diagnostics (Per-FedAvg)
@@ -258,6 +260,11 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed}: must be a non-negative integer")
+    if cfg.ray_address is not None and not RAY_ADDRESS.fullmatch(str(cfg.ray_address)):
+        problems.append(
+            f"ray_address={cfg.ray_address}: must be auto (the cluster `ray start` left on this machine) or HOST:PORT "
+            "(a Ray cluster's head, e.g. 10.0.0.5:6379); leave it unset for this run's own local Ray"
+        )
     if cfg.diagnostics.every < 0:
         problems.append(f"diagnostics.every={cfg.diagnostics.every}: must be ≥ 0 (rounds between diagnostics; 0: off)")
     problems += _partition_problems(cfg)
@@ -370,6 +377,9 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
             node = globals().get(node, node) if isinstance(node, str) else node
 
 
+#: ``ray_address`` values: ``auto`` or ``HOST:PORT`` (a Ray head's GCS address, as ``ray start --head`` prints it).
+RAY_ADDRESS = re.compile(r"auto|[A-Za-z0-9.\-]+:[0-9]{1,5}")
+
 #: Keys read only under some choice of a group: key → (the choice's key, the values under which the key is read).
 READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     **{
@@ -387,6 +397,7 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
     "diagnostics.every": ("algorithm.name", ("perfedavg",)),
+    "ray_address": ("backend", ("ray",)),
 }
 
 

@@ -381,7 +381,17 @@ def done_line(summary: Mapping[str, Any]) -> str:
 #: Overrides that say where or how a run executes, not what it computes: left out of the HPARAMS record (the same
 #: keys the sweep run names leave out, conf/config.yaml).
 NOT_HPARAMS = frozenset(
-    {"dataset.path", "dataset.cache_dir", "resume", "verbose", "backend", "client_cpus", "client_gpus", "device"}
+    {
+        "dataset.path",
+        "dataset.cache_dir",
+        "resume",
+        "verbose",
+        "backend",
+        "ray_address",
+        "client_cpus",
+        "client_gpus",
+        "device",
+    }
 )
 
 #: Config groups whose choice is recorded under the group's name (the chosen config's ``name``/``mode``).

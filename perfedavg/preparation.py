@@ -94,8 +94,8 @@ def check_device(resolved: dict[str, Any]) -> None:
         raise ConfigError(f"client_gpus={gpus:g}: {_cuda_absent()}; use client_gpus=0")
     if gpus > 0 and device == "cpu":
         raise ConfigError(f"client_gpus={gpus:g} with device=cpu: the reserved GPUs would sit idle; use device=auto")
-    cpus = os.cpu_count() or 1
-    if ray and float(resolved["client_cpus"]) > cpus:
+    cpus = task.available_cpus()
+    if ray and not resolved.get("ray_address") and float(resolved["client_cpus"]) > cpus:  # a cluster's nodes differ
         raise ConfigError(
             f"client_cpus={resolved['client_cpus']:g}: more than the {cpus} CPUs of this machine, so Ray could place "
             f"no client; use client_cpus ≤ {cpus} (e.g. 1)"

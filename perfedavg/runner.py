@@ -20,6 +20,7 @@ from perfedavg.preparation import (  # re-exported: the API scripts and tests us
     compose,
     prepare,
 )
+from perfedavg.task import available_cpus
 
 log = logging.getLogger("perfedavg")
 
@@ -40,14 +41,45 @@ def quiet_logs(verbose: bool) -> None:
 
 def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Ray backend settings: ``client_cpus`` per client (Flower's default of 2 leaves no actor on a 2-core
-    machine), no dashboard, Ray's own logs only when verbose. ``address="local"`` always starts this run's own
-    Ray instance: ``ray.init()`` would otherwise join a cluster found via ``RAY_ADDRESS`` or ``ray start``, so
-    simulations started side by side (a parallel sweep) could share, and tear down, each other's actors."""
-    init_args: dict[str, Any] = {"address": "local", "include_dashboard": False, "num_cpus": os.cpu_count() or 1}
+    machine), no dashboard, Ray's own logs only when verbose. Without ``ray_address``, ``address="local"`` always
+    starts this run's own Ray instance: ``ray.init()`` would otherwise join a cluster found via ``RAY_ADDRESS`` or
+    ``ray start``, so simulations started side by side (a parallel sweep) could share, and tear down, each other's
+    actors. With ``ray_address`` (``auto`` or ``HOST:PORT``) the run joins that cluster as a driver of its own: the
+    cluster's CPUs, GPUs and dashboard are its own business (:func:`join_ray_cluster` connects first)."""
+    address = cfg.get("ray_address")
+    init_args: dict[str, Any] = (
+        {"address": address}
+        if address
+        else {"address": "local", "include_dashboard": False, "num_cpus": available_cpus()}
+    )
     if not cfg["verbose"]:
         init_args.update({"logging_level": logging.ERROR, "log_to_driver": False})
     resources = {"num_cpus": cfg["client_cpus"], "num_gpus": float(cfg["client_gpus"])}
     return {"client_resources": resources, "init_args": init_args}
+
+
+def join_ray_cluster(cfg: dict[str, Any]) -> None:
+    """Connect to the Ray cluster at ``ray_address`` before Flower starts (Flower's engine then uses the connection),
+    so that a wrong address is one line naming it, not a traceback from the engine's thread. The connection passes
+    the driver's ``sys.path`` as ``PYTHONPATH`` to the cluster's workers, as Flower's own ``ray.init`` does."""
+    import sys
+
+    import ray
+
+    address = cfg["ray_address"]
+    init_args = dict(backend_config(cfg)["init_args"])
+    pythonpath = os.pathsep.join(sys.path)
+    try:
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or ValueError here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"ray_address={address}: cannot join a Ray cluster there ({type(e).__name__}: {first}); start one with "
+            "`ray start --head` (its address is printed) or leave ray_address unset for a local Ray"
+        ) from None
+    cpus = ray.cluster_resources().get("CPU", 0)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    log.info("joined the Ray cluster at %s: %d node(s), %g CPUs", address, nodes, cpus)
 
 
 def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None) -> dict[str, Any]:
@@ -84,18 +116,26 @@ def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[
     from perfedavg.server_app import build_server_app
 
     sim_engine.install()
+    if resolved.get("ray_address"):
+        join_ray_cluster(resolved)
     results: dict[str, Any] = {}
     server = build_server_app(resolved, Path(run_dir), results.update)
-    with warnings.catch_warnings():
-        if not resolved["verbose"]:
-            warnings.simplefilter("ignore")
-        run_simulation(
-            server_app=server,
-            client_app=client_app or default_client_app,
-            num_supernodes=resolved["num_clients"],
-            backend_config=backend_config(resolved),
-            verbose_logging=resolved["verbose"],
-        )
+    try:
+        with warnings.catch_warnings():
+            if not resolved["verbose"]:
+                warnings.simplefilter("ignore")
+            run_simulation(
+                server_app=server,
+                client_app=client_app or default_client_app,
+                num_supernodes=resolved["num_clients"],
+                backend_config=backend_config(resolved),
+                verbose_logging=resolved["verbose"],
+            )
+    finally:
+        if resolved.get("ray_address"):
+            import ray
+
+            ray.shutdown()  # this driver's connection (Flower's engine may have closed it): the cluster stays up
     if not results:
         raise RuntimeError("the simulation ended without a result (see the log above)")
     return results

@@ -48,12 +48,21 @@ def build_loss(dataset_cfg: Mapping[str, Any]) -> nn.Module:
     return nn.CrossEntropyLoss() if is_classification(dataset_cfg) else nn.MSELoss()
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a SLURM job's or a container's
+    allocation, not the whole node), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def concurrent_clients(cfg: Mapping[str, Any]) -> int:
     """How many clients of run config ``cfg`` may compute at the same time on this machine: one in-process; under
     Ray, the actors its CPUs hold (Ray is started with ``num_cpus`` = this machine's CPUs, ``client_cpus`` each)."""
     if cfg.get("backend") == "inprocess":
         return 1
-    return max(1, int((os.cpu_count() or 1) // float(cfg["client_cpus"])))
+    return max(1, int(available_cpus() // float(cfg["client_cpus"])))
 
 
 def hessian_budget_gb(cfg: Mapping[str, Any]) -> float:

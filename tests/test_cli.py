@@ -64,6 +64,9 @@ BAD_INPUTS = [
     (["algorithm=fedavg", "diagnostics.every=5"], ["diagnostics.every=5: has no effect with algorithm=fedavg"]),
     (["hessian=hvp", "delta=0.01"], ["delta=0.01: has no effect with hessian=hvp", "hessian=fd"]),
     (["-m", "seed=0,1", "alpha=0.1,abc"], ["alpha=abc", "could not be converted to Float"]),
+    (["ray_address=localhost"], ["ray_address=localhost: must be auto", "HOST:PORT"]),
+    (["backend=inprocess", "ray_address=auto"], ["ray_address=auto: has no effect with backend=inprocess"]),
+    (["ray_address=127.0.0.1:9"], ["ray_address=127.0.0.1:9: cannot join a Ray cluster there", "ray start --head"]),
 ]
 if not __import__("torch").cuda.is_available():  # the CI machine has no GPU: asking for one is a user error there
     BAD_INPUTS.append((["device=cuda"], ["device=cuda: no CUDA GPU is visible to PyTorch", "use device=cpu"]))

@@ -264,7 +264,7 @@ def test_the_exact_modes_memory_budget_is_shared_among_the_clients_computing_at_
     from perfedavg import task
     from perfedavg.config import ConfigError
 
-    monkeypatch.setattr(task.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(task, "available_cpus", lambda: 4)
     exact = ["hessian=exact", "hessian.max_memory_gb=3"]
     with pytest.raises(ConfigError, match=r"1.74 GB .* budget of 0.75 GB per client; hessian.max_memory_gb = 3.00 GB"):
         prepare(compose([*exact, "client_cpus=1"]))
