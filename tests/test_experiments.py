@@ -104,6 +104,11 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     ahead = sum(d > 0 for d in diffs)
     row = f"| Per-FedAvg (HF, hvp) | {np.mean(diffs):.4f} ± {np.std(diffs, ddof=1):.4f} | {ahead}/2 seeds |"
     assert row in report, (row, report)
+    diffs = [personalized("perfedavg-hvp", s) - personalized("perfedavg-fo", s) for s in (0, 1)]
+    ahead = sum(d > 0 for d in diffs)
+    vs_fo = "vs Per-FedAvg (FO), same seeds | ahead on |\n|---|---|---|\n"
+    row = f"| Per-FedAvg (HF, hvp) | {np.mean(diffs):.4f} ± {np.std(diffs, ddof=1):.4f} | {ahead}/2 seeds |"
+    assert vs_fo + row in report, (row, report)  # HF against FO seed by seed: the HF rows only
     # the diagnostics section: the Per-FedAvg runs logged round 2's diagnostics, FedAvg none
     assert "Curvature diagnostics" in report
     assert re.search(r"\| Per-FedAvg \(HF, hvp\) \| 2 \| 1 \| [0-9.e+-]+ \| [0-9.e+-]+ \|", report), report
