@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +28,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path: Path):
+def ray_head():
     """``ray start --head --block`` on loopback with 2 CPUs, in its own process group; stopped (only it: ``ray stop``
-    would stop every Ray instance of this machine) when the test ends."""
+    would stop every Ray instance of this machine) when the test ends. Its temporary directory is short: Ray's Unix
+    sockets live there and a socket path may not exceed 107 bytes (pytest's tmp_path can)."""
     port = free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     head = subprocess.Popen(
         [
@@ -42,7 +46,7 @@ def ray_head(tmp_path: Path):
             "--num-cpus=2",
             "--include-dashboard=false",
             "--disable-usage-stats",
-            f"--temp-dir={tmp_path / 'ray'}",
+            f"--temp-dir={temp_dir}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -61,6 +65,7 @@ def ray_head(tmp_path: Path):
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
