@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ def join_ray_cluster(cfg: dict[str, Any]) -> None:
     import ray
 
     address = cfg["ray_address"]
+    advice = "start one with `ray start --head` (its address is printed) or leave ray_address unset for a local Ray"
+    if address != "auto":  # Ray itself retries an unreachable head for minutes
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as e:
+            raise ConfigError(
+                f"ray_address={address}: cannot join a Ray cluster there (nothing answers: {e.strerror or e}); {advice}"
+            ) from None
     init_args = dict(backend_config(cfg)["init_args"])
     pythonpath = os.pathsep.join(sys.path)
     try:
@@ -74,8 +84,7 @@ def join_ray_cluster(cfg: dict[str, Any]) -> None:
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or ValueError here
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(
-            f"ray_address={address}: cannot join a Ray cluster there ({type(e).__name__}: {first}); start one with "
-            "`ray start --head` (its address is printed) or leave ray_address unset for a local Ray"
+            f"ray_address={address}: cannot join a Ray cluster there ({type(e).__name__}: {first}); {advice}"
         ) from None
     cpus = ray.cluster_resources().get("CPU", 0)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
