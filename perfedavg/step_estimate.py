@@ -55,11 +55,15 @@ def measure_local_step_s(cfg: Mapping[str, Any]) -> float:
         torch.set_num_threads(threads)
 
 
+def clients_per_round(cfg: Mapping[str, Any]) -> int:
+    """How many clients a training round samples (:func:`perfedavg.federation.sample_clients`' rule)."""
+    return min(cfg["num_clients"], max(1, round(cfg["fraction"] * cfg["num_clients"])))
+
+
 def round_estimate(cfg: Mapping[str, Any], step_s: float) -> float:
     """A training round's seconds from one local step's: the round's clients (``fraction`` of ``num_clients``) in
     waves of as many as compute at once (:func:`perfedavg.task.concurrent_clients`), ``local_steps`` steps each."""
-    clients = min(cfg["num_clients"], max(1, round(cfg["fraction"] * cfg["num_clients"])))
-    return math.ceil(clients / task.concurrent_clients(cfg)) * cfg["local_steps"] * step_s
+    return math.ceil(clients_per_round(cfg) / task.concurrent_clients(cfg)) * cfg["local_steps"] * step_s
 
 
 def slow_round_line(cfg: Mapping[str, Any], step_s: float, rounds_left: int) -> str | None:
@@ -70,9 +74,10 @@ def slow_round_line(cfg: Mapping[str, Any], step_s: float, rounds_left: int) -> 
     per_round = round_estimate(cfg, step_s)
     if per_round < SLOW_ROUND_S:
         return None
-    clients = min(cfg["num_clients"], max(1, round(cfg["fraction"] * cfg["num_clients"])))
+    clients = clients_per_round(cfg)
     return (
         f"hessian={cfg['hessian']['mode']}: one local step takes {step_s:.1f} s here (measured once before round 1); "
         f"a round of {clients} clients × {cfg['local_steps']} steps, {task.concurrent_clients(cfg)} at a time, "
-        f"≈ {format_duration(per_round)}; {rounds_left} rounds ≈ {format_duration(per_round * rounds_left)}"
+        f"≈ {format_duration(per_round)}"
+        + (f"; {rounds_left} rounds ≈ {format_duration(per_round * rounds_left)}" if rounds_left > 1 else "")
     )
