@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from perfedavg import run_lock
-from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
+from perfedavg.config import ConfigError, check_overrides, register_schema, sweep_values, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
 from perfedavg.federation import FederationError, done_line
@@ -162,10 +162,7 @@ def check_composes(argv: list[str]) -> None:
         if not override.is_sweep_override():
             base.append(override.input_line)
             continue
-        try:
-            values = [f"{key}={v}" for v in override.sweep_string_iterator()]
-        except Exception:  # noqa: BLE001 - a sweep Hydra cannot enumerate (e.g. interval): its sweeper checks it
-            values = []
+        values = [f"{key}={v}" for v in sweep_values(override) or []]  # none listed (interval): its sweeper checks
         base.append(values[0] if values else "")
         variants += [(i, v) for v in values[1:]]
     swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in _CHOICES for p in parsed)

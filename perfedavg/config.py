@@ -252,7 +252,7 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"client_gpus={cfg.client_gpus}: must be ≥ 0 (a share of one GPU per client, e.g. 0.5)")
     if cfg.hessian.max_memory_gb is not None:
         _positive("hessian.max_memory_gb", cfg.hessian.max_memory_gb, problems)
-    sampled = min(cfg.num_clients, max(1, round(cfg.fraction * cfg.num_clients)))
+    sampled = clients_per_round(cfg.num_clients, cfg.fraction)
     if cfg.min_clients > sampled:
         problems.append(
             f"min_clients={cfg.min_clients}: more than the {sampled} clients sampled per round "
@@ -375,6 +375,20 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
                 )
             node = next(f.type for f in fields(node) if f.name == part)
             node = globals().get(node, node) if isinstance(node, str) else node
+
+
+def sweep_values(override: Any) -> list[str] | None:
+    """The values a parsed sweep override (``hessian=fo,fd``, ``seed=range(5)``) takes, or ``None`` where Hydra cannot
+    list them (Optuna's ``interval(…)``: only its sampler knows)."""
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # noqa: BLE001 - Hydra raises various errors for sweeps it cannot enumerate
+        return None
+
+
+def clients_per_round(num_clients: int, fraction: float) -> int:
+    """How many clients a round samples: ``max(1, round(fraction · num_clients))``, at most ``num_clients``."""
+    return min(num_clients, max(1, round(fraction * num_clients)))
 
 
 #: ``ray_address`` values: ``auto`` or ``HOST:PORT`` (a Ray head's GCS address, as ``ray start --head`` prints it).

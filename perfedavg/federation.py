@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from perfedavg import checkpoint, diagnostics, sim_engine, step_estimate, task
+from perfedavg.config import clients_per_round
 
 log = logging.getLogger("perfedavg")
 
@@ -43,7 +44,7 @@ class FederationError(RuntimeError):
 
 def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float) -> list[int]:
     """``max(1, round(fraction · n))`` distinct client ids, sorted, drawn with ``rng``."""
-    m = min(num_clients, max(1, round(fraction * num_clients)))
+    m = clients_per_round(num_clients, fraction)
     return sorted(int(c) for c in rng.choice(num_clients, size=m, replace=False))
 
 

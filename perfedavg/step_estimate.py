@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from perfedavg import algorithm, curvature, task
+from perfedavg.config import clients_per_round
 
 #: Rounds estimated to take at least this long get a line before the first one.
 SLOW_ROUND_S = 10.0
@@ -55,15 +56,11 @@ def measure_local_step_s(cfg: Mapping[str, Any]) -> float:
         torch.set_num_threads(threads)
 
 
-def clients_per_round(cfg: Mapping[str, Any]) -> int:
-    """How many clients a training round samples (:func:`perfedavg.federation.sample_clients`' rule)."""
-    return min(cfg["num_clients"], max(1, round(cfg["fraction"] * cfg["num_clients"])))
-
-
 def round_estimate(cfg: Mapping[str, Any], step_s: float) -> float:
     """A training round's seconds from one local step's: the round's clients (``fraction`` of ``num_clients``) in
     waves of as many as compute at once (:func:`perfedavg.task.concurrent_clients`), ``local_steps`` steps each."""
-    return math.ceil(clients_per_round(cfg) / task.concurrent_clients(cfg)) * cfg["local_steps"] * step_s
+    waves = math.ceil(clients_per_round(cfg["num_clients"], cfg["fraction"]) / task.concurrent_clients(cfg))
+    return waves * cfg["local_steps"] * step_s
 
 
 def slow_round_line(cfg: Mapping[str, Any], step_s: float, rounds_left: int) -> str | None:
@@ -74,7 +71,7 @@ def slow_round_line(cfg: Mapping[str, Any], step_s: float, rounds_left: int) -> 
     per_round = round_estimate(cfg, step_s)
     if per_round < SLOW_ROUND_S:
         return None
-    clients = clients_per_round(cfg)
+    clients = clients_per_round(cfg["num_clients"], cfg["fraction"])
     return (
         f"hessian={cfg['hessian']['mode']}: one local step takes {step_s:.1f} s here (measured once before round 1); "
         f"a round of {clients} clients × {cfg['local_steps']} steps, {task.concurrent_clients(cfg)} at a time, "

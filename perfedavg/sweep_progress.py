@@ -22,6 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from perfedavg.config import sweep_values
 from perfedavg.federation import format_duration
 
 log = logging.getLogger("perfedavg")
@@ -39,10 +40,10 @@ def count_jobs(task_overrides: list[str], n_trials: int | None = None) -> int | 
     total = 1
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         if override.is_sweep_override():
-            try:
-                total *= len(list(override.sweep_string_iterator()))
-            except Exception:  # noqa: BLE001 - e.g. an interval: only a sampler knows how many
+            values = sweep_values(override)
+            if values is None:
                 return None
+            total *= len(values)
     return total
 
 

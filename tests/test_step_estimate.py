@@ -33,9 +33,22 @@ def test_the_line_names_the_step_time_and_appears_only_for_slow_rounds() -> None
     assert "≈ 8m" in line and "30 rounds ≈ 4h05m" in line
 
 
-def test_a_step_is_measured_on_the_runs_shapes() -> None:
-    measured = step_estimate.measure_local_step_s(config("batch_size=7"))
+def test_a_step_is_measured_on_the_runs_shapes(monkeypatch) -> None:
+    """One local step of the run's own spec (mode, step sizes), on a batch of its batch size and input shape."""
+    calls = []
+    real = step_estimate.algorithm.local_update
+
+    def recorded(model, loss_fn, x, y, spec, generator, **kwargs):
+        calls.append((tuple(x.shape), tuple(y.shape), spec))
+        return real(model, loss_fn, x, y, spec, generator, **kwargs)
+
+    monkeypatch.setattr(step_estimate.algorithm, "local_update", recorded)
+    cfg = config("batch_size=7", "alpha=0.03")
+    measured = step_estimate.measure_local_step_s(cfg)
     assert 0 < measured < 30
+    ((x_shape, y_shape, spec),) = calls  # exactly one timed update
+    assert x_shape == (7, *cfg["model"]["input_shape"]) and y_shape[0] == 7
+    assert spec.local_steps == 1 and spec.hessian == "exact" and spec.alpha == 0.03 and spec.batch_size == 7
 
 
 def test_an_exact_run_says_the_estimate_before_its_first_round(tmp_path: Path, monkeypatch, caplog) -> None:
