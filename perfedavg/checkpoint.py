@@ -55,6 +55,7 @@ RESUMABLE_DIFFERENCES = frozenset(
         "ray_address",
         "step_sizes",
         "diagnostics",
+        "round_timeout_s",  # an operational limit (a resume may raise it for a slow machine)
     }
 )
 

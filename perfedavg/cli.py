@@ -19,6 +19,7 @@ from perfedavg.data import DataError
 from perfedavg.federation import FederationError, done_line
 from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable, load_checkpoint
 from perfedavg.runner import run
+from perfedavg.stopping import FederationInterrupted
 
 log = logging.getLogger("perfedavg")
 
@@ -58,10 +59,26 @@ def _job(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the launcher records this job as failed (a sweeper such as Optuna's then goes on)
         sys.exit(1)
+    except FederationInterrupted as e:
+        print(interrupted_line(e, run_dir, hydra_cfg.mode == RunMode.MULTIRUN), file=sys.stderr)
+        logging.shutdown()
+        sys.exit(e.exit_code)  # 130 (SIGINT) or 143 (SIGTERM); a sweep stops with it
     final = summary["final"]
     log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir)
     return _objective(final)
+
+
+def interrupted_line(e: FederationInterrupted, run_dir: Path, multirun: bool) -> str:
+    """What to do after a stop signal: the command that continues the run (or the sweep)."""
+    if multirun:
+        return (
+            f"perfedavg: interrupted after round {e.completed} of {run_dir}; continue the sweep with the same command "
+            f"and resume={AUTO_RESUME} (finished runs are kept, this one continues)"
+        )
+    if e.completed == 0:
+        return f"perfedavg: interrupted before round 1 completed; nothing to continue in {run_dir}"
+    return f"perfedavg: interrupted after round {e.completed}; continue with: perfedavg resume={run_dir.resolve()}"
 
 
 #: ``resume=auto``: continue this run directory's checkpoint if it has one, skip it if it is finished (sweeps).

@@ -168,6 +168,7 @@ class Config:
     eval_split: EvalSplit = EvalSplit.test  # which split evaluation reports: test, or val (tuning never sees test)
     aggregation: Aggregation = Aggregation.uniform
     min_clients: int = 1  # a training round with fewer successful clients stops the run
+    round_timeout_s: float | None = 600.0  # replies not in by then count as failed (timeout); null: wait forever
     client_cpus: float = 1.0
     client_gpus: float = 0.0  # share of a GPU each Ray actor reserves (Flower's convention; 0.5: two per GPU)
     device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
@@ -250,6 +251,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append("eval_split=val: there is no validation split; set dataset.val_fraction > 0 (e.g. 0.2)")
     if not (math.isfinite(cfg.client_gpus) and cfg.client_gpus >= 0):
         problems.append(f"client_gpus={cfg.client_gpus}: must be ≥ 0 (a share of one GPU per client, e.g. 0.5)")
+    if cfg.round_timeout_s is not None:
+        _positive("round_timeout_s", cfg.round_timeout_s, problems)
     if cfg.hessian.max_memory_gb is not None:
         _positive("hessian.max_memory_gb", cfg.hessian.max_memory_gb, problems)
     sampled = clients_per_round(cfg.num_clients, cfg.fraction)

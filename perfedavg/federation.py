@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 
 from perfedavg import checkpoint, diagnostics, sim_engine, step_estimate, task
 from perfedavg.config import clients_per_round
+from perfedavg.stopping import STOP, FederationInterrupted
 
 log = logging.getLogger("perfedavg")
 
@@ -63,6 +64,11 @@ def mean_metric(rows: Sequence[Mapping[str, float]], key: str, weight_key: str |
     """Mean of ``key`` over rows, weighted by ``weight_key`` if given."""
     weights = [float(r[weight_key]) if weight_key else 1.0 for r in rows]
     return sum(w * float(r[key]) for r, w in zip(rows, weights)) / sum(weights)
+
+
+def failure_reasons(failures: Sequence[tuple[int, str]]) -> str:
+    """``client 3: <last line of its error>; …`` for a run-stopping message."""
+    return "; ".join(f"client {c}: {r.strip().splitlines()[-1] if r.strip() else r}" for c, r in failures)
 
 
 def all_finite(weights: Weights) -> bool:
@@ -111,6 +117,7 @@ class Federation:
         self.node_of: dict[int, int] = {}
         self.client_of: dict[int, int] = {}
         self.round_histograms: dict[str, list[float]] = {}  # this round's per-client values besides evaluation's
+        self.completed = int(resume_state["round"]) if resume_state else 0  # the last checkpointed round
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
@@ -122,12 +129,20 @@ class Federation:
             for c in clients
         ]
 
-    def _exchange(self, messages: list[Message]) -> tuple[list[Message], list[tuple[int, str]]]:
-        """Send, wait for every reply; return (successful replies, [(client id, error reason)])."""
-        replies = sim_engine.exchange(self.grid, messages)
+    def _exchange(self, server_round: int, messages: list[Message]) -> tuple[list[Message], list[tuple[int, str]]]:
+        """Send, wait for the replies (at most ``round_timeout_s``); return (successful replies, [(client id, error
+        reason)]). Messages without a reply by then are abandoned (:func:`perfedavg.sim_engine.abandon`: a stuck Ray
+        worker is replaced) and count as failed. A stop signal abandons them too and raises
+        :class:`~perfedavg.stopping.FederationInterrupted` (this round is not completed)."""
+        timeout = self.cfg.get("round_timeout_s")
+        replies, pending = sim_engine.exchange(self.grid, messages, timeout=timeout, stop=STOP)
+        if pending:
+            sim_engine.abandon(pending)
+        if STOP.is_set():
+            raise FederationInterrupted.now(server_round - 1)
         answered = {r.metadata.src_node_id for r in replies}
         failures = [
-            (self.client_of[m.metadata.dst_node_id], "no reply")
+            (self.client_of[m.metadata.dst_node_id], f"timeout: no reply within round_timeout_s={timeout}")
             for m in messages
             if m.metadata.dst_node_id not in answered
         ]
@@ -145,13 +160,19 @@ class Federation:
         n = int(self.cfg["num_clients"])
         deadline = time.monotonic() + NODE_WAIT_S
         nodes = list(self.grid.get_node_ids())
-        while len(nodes) < n and time.monotonic() < deadline:
+        while len(nodes) < n and time.monotonic() < deadline and not STOP.is_set():
             time.sleep(0.05)
             nodes = list(self.grid.get_node_ids())
+        if STOP.is_set():
+            raise FederationInterrupted.now(self.completed)
         if len(nodes) < n:
             raise FederationError(f"only {len(nodes)} of num_clients={n} client nodes connected in {NODE_WAIT_S:.0f} s")
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-        for reply in sim_engine.exchange(self.grid, queries):
+        replies, pending = sim_engine.exchange(self.grid, queries, stop=STOP)
+        if STOP.is_set():
+            sim_engine.abandon(pending)
+            raise FederationInterrupted.now(self.completed)
+        for reply in replies:
             if reply.has_error():
                 raise FederationError(
                     f"node {reply.metadata.src_node_id} failed to report its client id: {reply.error.reason}"
@@ -172,7 +193,9 @@ class Federation:
 
     def train_round(self, server_round: int, weights: Weights) -> tuple[Weights, dict[str, float]]:
         clients = sample_clients(self.sample_rng, self.cfg["num_clients"], self.cfg["fraction"])
-        replies, failures = self._exchange(self._messages(clients, weights, server_round, MessageType.TRAIN))
+        replies, failures = self._exchange(
+            server_round, self._messages(clients, weights, server_round, MessageType.TRAIN)
+        )
         self._count_failures(server_round, "training", failures)
         updates, rows, non_finite = [], [], 0
         for reply in replies:
@@ -187,7 +210,7 @@ class Federation:
             updates.append(update)
             rows.append(row)
         if len(updates) < max(1, self.cfg["min_clients"]):
-            reasons = "; ".join(f"client {c}: {r.strip().splitlines()[-1] if r.strip() else r}" for c, r in failures)
+            reasons = failure_reasons(failures)
             what = f"all {len(clients)}" if not updates else f"{len(failures)} of {len(clients)}"
             raise FederationError(
                 f"round {server_round}: {what} sampled clients failed, {len(updates)} succeeded "
@@ -226,11 +249,20 @@ class Federation:
 
     def evaluate_round(self, server_round: int, weights: Weights) -> tuple[dict[str, float], list[float]]:
         clients = sample_clients(self.eval_rng, self.cfg["num_clients"], self.cfg["eval_fraction"])
-        replies, failures = self._exchange(self._messages(clients, weights, server_round, MessageType.EVALUATE))
+        replies, failures = self._exchange(
+            server_round, self._messages(clients, weights, server_round, MessageType.EVALUATE)
+        )
         self._count_failures(server_round, "evaluation", failures)
         rows = [dict(r.content["metrics"]) for r in replies]
         if not rows:
             raise FederationError(f"round {server_round}: all {len(clients)} clients failed in evaluation")
+        least = min(len(clients), self.cfg["min_clients"])  # the evaluation sample may be smaller than min_clients
+        if len(rows) < least:
+            reasons = failure_reasons(failures)
+            raise FederationError(
+                f"round {server_round}: {len(failures)} of {len(clients)} clients failed in evaluation, {len(rows)} "
+                f"evaluated (min_clients={self.cfg['min_clients']}): {reasons}"
+            )
         keys = [k for k in ("global_loss", "global_acc", "personalized_loss", "personalized_acc") if k in rows[0]]
         metrics = {f"eval/{k}": mean_metric(rows, k, "num-examples") for k in keys}
         # Non-finite evaluation metrics (e.g. a personalization step that overflows the loss) are logged as they
@@ -295,6 +327,8 @@ class Federation:
                 log.info(line)
         round_times: list[float] = []  # this process's rounds, for the ETA
         for server_round in range(first, total + 1):
+            if STOP.is_set():
+                raise FederationInterrupted.now(self.completed)
             t0 = time.perf_counter()
             self.round_histograms = {}
             weights, metrics = self.train_round(server_round, weights)
@@ -325,6 +359,7 @@ class Federation:
             round_times.append(metrics["time/round_s"])
             log.info(progress_line(server_round, total, metrics, eta_seconds(round_times, server_round, total)))
             self._checkpoint(server_round, weights)
+            self.completed = server_round
         summary = {
             "final": self.history.final(),
             "rounds": self.history.rounds,
@@ -392,6 +427,7 @@ NOT_HPARAMS = frozenset(
         "client_cpus",
         "client_gpus",
         "device",
+        "round_timeout_s",
     }
 )
 

@@ -3,11 +3,15 @@
 No Ray, no SuperLink, no network: the same ServerApp loop and ClientApp handlers, called directly. It serves the
 tests (fast, deterministic federations), debugging (breakpoints inside a client), and the federation benchmark,
 which times client compute alone with it to separate it from the simulation engine's orchestration.
-A handler that raises becomes an error reply, as in Flower's simulation engine.
+A handler that raises becomes an error reply, as in Flower's simulation engine. :meth:`InProcessGrid.exchange` runs a
+round's clients until its deadline or a stop request, cutting off a client that runs past them where Python can
+(:func:`perfedavg.stopping.cut_off_client`: in the main thread, between bytecodes).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterable
 
@@ -16,6 +20,8 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from perfedavg import stopping
 
 FIRST_NODE_ID = 1000
 
@@ -62,8 +68,7 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            self._replies[message.metadata.message_id] = self._handle(message)
+            self._replies[_with_id(message)] = self._handle(message)
             ids.append(message.metadata.message_id)
         return ids
 
@@ -75,6 +80,28 @@ class InProcessGrid(Grid):
 
     # ------------------------------------------------------------------------------------------------------------------
 
+    def exchange(
+        self, messages: Iterable[Message], deadline: float | None, stop: threading.Event | None = None
+    ) -> list[Message]:
+        """Run each message's client in turn until ``deadline`` (``time.monotonic()``) or until ``stop`` is set; the
+        replies of those that finished. A client running at that moment is cut off in the main thread (elsewhere it
+        runs to its end); the clients after it are not run. Called by :func:`perfedavg.sim_engine.exchange`."""
+        messages = list(messages)
+        for message in messages:
+            _with_id(message)
+        replies = []
+        for message in messages:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (stop is not None and stop.is_set()) or (remaining is not None and remaining <= 0):
+                break
+            try:
+                with stopping.cut_off_client(remaining):
+                    reply = self._handle(message)
+            except stopping.ClientCutOff:
+                continue  # no reply: the server counts it (the loop ends at the next check)
+            replies.append(reply)
+        return replies
+
     def _handle(self, message: Message) -> Message:
         context = self.contexts[message.metadata.dst_node_id]
         try:
@@ -82,3 +109,9 @@ class InProcessGrid(Grid):
         except Exception as ex:  # noqa: BLE001 - reported to the server as an error reply, like the simulation engine
             reason = f"{type(ex)}:<'{ex}'>"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+
+
+def _with_id(message: Message) -> str:
+    """Give ``message`` a fresh id, as a grid does when it sends one; returns it."""
+    message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    return message.metadata.message_id

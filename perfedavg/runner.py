@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from perfedavg import run_lock
+from perfedavg import run_lock, stopping
 from perfedavg.config import ConfigError
 from perfedavg.preparation import (  # re-exported: the API scripts and tests use
     CONF_DIR,
@@ -59,6 +59,25 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"client_resources": resources, "init_args": init_args}
 
 
+def start_ray(cfg: dict[str, Any]) -> None:
+    """Start this run's local Ray (or join the cluster at ``ray_address``) before Flower's engine would, with the same
+    arguments (:func:`backend_config`) and the driver's ``sys.path`` as the workers' ``PYTHONPATH``, as Flower does;
+    then take SIGINT/SIGTERM back from Ray (:func:`perfedavg.stopping.take_signals_back`)."""
+    import sys
+
+    import ray
+
+    # A SIGTERM sent to the whole process group (``kill -- -PGID``, a batch scheduler) ends Ray's own processes at
+    # once; the driver's shutdown then waits for its task-event flush to the gone GCS (5 s by default) for nothing.
+    os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
+    if cfg.get("ray_address"):
+        join_ray_cluster(cfg)
+    else:
+        pythonpath = os.pathsep.join(sys.path)
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **backend_config(cfg)["init_args"])
+    stopping.take_signals_back()
+
+
 def join_ray_cluster(cfg: dict[str, Any]) -> None:
     """Connect to the Ray cluster at ``ray_address`` before Flower starts (Flower's engine then uses the connection),
     so that a wrong address is one line naming it, not a traceback from the engine's thread. The connection passes
@@ -94,8 +113,9 @@ def join_ray_cluster(cfg: dict[str, Any]) -> None:
 def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None) -> dict[str, Any]:
     """Validate ``cfg`` and run the federation in simulation; TensorBoard and ``metrics.json`` go to ``run_dir``.
 
-    Returns the summary (``final`` metrics, per-round ``rounds``, ``client_failures``, ``wall_s``).
-    ``client_app`` replaces the standard ClientApp (tests wrap it with fault-injecting mods).
+    Returns the summary (``final`` metrics, per-round ``rounds``, ``client_failures``, ``wall_s``); raises
+    :class:`~perfedavg.stopping.FederationInterrupted` after SIGINT/SIGTERM. ``client_app`` replaces the standard
+    ClientApp (tests wrap it with fault-injecting mods).
     """
     resolved = prepare(cfg) if isinstance(cfg, DictConfig) else cfg
     if resolved.get("resume"):
@@ -103,7 +123,8 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
     check_output_dir(Path(run_dir))
     quiet_logs(resolved["verbose"])
     try:
-        with run_lock.hold(Path(run_dir)):  # one run per directory; a second (or a resume of a live run) is refused
+        # One run per directory (a second, or a resume of a live run, is refused); SIGINT/SIGTERM stop it cleanly.
+        with run_lock.hold(Path(run_dir)), stopping.stop_on_signals():
             return _simulate(resolved, Path(run_dir), client_app)
     except run_lock.RunDirectoryInUse as e:
         raise ConfigError(str(e)) from None
@@ -118,6 +139,7 @@ def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[
 
         grid = InProcessGrid(client_app or inprocess_app, resolved["num_clients"])
         return run_and_record(grid, resolved, Path(run_dir))
+    import ray
     from flwr.simulation import run_simulation
 
     from perfedavg import sim_engine
@@ -125,14 +147,13 @@ def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[
     from perfedavg.server_app import build_server_app
 
     sim_engine.install()
-    if resolved.get("ray_address"):
-        join_ray_cluster(resolved)
-    results: dict[str, Any] = {}
-    server = build_server_app(resolved, Path(run_dir), results.update)
+    outcome: dict[str, Any] = {}
+    server = build_server_app(resolved, Path(run_dir), outcome)
     try:
         with warnings.catch_warnings():
             if not resolved["verbose"]:
                 warnings.simplefilter("ignore")
+            start_ray(resolved)
             run_simulation(
                 server_app=server,
                 client_app=client_app or default_client_app,
@@ -141,13 +162,12 @@ def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[
                 verbose_logging=resolved["verbose"],
             )
     finally:
-        if resolved.get("ray_address"):
-            import ray
-
-            ray.shutdown()  # this driver's connection (Flower's engine may have closed it): the cluster stays up
-    if not results:
+        ray.shutdown()  # Flower's engine shuts Ray down when it ends; this covers a failure before (a cluster stays up)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "summary" not in outcome:
         raise RuntimeError("the simulation ended without a result (see the log above)")
-    return results
+    return outcome["summary"]
 
 
 __all__ = ["CONF_DIR", "ConfigError", "check_output_dir", "compose", "prepare", "run"]

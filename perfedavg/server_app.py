@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,19 @@ from perfedavg.preparation import compose, prepare
 log = logging.getLogger("perfedavg")
 
 
-def build_server_app(cfg: dict[str, Any], run_dir: Path, on_done: Callable[[dict[str, Any]], None]) -> ServerApp:
-    """A ServerApp bound to one resolved config (the CLI's simulation path); ``on_done`` receives the summary."""
+def build_server_app(cfg: dict[str, Any], run_dir: Path, outcome: dict[str, Any]) -> ServerApp:
+    """A ServerApp bound to one resolved config (the CLI's simulation path). It ends normally whatever happens, and
+    leaves in ``outcome`` the run's ``summary`` or the ``error`` that stopped it, for the caller to raise after
+    ``run_simulation`` returns: Flower re-raises a ServerApp's exception too, but only after waiting 3 s for a
+    result the ServerApp will never send (a stop signal should take effect at once)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        on_done(run_and_record(grid, cfg, run_dir))
+        try:
+            outcome["summary"] = run_and_record(grid, cfg, run_dir)
+        except Exception as e:  # noqa: BLE001 - raised again by the caller (perfedavg.runner)
+            outcome["error"] = e
 
     return server
 

@@ -11,6 +11,12 @@ pickup thread right after it pushes messages (:func:`exchange`), and the reply t
 reply is stored. Without a wake-up they fall back to Flower's own 0.1 s period, so nothing can stall. The
 replacement touches ``flwr.server.superlink.fleet.vce.vce_api`` internals; the project pins flwr < 1.43 and
 :func:`install` refuses (leaving Flower untouched) if the functions it replaces are not the expected ones.
+
+It also takes over how Flower's Ray backend runs a message on an actor (:func:`_process_message`), for faults Flower
+leaves alone: an actor whose process died (``os._exit``, the kernel's OOM killer) is replaced instead of being put back
+into the pool, where every later message sent to it failed and healthy clients were blamed; and the server can
+:func:`abandon` messages it stops waiting for (a round's timeout, a stop signal): queued ones are answered with an
+error without running, running ones have their actor killed and replaced, so later rounds keep the full pool.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterable
 from queue import Empty, Queue
+from typing import Any
 
 log = logging.getLogger("perfedavg")
 
@@ -30,6 +37,11 @@ _messages_pushed = threading.Event()
 _reply_stored = threading.Event()
 _FALLBACK_S = 0.1  # Flower's own polling period, used when no event arrives
 _installed = False
+
+#: Messages the server no longer waits for (see :func:`abandon`), and the actor running each message now.
+_abandoned: set[str] = set()
+_running: dict[str, Any] = {}
+_actors_lock = threading.Lock()
 
 
 def _add_messages_to_queue(state, queue: Queue, nodes_mapping, f_stop: threading.Event) -> None:  # noqa: ANN001
@@ -74,6 +86,7 @@ def install() -> bool:
     vce_api.add_messages_to_queue = _add_messages_to_queue
     vce_api.put_message_into_state = _put_message_into_state
     _share_client_app_once()
+    _take_over_process_message()
     _installed = True
     return True
 
@@ -106,21 +119,117 @@ def _share_client_app_once() -> None:
     backend.build = build
 
 
-def exchange(grid, messages: Iterable, timeout: float | None = None) -> list:  # noqa: ANN001
-    """Push ``messages``, wake the engine, and collect every reply (or stop at ``timeout`` seconds).
+def _take_over_process_message() -> None:
+    """Run Flower's Ray backend's messages with :func:`_process_message` (see the module's docstring)."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    Same contract as ``Grid.send_and_receive``; with the event-driven engine each reply is pulled as soon as it is
-    stored, and on any other grid (the Deployment Engine) it polls every 10 ms.
+    backend = raybackend.RayBackend
+    if getattr(backend.process_message, "_perfedavg", False):
+        return
+    if list(inspect.signature(backend.process_message).parameters) != ["self", "message", "context"]:
+        log.warning("flwr's Ray backend changed (process_message); dead or stuck Ray workers are not replaced")
+        return
+    backend.process_message = _process_message
+
+
+def _error_reply(message, reason: str):  # noqa: ANN001, ANN202 - Flower's Message
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    return Message(Error(code=ErrorCode.UNKNOWN, reason=reason), reply_to=message)
+
+
+def _process_message(self, message, context):  # noqa: ANN001, ANN202 - Flower's RayBackend.process_message
+    """Flower's ``RayBackend.process_message`` (run ``message`` on an idle actor of the pool, return the reply and
+    the updated context), except that an abandoned message is not run, and an actor that dies (or is killed by
+    :func:`abandon`) is replaced by a new one rather than returned to the pool. Either gives an error reply, which the
+    server counts as that client's failure; a ClientApp's own exception is raised as in Flower."""
+    import ray
+
+    from perfedavg.stopping import STOP
+
+    message_id = message.metadata.message_id
+    pool = self.pool
+    with _actors_lock:
+        if message_id in _abandoned:
+            return _error_reply(message, "not run: the server stopped waiting for it"), context
+        if not pool.pool:
+            return _error_reply(message, "no Ray worker left to run it"), context
+        actor = pool.pool.pop()
+        _running[message_id] = actor
+    try:
+        partition_id = str(context.node_config["partition-id"])
+        _, reply, updated_context = ray.get(actor.run.remote(self.app_fn, message, partition_id, context))
+    except ray.exceptions.RayActorError as e:
+        with _actors_lock:
+            _running.pop(message_id, None)
+            cut_off = message_id in _abandoned
+            if not STOP.is_set():
+                pool.pool.append(pool.create_actor_fn())
+        if cut_off:
+            return _error_reply(message, "cut off: the server stopped waiting for it; its worker was replaced"), context
+        log.warning("a Ray worker process died running client %s; a new worker replaces it", partition_id)
+        return _error_reply(message, f"its worker process died ({type(e).__name__}); a new worker replaces it"), context
+    except BaseException:
+        with _actors_lock:
+            _running.pop(message_id, None)
+            pool.pool.append(actor)
+        raise
+    with _actors_lock:
+        _running.pop(message_id, None)
+        pool.pool.append(actor)
+    return reply, updated_context
+
+
+_process_message._perfedavg = True  # type: ignore[attr-defined]
+
+
+def abandon(message_ids: Iterable[str]) -> int:
+    """Stop the work of messages whose replies the server no longer waits for: those not started are answered with
+    an error when an actor picks them up; the actors running the others are killed (:func:`_process_message` then
+    replaces them). Returns how many actors were killed. Only the Ray backend's actors can be stopped; on another grid
+    (in-process, the Deployment Engine) a message already running runs to its end."""
+    with _actors_lock:
+        ids = set(message_ids)
+        _abandoned.update(ids)
+        actors = [_running[i] for i in ids if i in _running]
+    if actors:
+        import ray
+
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    return len(actors)
+
+
+def exchange(
+    grid,  # noqa: ANN001 - a Flower Grid
+    messages: Iterable,
+    timeout: float | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[list, list[str]]:
+    """Push ``messages``, wake the engine, and collect replies until all are in, ``timeout`` seconds have passed, or
+    ``stop`` is set. Returns (replies, ids of the messages still without one).
+
+    With the event-driven engine each reply is pulled as soon as it is stored, and on any other grid (the Deployment
+    Engine) it polls every 10 ms. A grid with an ``exchange(messages, deadline, stop)`` method of its own (the
+    in-process grid, which runs the clients in this thread) enforces the deadline (``time.monotonic()``) and ``stop``
+    itself.
     """
-    pending = set(grid.push_messages(list(messages)))
-    _messages_pushed.set()
+    messages = list(messages)
     deadline = None if timeout is None else time.monotonic() + timeout
+    own = getattr(grid, "exchange", None)
+    if own is not None:
+        replies = own(messages, deadline, stop)
+        answered = {r.metadata.reply_to_message_id for r in replies}
+        return replies, [m.metadata.message_id for m in messages if m.metadata.message_id not in answered]
+    pending = set(grid.push_messages(messages))
+    _messages_pushed.set()
     replies = []
-    while pending and (deadline is None or time.monotonic() < deadline):
+    while pending and (deadline is None or time.monotonic() < deadline) and not (stop and stop.is_set()):
         _reply_stored.clear()  # before pulling: a reply stored during the pull sets it again
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(r.metadata.reply_to_message_id for r in got)
         if pending:
             _reply_stored.wait(_FALLBACK_S if _installed else 0.01)
-    return replies
+    return replies, sorted(pending)

@@ -1,0 +1,131 @@
+"""Stopping a run on request (Ctrl-C, SIGTERM) and cutting off a client that runs too long in this process.
+
+The run's process installs :func:`stop_on_signals` in its main thread. The first SIGINT or SIGTERM does not raise
+there (under Ray the main thread is inside Flower's engine, where an exception leaves threads behind); it sets
+:data:`STOP`, which the round loop (:mod:`perfedavg.federation`) reads while it waits for replies and between rounds:
+it stops waiting, cancels the round's outstanding messages and raises :class:`FederationInterrupted`, so the server
+ends normally, Flower shuts its engine and Ray down, and the CLI exits 128 + the signal's number. The last completed
+round's checkpoint is untouched (a round is checkpointed only once complete). A second signal exits at once.
+
+A client that runs in the main thread (``backend=inprocess``) can be cut off between two Python bytecodes with
+:func:`cut_off_client`: on the round's deadline (SIGALRM) or on a stop signal, :class:`ClientCutOff` is raised inside
+it. A client stuck inside one C call (a single huge matrix product) is cut off only when that call returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+log = logging.getLogger("perfedavg")
+
+#: Set by the first SIGINT/SIGTERM: the run stops at the next chance, keeping its last completed round.
+STOP = threading.Event()
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # the signals received, first first
+_active = False  # inside stop_on_signals
+_client_running = False  # a client is running in the main thread and may be cut off (see cut_off_client)
+
+
+class FederationInterrupted(Exception):
+    """The run stopped on a signal; ``completed`` rounds are checkpointed (0: none)."""
+
+    def __init__(self, completed: int, signum: int) -> None:
+        self.completed = completed
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after round {completed}")
+
+    @classmethod
+    def now(cls, completed: int) -> FederationInterrupted:
+        """The interruption by the signal received (:func:`stop_signal`)."""
+        return cls(completed, stop_signal())
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+        return 128 + self.signum
+
+
+class ClientCutOff(BaseException):
+    """Raised inside a client running in the main thread when its time is up or a stop signal came.
+
+    A ``BaseException``, so that a client's own ``except Exception`` cannot swallow it."""
+
+
+def stop_signal() -> int:
+    """The first stop signal received (SIGINT when :data:`STOP` was set without one, e.g. by a test)."""
+    return _received[0] if _received else int(signal.SIGINT)
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    if STOP.is_set():  # the second one: no more waiting
+        log.warning("%s again: exiting now", signal.Signals(signum).name)
+        logging.shutdown()
+        os._exit(128 + signum)
+    STOP.set()
+    log.warning(
+        "%s: stopping; the last completed round's checkpoint is kept (the same signal again exits at once)",
+        signal.Signals(signum).name,
+    )
+    if _client_running:
+        raise ClientCutOff("interrupted")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM set :data:`STOP` (see the module's docstring); outside the main thread
+    (where Python cannot install handlers) nothing changes. :data:`STOP` is cleared on entry."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    global _active
+    STOP.clear()
+    _received.clear()
+    previous = {s: signal.signal(s, _on_stop_signal) for s in _STOP_SIGNALS}
+    _active = True
+    try:
+        yield
+    finally:
+        _active = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def take_signals_back() -> None:
+    """Install this module's SIGINT/SIGTERM handler again inside :func:`stop_on_signals` (main thread): ``ray.init``
+    puts a C-level handler of its own on SIGTERM that aborts the process (exit 134, workers left behind)."""
+    if _active and threading.current_thread() is threading.main_thread():
+        for s in _STOP_SIGNALS:
+            signal.signal(s, _on_stop_signal)
+
+
+def _on_deadline(signum: int, frame: FrameType | None) -> None:
+    if _client_running:
+        raise ClientCutOff("timeout")
+
+
+@contextlib.contextmanager
+def cut_off_client(seconds: float | None) -> Iterator[None]:
+    """Run a client in the block; in the main thread, :class:`ClientCutOff` is raised inside it after ``seconds``
+    (``None``: no limit) or on a stop signal. Elsewhere the block runs unguarded."""
+    global _client_running
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_deadline) if seconds is not None else None
+    _client_running = True
+    try:
+        if seconds is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+        yield
+    finally:
+        _client_running = False
+        if seconds is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
