@@ -3,15 +3,14 @@
 No Ray, no SuperLink, no network: the same ServerApp loop and ClientApp handlers, called directly. It serves the
 tests (fast, deterministic federations), debugging (breakpoints inside a client), and the federation benchmark,
 which times client compute alone with it to separate it from the simulation engine's orchestration.
-A handler that raises becomes an error reply, as in Flower's simulation engine. :meth:`InProcessGrid.exchange` runs a
-round's clients until its deadline or a stop request, cutting off a client that runs past them where Python can
+A handler that raises becomes an error reply, as in Flower's simulation engine. :meth:`InProcessGrid.exchange` gives
+each client at most the round's timeout and stops at a stop request, cutting off a client where Python can
 (:func:`perfedavg.stopping.cut_off_client`: in the main thread, between bytecodes).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterable
 
@@ -81,24 +80,24 @@ class InProcessGrid(Grid):
     # ------------------------------------------------------------------------------------------------------------------
 
     def exchange(
-        self, messages: Iterable[Message], deadline: float | None, stop: threading.Event | None = None
+        self, messages: Iterable[Message], timeout: float | None, stop: threading.Event | None = None
     ) -> list[Message]:
-        """Run each message's client in turn until ``deadline`` (``time.monotonic()``) or until ``stop`` is set; the
-        replies of those that finished. A client running at that moment is cut off in the main thread (elsewhere it
-        runs to its end); the clients after it are not run. Called by :func:`perfedavg.sim_engine.exchange`."""
+        """Run each message's client in turn, each for at most ``timeout`` seconds, until ``stop`` is set; the replies
+        of those that finished. The clients run one after another, so the limit is per client (a round may take up
+        to n × ``timeout``); a client past it, or running when ``stop`` is set, is cut off in the main thread
+        (elsewhere it runs to its end) and has no reply. Called by :func:`perfedavg.sim_engine.exchange`."""
         messages = list(messages)
         for message in messages:
             _with_id(message)
         replies = []
         for message in messages:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if (stop is not None and stop.is_set()) or (remaining is not None and remaining <= 0):
+            if stop is not None and stop.is_set():
                 break
             try:
-                with stopping.cut_off_client(remaining):
+                with stopping.cut_off_client(timeout):
                     reply = self._handle(message)
             except stopping.ClientCutOff:
-                continue  # no reply: the server counts it (the loop ends at the next check)
+                continue  # no reply: the server counts it
             replies.append(reply)
         return replies
 

@@ -211,19 +211,19 @@ def exchange(
     ``stop`` is set. Returns (replies, ids of the messages still without one).
 
     With the event-driven engine each reply is pulled as soon as it is stored, and on any other grid (the Deployment
-    Engine) it polls every 10 ms. A grid with an ``exchange(messages, deadline, stop)`` method of its own (the
-    in-process grid, which runs the clients in this thread) enforces the deadline (``time.monotonic()``) and ``stop``
-    itself.
+    Engine) it polls every 10 ms. A grid with an ``exchange(messages, timeout, stop)`` method of its own (the
+    in-process grid, which runs the clients one after another in this thread) applies ``timeout`` to each client and
+    watches ``stop`` itself.
     """
     messages = list(messages)
-    deadline = None if timeout is None else time.monotonic() + timeout
     own = getattr(grid, "exchange", None)
     if own is not None:
-        replies = own(messages, deadline, stop)
+        replies = own(messages, timeout, stop)
         answered = {r.metadata.reply_to_message_id for r in replies}
         return replies, [m.metadata.message_id for m in messages if m.metadata.message_id not in answered]
     pending = set(grid.push_messages(messages))
     _messages_pushed.set()
+    deadline = None if timeout is None else time.monotonic() + timeout
     replies = []
     while pending and (deadline is None or time.monotonic() < deadline) and not (stop and stop.is_set()):
         _reply_stored.clear()  # before pulling: a reply stored during the pull sets it again
