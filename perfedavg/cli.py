@@ -17,7 +17,7 @@ from perfedavg.config import ConfigError, check_overrides, register_schema, swee
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
 from perfedavg.federation import FederationError, done_line
-from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable, load_checkpoint
+from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable, composition_error, load_checkpoint
 from perfedavg.runner import run
 from perfedavg.stopping import FederationInterrupted
 
@@ -145,14 +145,6 @@ def output_target(argv: list[str]) -> Path:
 _CHOICES = ("dataset", "partition", "model", "hessian", "algorithm", "experiment")
 
 
-def _composition_error(e: Exception) -> str:
-    """Hydra's and OmegaConf's composition errors in one line: the failing override and the reason."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    cause = e.__cause__ or e.__context__
-    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
-    return f"{first.removeprefix('Error merging override ')}: {reason}" if reason else first
-
-
 def check_composes(argv: list[str]) -> None:
     """Compose the config before Hydra runs, so that a wrong type (``alpha=abc``), an enum value outside the schema
     or a key a run would not read (``dataset.path=…`` with a generated data set) stops with one line and exit 2.
@@ -171,7 +163,7 @@ def check_composes(argv: list[str]) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(given)
     except HydraException as e:
-        raise ConfigError(_composition_error(e)) from None
+        raise ConfigError(composition_error(e)) from None
     base: list[str] = []
     variants: list[tuple[int, str]] = []
     for i, override in enumerate(parsed):
@@ -188,7 +180,7 @@ def check_composes(argv: list[str]) -> None:
         try:
             cfg = compose(overrides)
         except (HydraException, OmegaConfBaseException) as e:
-            raise ConfigError(_composition_error(e)) from None
+            raise ConfigError(composition_error(e)) from None
         problems = [] if swept_choice else ineffective_overrides(cfg, overrides)
         if problems:
             raise ConfigError("; ".join(problems))

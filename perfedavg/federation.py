@@ -104,8 +104,10 @@ class Federation:
         run_dir: Path,
         tracker: Any | None = None,
         resume_state: dict[str, Any] | None = None,
+        node_wait_s: float = NODE_WAIT_S,
     ) -> None:
         self.grid = grid
+        self.node_wait_s = node_wait_s
         self.resume_state = resume_state
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -158,7 +160,7 @@ class Federation:
     def discover_clients(self) -> None:
         """Map client ids (partition ids) to node ids, so sampling depends on the seed, not on random node ids."""
         n = int(self.cfg["num_clients"])
-        deadline = time.monotonic() + NODE_WAIT_S
+        deadline = time.monotonic() + self.node_wait_s
         nodes = list(self.grid.get_node_ids())
         while len(nodes) < n and time.monotonic() < deadline and not STOP.is_set():
             time.sleep(0.05)
@@ -166,7 +168,10 @@ class Federation:
         if STOP.is_set():
             raise FederationInterrupted.now(self.completed)
         if len(nodes) < n:
-            raise FederationError(f"only {len(nodes)} of num_clients={n} client nodes connected in {NODE_WAIT_S:.0f} s")
+            raise FederationError(
+                f"only {len(nodes)} of num_clients={n} client nodes (SuperNodes, one per client) connected in "
+                f"{self.node_wait_s:.0f} s"
+            )
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
         replies, pending = sim_engine.exchange(self.grid, queries, stop=STOP)
         if STOP.is_set():
@@ -481,8 +486,9 @@ def run_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in yaml.safe_load(saved.read_text()) or []]
 
 
-def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too."""
+def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path, node_wait_s: float = NODE_WAIT_S) -> dict[str, Any]:
+    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too.
+    ``node_wait_s``: how long to wait for ``num_clients`` nodes to connect."""
     from perfedavg.tracking import RunLogger
 
     run_dir = Path(run_dir)
@@ -491,7 +497,7 @@ def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, 
     # Events of a round the interrupted run logged but did not checkpoint are dropped from the log.
     tracker = RunLogger(run_dir, purge_step=None if state is None else int(state["round"]) + 1)
     try:
-        summary = Federation(grid, cfg, run_dir, tracker, resume_state=state).run()
+        summary = Federation(grid, cfg, run_dir, tracker, resume_state=state, node_wait_s=node_wait_s).run()
         params, chosen = hparams_of(cfg, run_overrides(run_dir))
         tracker.hparams(params, {f"hparams/{k}": v for k, v in summary["final"].items()}, first=chosen)
     finally:

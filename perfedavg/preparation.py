@@ -170,3 +170,11 @@ def check_resumable(resolved: dict[str, Any]) -> None:
         raise ConfigError(
             f"num_rounds={resolved['num_rounds']}: the run to resume has already completed {state['round']} rounds"
         )
+
+
+def composition_error(e: Exception) -> str:
+    """Hydra's and OmegaConf's composition errors in one line: the failing override and the reason."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause = e.__cause__ or e.__context__
+    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    return f"{first.removeprefix('Error merging override ')}: {reason}" if reason else first

@@ -7,6 +7,7 @@ serves ``flwr run .`` by composing the same Hydra config from the run config (:m
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from perfedavg.federation import done_line, run_and_record
-from perfedavg.preparation import compose, prepare
+from perfedavg.config import ConfigError
+from perfedavg.federation import NODE_WAIT_S, done_line, run_and_record
+from perfedavg.preparation import compose, composition_error, prepare
 
 log = logging.getLogger("perfedavg")
 
@@ -40,6 +42,22 @@ def build_server_app(cfg: dict[str, Any], run_dir: Path, outcome: dict[str, Any]
 # ``flwr run .``: the run config names Hydra overrides; the same conf/ tree is composed here.
 app = ServerApp()
 
+#: Under ``flwr run``'s simulation, how long to wait for ``num_clients`` SuperNodes (all register at once).
+SIMULATION_NODE_WAIT_S = 10.0
+
+
+def prepare_overrides(overrides: list[str]) -> dict[str, Any]:
+    """The resolved config of Hydra ``overrides``, checked as the ``perfedavg`` command checks them; a mistake raises
+    :class:`~perfedavg.config.ConfigError` with the command's one line (which ``flwr ls`` then shows as the run's
+    status details)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return prepare(compose(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(composition_error(e)) from None
+
 
 class _ToFlowerLog(logging.Handler):
     """Under ``flwr run`` only Flower's logger reaches the user's console (``--stream``): forward ours to it."""
@@ -55,8 +73,11 @@ def flwr_main(grid: Grid, context: Context) -> None:
         log.setLevel(logging.INFO)
 
     overrides = str(context.run_config.get("overrides", "")).split()
-    cfg = prepare(compose(overrides))
+    cfg = prepare_overrides(overrides)
     run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
-    summary = run_and_record(grid, cfg, run_dir)
+    # Flower's simulation registers its SuperNodes at once: a count short of num_clients is a mistake, not a slow
+    # start (a deployment's SuperNodes may take a while to connect).
+    simulated = Path(sys.argv[0]).name == "flwr-simulation"
+    summary = run_and_record(grid, cfg, run_dir, node_wait_s=SIMULATION_NODE_WAIT_S if simulated else NODE_WAIT_S)
     log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir.resolve())

@@ -1,0 +1,123 @@
+"""``perfedavg-flwr-run``: Flower's ``flwr run`` with this project's checks before it and an honest exit code after.
+
+``flwr run`` (flwr 1.41) exits 0 once it has submitted a run, and after ``--stream`` whatever became of the run: a
+mistake in the ``overrides`` run-config key surfaces as a traceback in the stream, and a SuperNode count short of
+``num_clients`` only when the ServerApp gives up waiting. This command takes ``flwr run``'s arguments and
+
+1. composes and checks the run config's ``overrides`` as the ``perfedavg`` command does, and compares
+   ``--federation-config num-supernodes=N`` with ``num_clients``: a mistake is one ``perfedavg: error:`` line and
+   exit 2, before anything starts;
+2. runs ``flwr run … --stream`` (``--stream`` added if missing), passing its output through;
+3. asks the SuperLink for the run's final status (``flwr ls --run-id … --format json``): ``finished:completed`` exits 0,
+   anything else prints the status and its details in one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from perfedavg.config import ConfigError
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="perfedavg-flwr-run", add_help=False)
+    parser.add_argument("app", nargs="?", default=".")
+    parser.add_argument("superlink", nargs="?")
+    parser.add_argument("--run-config", "-c", action="append", default=[])
+    parser.add_argument("--federation-config", action="append", default=[])
+    parser.add_argument("--federation")
+    parser.add_argument("--format")
+    parser.add_argument("--stream", action="store_true")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ConfigError(f"{' '.join(unknown)}: not an option of flwr run (see `flwr run --help`)")
+    return args
+
+
+def _config_values(values: list[str], key: str) -> Any:
+    """The value of ``key`` in ``flwr run``-style ``k=v`` overrides (or a TOML file), parsed as Flower parses them."""
+    from flwr.common.config import parse_config_args
+
+    return parse_config_args(values).get(key) if values else None
+
+
+def check_run(argv: list[str]) -> dict[str, Any]:
+    """Step 1 of the module's docstring: the resolved config of the run ``argv`` describes; raises ConfigError."""
+    from perfedavg.cli import check_composes
+    from perfedavg.config import check_overrides
+    from perfedavg.preparation import CONF_DIR
+    from perfedavg.server_app import prepare_overrides
+
+    args = _parse(argv)
+    overrides = str(_config_values(args.run_config, "overrides") or "").split()
+    check_overrides(overrides, str(CONF_DIR))
+    check_composes(overrides)
+    cfg = prepare_overrides(overrides)
+    supernodes = _config_values(args.federation_config, "num-supernodes")
+    if supernodes is not None and int(supernodes) != cfg["num_clients"]:
+        raise ConfigError(
+            f"num-supernodes={supernodes}: the run has num_clients={cfg['num_clients']}, one SuperNode per client; "
+            f'use --federation-config "num-supernodes={cfg["num_clients"]}" (or num_clients={supernodes} in overrides)'
+        )
+    return cfg
+
+
+def _run_id(output: str) -> str | None:
+    found = re.search(r"Successfully started run (\d+)", output) or re.search(r'"run-id":\s*"(\d+)"', output)
+    return found.group(1) if found else None
+
+
+def run_status(run_id: str, superlink: str | None) -> tuple[str, str]:
+    """(status, details) of a run as the SuperLink reports it (``flwr ls``)."""
+    cmd = [_flwr(), "ls", *([superlink] if superlink else []), "--run-id", run_id, "--format", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    try:
+        run = json.loads(out)["runs"][0]
+    except (ValueError, KeyError, IndexError):
+        return "unknown", f"`{' '.join(cmd)}` answered: {out.strip()[-300:]}"
+    return str(run.get("status", "unknown")), str(run.get("status-details", ""))
+
+
+def _flwr() -> str:
+    """The ``flwr`` of this environment (next to this Python), else the one on PATH."""
+    local = Path(sys.executable).with_name("flwr")
+    return str(local) if local.exists() else "flwr"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        check_run(argv)
+    except ConfigError as e:
+        print(f"perfedavg: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if "--stream" not in argv:
+        argv.append("--stream")
+    proc = subprocess.Popen([_flwr(), "run", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if len(seen) < 200:  # the run id comes in the first lines
+            seen.append(line)
+    code = proc.wait()
+    run_id = _run_id("".join(seen))
+    if code != 0 or run_id is None:
+        print(f"perfedavg: error: flwr run exited {code} without starting a run", file=sys.stderr)
+        sys.exit(code or 1)
+    status, details = run_status(run_id, _parse(argv).superlink)
+    if status != "finished:completed":
+        first = (details.strip().splitlines() or [""])[0]
+        print(f"perfedavg: error: run {run_id} ended {status}: {first}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

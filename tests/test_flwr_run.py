@@ -1,0 +1,85 @@
+"""``perfedavg-flwr-run``: ``flwr run`` with the CLI's checks first and the run's real outcome as its exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def flwr_run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "perfedavg.flwr_run", str(REPO), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--run-config", 'overrides="experiment=smoke hessian=bogus"'],
+            "hessian=bogus: not an option of 'hessian'; allowed: diag, exact, fd, fo, hvp",
+        ),
+        (["--run-config", 'overrides="alpha=abc"'], "alpha=abc: Value 'abc' of type 'str' could not be converted"),
+        (
+            ["--federation-config", "num-supernodes=3", "--run-config", 'overrides="experiment=smoke"'],
+            'num-supernodes=3: the run has num_clients=4, one SuperNode per client; use --federation-config "num-super'
+            'nodes=4"',
+        ),
+        (["--bogus"], "--bogus: not an option of flwr run"),
+    ],
+)
+def test_a_mistake_is_one_line_and_exit_2_before_flower_starts(tmp_path: Path, args: list[str], message: str) -> None:
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}  # Flower would create it: nothing of it may start
+    out = flwr_run(args, tmp_path, env)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"perfedavg: error: {message}" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not (tmp_path / "flwr").exists()
+
+
+@pytest.mark.slow
+def test_the_exit_code_is_the_runs_outcome(tmp_path: Path) -> None:
+    """A federation that fails at run time (Flower's default of 2 simulated SuperNodes for 4 clients, caught by the
+    ServerApp in seconds) exits 1 naming the reason; the same run with 4 SuperNodes exits 0."""
+    flwr_home = tmp_path / "flwr"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    overrides = f'overrides="experiment=smoke num_rounds=1" output-dir="{tmp_path / "runs"}"'
+    try:
+        failed = flwr_run(["--run-config", overrides], tmp_path, env)
+        assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+        assert "ended finished:failed" in failed.stderr
+        assert "only 2 of num_clients=4 client nodes (SuperNodes, one per client) connected in 10 s" in failed.stderr
+
+        ok = flwr_run(
+            ["--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--run-config", overrides],
+            tmp_path,
+            env,
+        )
+        assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+        assert "done in" in ok.stdout
+        assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 1
+    finally:  # the local SuperLink `flwr run` started for this FLWR_HOME (its SuperExec follows its parent)
+        ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        for line in ps.splitlines():
+            if "flower-superlink" in line and str(flwr_home) in line:
+                os.kill(int(line.split()[0]), signal.SIGTERM)
