@@ -13,11 +13,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from perfedavg import run_lock
-from perfedavg.config import ConfigError, check_overrides, register_schema, sweep_values, to_container
+from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
 from perfedavg.federation import FederationError, done_line
-from perfedavg.preparation import CONF_DIR, check_output_dir, check_resumable, composition_error, load_checkpoint
+from perfedavg.preparation import CONF_DIR, check_composes, check_output_dir, check_resumable, load_checkpoint
 from perfedavg.runner import run
 from perfedavg.stopping import FederationInterrupted
 
@@ -139,51 +139,6 @@ def output_target(argv: list[str]) -> Path:
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     explicit = [a.split("=", 1)[1] for a in argv if a.startswith(key)]
     return Path(explicit[-1]) if explicit else Path.cwd() / ("multirun" if multirun else "outputs")
-
-
-#: Choosing any of these decides which other keys a run reads (see :data:`perfedavg.config.READ_ONLY_WITH`).
-_CHOICES = ("dataset", "partition", "model", "hessian", "algorithm", "experiment")
-
-
-def check_composes(argv: list[str]) -> None:
-    """Compose the config before Hydra runs, so that a wrong type (``alpha=abc``), an enum value outside the schema
-    or a key a run would not read (``dataset.path=…`` with a generated data set) stops with one line and exit 2.
-
-    A sweep (``hessian=fo,fd``) is composed once per value, the other sweeps at their first value; values Hydra
-    cannot list (Optuna's ``interval(…)``) are left to Hydra. Keys that no run reads are refused only when no group
-    choice is swept (in a sweep over groups some run may read them)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from perfedavg.config import ineffective_overrides
-    from perfedavg.runner import compose
-
-    given = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(given)
-    except HydraException as e:
-        raise ConfigError(composition_error(e)) from None
-    base: list[str] = []
-    variants: list[tuple[int, str]] = []
-    for i, override in enumerate(parsed):
-        key = override.get_key_element()
-        if not override.is_sweep_override():
-            base.append(override.input_line)
-            continue
-        values = [f"{key}={v}" for v in sweep_values(override) or []]  # none listed (interval): its sweeper checks
-        base.append(values[0] if values else "")
-        variants += [(i, v) for v in values[1:]]
-    swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in _CHOICES for p in parsed)
-    for i, value in [(-1, ""), *variants]:
-        overrides = [value if j == i else o for j, o in enumerate(base) if (value if j == i else o)]
-        try:
-            cfg = compose(overrides)
-        except (HydraException, OmegaConfBaseException) as e:
-            raise ConfigError(composition_error(e)) from None
-        problems = [] if swept_choice else ineffective_overrides(cfg, overrides)
-        if problems:
-            raise ConfigError("; ".join(problems))
 
 
 def main() -> None:

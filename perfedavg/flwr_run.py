@@ -6,10 +6,13 @@ mistake in the ``overrides`` run-config key surfaces as a traceback in the strea
 
 1. composes and checks the run config's ``overrides`` as the ``perfedavg`` command does, and compares
    ``--federation-config num-supernodes=N`` with ``num_clients``: a mistake is one ``perfedavg: error:`` line and
-   exit 2, before anything starts;
+   exit 2, before anything starts. The data set, the device and the exact mode's memory are checked here only when
+   the run goes to the local SuperLink (Flower's default ``local`` connection); a remote SuperLink's ServerApp checks
+   them where the run executes;
 2. runs ``flwr run … --stream`` (``--stream`` added if missing), passing its output through;
 3. asks the SuperLink for the run's final status (``flwr ls --run-id … --format json``): ``finished:completed`` exits 0,
-   anything else prints the status and its details in one line and exits 1.
+   anything else prints the status and its details in one line and exits 1. Ctrl-C ends the log stream (as it does
+   for ``flwr run``), says that the run goes on at the SuperLink and how to stop it, and exits 130.
 """
 
 from __future__ import annotations
@@ -47,18 +50,35 @@ def _config_values(values: list[str], key: str) -> Any:
     return parse_config_args(values).get(key) if values else None
 
 
+def runs_locally(superlink: str | None) -> bool:
+    """Whether ``flwr run [superlink]`` goes to the local SuperLink that ``flwr`` starts on this machine: the
+    connection named (else the default one) in ``$FLWR_HOME/config.toml`` has Flower's ``:local:`` address, or there
+    is no such file yet (``flwr`` then creates one whose default is ``local``). Read without creating anything."""
+    from flwr.cli.constant import LOCAL_SUPERLINK_ADDRESS_MAGIC_VALUE
+    from flwr.supercore.utils import get_flwr_home
+
+    path = get_flwr_home() / "config.toml"
+    if not path.is_file():
+        return superlink in (None, "local")
+    import tomllib
+
+    try:
+        section = tomllib.loads(path.read_text()).get("superlink", {})
+    except (OSError, ValueError):
+        return False  # flwr itself reports a broken file
+    name = superlink or section.get("default")
+    connection = section.get(name, {}) if name else {}
+    return isinstance(connection, dict) and connection.get("address") == LOCAL_SUPERLINK_ADDRESS_MAGIC_VALUE
+
+
 def check_run(argv: list[str]) -> dict[str, Any]:
-    """Step 1 of the module's docstring: the resolved config of the run ``argv`` describes; raises ConfigError."""
-    from perfedavg.cli import check_composes
-    from perfedavg.config import check_overrides
-    from perfedavg.preparation import CONF_DIR
-    from perfedavg.server_app import prepare_overrides
+    """Step 1 of the module's docstring: the resolved config of the run ``argv`` describes; raises ConfigError
+    (or, for the local SuperLink, DataError or HessianTooLargeError as the ``perfedavg`` command does)."""
+    from perfedavg.preparation import prepare_overrides
 
     args = _parse(argv)
     overrides = str(_config_values(args.run_config, "overrides") or "").split()
-    check_overrides(overrides, str(CONF_DIR))
-    check_composes(overrides)
-    cfg = prepare_overrides(overrides)
+    cfg = prepare_overrides(overrides, machine_checks=runs_locally(args.superlink))
     supernodes = _config_values(args.federation_config, "num-supernodes")
     if supernodes is not None and int(supernodes) != cfg["num_clients"]:
         raise ConfigError(
@@ -92,9 +112,12 @@ def _flwr() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from perfedavg.curvature import HessianTooLargeError
+    from perfedavg.data import DataError
+
     try:
         check_run(argv)
-    except ConfigError as e:
+    except (ConfigError, DataError, HessianTooLargeError) as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)
         sys.exit(2)
     if "--stream" not in argv:
@@ -102,12 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     proc = subprocess.Popen([_flwr(), "run", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        if len(seen) < 200:  # the run id comes in the first lines
-            seen.append(line)
-    code = proc.wait()
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if len(seen) < 200:  # the run id comes in the first lines
+                seen.append(line)
+        code = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C ends the log stream (flwr run gets it too), not the run on the SuperLink
+        proc.wait()
+        run_id = _run_id("".join(seen))
+        where = f"run {run_id} goes on at the SuperLink; stop it with `flwr stop {run_id}`" if run_id else "no run"
+        print(f"perfedavg: interrupted: {where}", file=sys.stderr)
+        sys.exit(130)
     run_id = _run_id("".join(seen))
     if code != 0 or run_id is None:
         print(f"perfedavg: error: flwr run exited {code} without starting a run", file=sys.stderr)

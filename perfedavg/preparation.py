@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from perfedavg import checkpoint, curvature, task
-from perfedavg.config import ConfigError, register_schema, to_container, validate
+from perfedavg.config import ConfigError, check_overrides, register_schema, sweep_values, to_container, validate
 from perfedavg.data import check_dataset, data_params
 
 
@@ -178,3 +178,75 @@ def composition_error(e: Exception) -> str:
     cause = e.__cause__ or e.__context__
     reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
     return f"{first.removeprefix('Error merging override ')}: {reason}" if reason else first
+
+
+#: Choosing any of these decides which other keys a run reads (see :data:`perfedavg.config.READ_ONLY_WITH`).
+_CHOICES = ("dataset", "partition", "model", "hessian", "algorithm", "experiment")
+
+
+def check_composes(argv: list[str]) -> None:
+    """Compose the config before Hydra runs, so that a wrong type (``alpha=abc``), an enum value outside the schema
+    or a key a run would not read (``dataset.path=…`` with a generated data set) stops with one line and exit 2.
+
+    A sweep (``hessian=fo,fd``) is composed once per value, the other sweeps at their first value; values Hydra
+    cannot list (Optuna's ``interval(…)``) are left to Hydra. Keys that no run reads are refused only when no group
+    choice is swept (in a sweep over groups some run may read them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from perfedavg.config import ineffective_overrides
+
+    given = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+    except HydraException as e:
+        raise ConfigError(composition_error(e)) from None
+    base: list[str] = []
+    variants: list[tuple[int, str]] = []
+    for i, override in enumerate(parsed):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            base.append(override.input_line)
+            continue
+        values = [f"{key}={v}" for v in sweep_values(override) or []]  # none listed (interval): its sweeper checks
+        base.append(values[0] if values else "")
+        variants += [(i, v) for v in values[1:]]
+    swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in _CHOICES for p in parsed)
+    for i, value in [(-1, ""), *variants]:
+        overrides = [value if j == i else o for j, o in enumerate(base) if (value if j == i else o)]
+        try:
+            cfg = compose(overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(composition_error(e)) from None
+        problems = [] if swept_choice else ineffective_overrides(cfg, overrides)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+def prepare_overrides(overrides: list[str], machine_checks: bool = True) -> dict[str, Any]:
+    """The resolved config of Hydra ``overrides`` composed outside ``@hydra.main`` (``flwr run``'s ``overrides``
+    run-config key), after every check the ``perfedavg`` command makes before Hydra runs: misspelled keys and group
+    options (:func:`~perfedavg.config.check_overrides`), types and keys no run reads (:func:`check_composes`), then
+    :func:`prepare`. A mistake raises :class:`~perfedavg.config.ConfigError` with the command's one line.
+
+    ``machine_checks=False`` stops after the ranges and combinations (:func:`~perfedavg.config.validate`): the data
+    set, the device and the exact mode's memory are checked where the run will execute (a remote SuperLink's
+    ServerApp), not on the machine that submits it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_overrides(overrides, str(CONF_DIR))
+    check_composes(overrides)
+    swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    if swept:
+        raise ConfigError(f"{' '.join(swept)}: a sweep runs several federations; start it with `perfedavg -m …`")
+    try:
+        cfg = compose(overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(composition_error(e)) from None
+    if not machine_checks:
+        validate(cfg)
+        return to_container(cfg)
+    return prepare(cfg)

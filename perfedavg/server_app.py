@@ -16,8 +16,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from perfedavg.config import ConfigError
+from perfedavg.curvature import HessianTooLargeError
+from perfedavg.data import DataError
 from perfedavg.federation import NODE_WAIT_S, done_line, run_and_record
-from perfedavg.preparation import compose, composition_error, prepare
+from perfedavg.preparation import prepare_overrides
 
 log = logging.getLogger("perfedavg")
 
@@ -46,19 +48,6 @@ app = ServerApp()
 SIMULATION_NODE_WAIT_S = 10.0
 
 
-def prepare_overrides(overrides: list[str]) -> dict[str, Any]:
-    """The resolved config of Hydra ``overrides``, checked as the ``perfedavg`` command checks them; a mistake raises
-    :class:`~perfedavg.config.ConfigError` with the command's one line (which ``flwr ls`` then shows as the run's
-    status details)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return prepare(compose(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(composition_error(e)) from None
-
-
 class _ToFlowerLog(logging.Handler):
     """Under ``flwr run`` only Flower's logger reaches the user's console (``--stream``): forward ours to it."""
 
@@ -72,8 +61,11 @@ def flwr_main(grid: Grid, context: Context) -> None:
         log.addHandler(_ToFlowerLog())
         log.setLevel(logging.INFO)
 
-    overrides = str(context.run_config.get("overrides", "")).split()
-    cfg = prepare_overrides(overrides)
+    try:
+        cfg = prepare_overrides(str(context.run_config.get("overrides", "")).split())
+    except (ConfigError, DataError, HessianTooLargeError) as e:  # Flower adds a traceback, marks the run failed
+        log.error("perfedavg: error: %s", e)
+        raise
     run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
     # Flower's simulation registers its SuperNodes at once: a count short of num_clients is a mistake, not a slow
     # start (a deployment's SuperNodes may take a while to connect).

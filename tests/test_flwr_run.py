@@ -6,9 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from perfedavg.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -79,7 +82,45 @@ def test_the_exit_code_is_the_runs_outcome(tmp_path: Path) -> None:
         assert "done in" in ok.stdout
         assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 1
     finally:  # the local SuperLink `flwr run` started for this FLWR_HOME (its SuperExec follows its parent)
-        ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
         for line in ps.splitlines():
             if "flower-superlink" in line and str(flwr_home) in line:
                 os.kill(int(line.split()[0]), signal.SIGTERM)
+        time.sleep(1)
+        ps = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True).stdout
+        assert str(flwr_home) not in ps  # the test's SuperLink and SuperExec are gone
+
+
+def flower_config(home: Path, default: str, **addresses: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    sections = "".join(f'[superlink.{name}]\naddress = "{a}"\ninsecure = true\n\n' for name, a in addresses.items())
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "{default}"\n\n{sections}')
+
+
+def test_the_machine_checks_run_here_only_for_the_local_superlink(tmp_path: Path, monkeypatch) -> None:
+    """A remote SuperLink's ServerApp checks the data set (and device, memory) where the run executes; the local one
+    runs on this machine, so they are checked here, before anything starts."""
+    from perfedavg.data import DataError
+    from perfedavg.flwr_run import check_run, runs_locally
+
+    home = tmp_path / "flwr"
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    assert runs_locally(None) and runs_locally("local") and not runs_locally("remote")  # no config file yet
+    assert not home.exists()
+    flower_config(home, "remote", local=":local:", remote="superlink.invalid:9093")
+    assert not runs_locally(None) and runs_locally("local") and not runs_locally("unknown")
+    args = ["--run-config", f'overrides="dataset=mnist dataset.path={tmp_path / "absent"} model=mlp"']
+    assert check_run([".", *args])["dataset"]["path"] == str(tmp_path / "absent")  # to the remote default
+    with pytest.raises(DataError, match="absent"):
+        check_run([".", "local", *args])
+    with pytest.raises(ConfigError, match="num_clients=0: must be"):  # ranges are checked for either
+        check_run([".", "--run-config", 'overrides="num_clients=0"'])
+
+
+def test_a_sweep_in_the_run_config_is_refused() -> None:
+    from perfedavg.preparation import prepare_overrides
+
+    with pytest.raises(
+        ConfigError, match=r"hessian=fo,fd: a sweep runs several federations; start it with `perfedavg -m"
+    ):
+        prepare_overrides(["experiment=smoke", "hessian=fo,fd"])
