@@ -327,9 +327,13 @@ class Federation:
         weights, first = self._initial_state()
         total = int(cfg["num_rounds"])
         if cfg["hessian"]["mode"] == "exact" and cfg["algorithm"]["name"] == "perfedavg" and first <= total:
-            line = step_estimate.slow_round_line(cfg, step_estimate.measure_local_step_s(cfg), total - first + 1)
+            step_s = step_estimate.measure_local_step_s(cfg)
+            line = step_estimate.slow_round_line(cfg, step_s, total - first + 1)
             if line:
                 log.info(line)
+            warning = step_estimate.timeout_warning(cfg, step_s)
+            if warning:
+                log.warning(warning)
         round_times: list[float] = []  # this process's rounds, for the ETA
         for server_round in range(first, total + 1):
             if STOP.is_set():

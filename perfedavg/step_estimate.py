@@ -78,3 +78,21 @@ def slow_round_line(cfg: Mapping[str, Any], step_s: float, rounds_left: int) -> 
         f"≈ {format_duration(per_round)}"
         + (f"; {rounds_left} rounds ≈ {format_duration(per_round * rounds_left)}" if rounds_left > 1 else "")
     )
+
+
+def timeout_warning(cfg: Mapping[str, Any], step_s: float) -> str | None:
+    """A warning when ``round_timeout_s`` is under twice the time it must allow by the estimate (a whole round under
+    Ray; one client in-process, where the limit is per client): clients would be cut off as timed out."""
+    from perfedavg.federation import format_duration
+
+    limit = cfg.get("round_timeout_s")
+    inprocess = cfg.get("backend") == "inprocess"
+    needed = cfg["local_steps"] * step_s if inprocess else round_estimate(cfg, step_s)
+    if limit is None or needed * 2 <= limit:
+        return None
+    what = "one client's local steps (in-process the limit is per client)" if inprocess else "a round"
+    suggested = int(math.ceil(needed * 4 / 60) * 60)
+    return (
+        f"round_timeout_s={limit:g}: {what} is estimated at ≈ {format_duration(needed)} here, so clients may be cut "
+        f"off as timed out; raise it (e.g. round_timeout_s={suggested}) or set round_timeout_s=null"
+    )

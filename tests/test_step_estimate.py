@@ -9,6 +9,7 @@ import pytest
 
 from perfedavg import step_estimate
 from perfedavg.config import to_container
+from perfedavg.federation import format_duration
 from perfedavg.runner import compose, run
 
 
@@ -31,6 +32,21 @@ def test_the_line_names_the_step_time_and_appears_only_for_slow_rounds() -> None
     assert line is not None
     assert "one local step takes 9.8 s" in line and "10 clients × 5 steps" in line
     assert "≈ 8m" in line and "30 rounds ≈ 4h05m" in line
+
+
+def test_a_round_timeout_below_twice_the_estimate_is_warned_about() -> None:
+    cfg = config("num_clients=10", "fraction=1.0", "local_steps=5", "backend=inprocess", "round_timeout_s=600")
+    assert step_estimate.timeout_warning(cfg, 50.0) is None  # a client: 250 s, under half the limit
+    warning = step_estimate.timeout_warning(cfg, 70.0)  # 350 s a client
+    assert (
+        warning is not None and "round_timeout_s=600: one client's local steps (in-process the limit is per" in warning
+    )
+    assert "≈ 6m here" in warning and "round_timeout_s=1440" in warning  # 4 × 350 s, rounded up to minutes
+    ray = {**cfg, "backend": "ray"}  # the limit covers the round: its clients in waves
+    warning = step_estimate.timeout_warning(ray, 50.0)
+    waves = -(-10 // step_estimate.task.concurrent_clients(ray))
+    assert warning is not None and f"a round is estimated at ≈ {format_duration(waves * 250.0)} here" in warning
+    assert step_estimate.timeout_warning({**ray, "round_timeout_s": None}, 1e6) is None
 
 
 def test_a_step_is_measured_on_the_runs_shapes(monkeypatch) -> None:

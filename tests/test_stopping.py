@@ -1,5 +1,6 @@
 """Faults of long runs: a client that hangs (``round_timeout_s``), a Ray worker process that dies, and a stop signal
-(Ctrl-C, SIGTERM) under both backends. Each test injects the fault through a client mod or a real signal."""
+(Ctrl-C, SIGTERM) under both backends, also while a client hangs. Each test injects the fault through a client mod
+(``scripts/faults.py``) or a real signal to the run's process group."""
 
 from __future__ import annotations
 
@@ -15,41 +16,14 @@ import pytest
 from flwr.app import Context, Message
 from test_federation import federate
 
-from perfedavg import checkpoint
-from perfedavg.client_app import build_client_app
-from perfedavg.runner import compose, run
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from faults import Fault, Stopped, faulty_client_app, signal_mid_run  # noqa: E402
+
+from perfedavg import checkpoint  # noqa: E402
+from perfedavg.client_app import build_client_app  # noqa: E402
+from perfedavg.runner import compose, run  # noqa: E402
 
 SMALL = ["model=ann", "dataset=regression", "num_clients=4", "fraction=1.0", "local_steps=3", "batch_size=8"]
-
-
-def _is(message: Message, context: Context, client_id: int, server_round: int) -> bool:
-    return (
-        message.metadata.message_type == "train"
-        and int(context.node_config["partition-id"]) == client_id
-        and int(message.content["config"]["round"]) == server_round
-    )
-
-
-def stalling(client_id: int, server_round: int, seconds: float):
-    """A mod under which one client's training in one round sleeps ``seconds`` first (a hung client)."""
-
-    def mod(message: Message, context: Context, call_next):
-        if _is(message, context, client_id, server_round):
-            time.sleep(seconds)
-        return call_next(message, context)
-
-    return mod
-
-
-def dying(client_id: int, server_round: int):
-    """A mod under which one client's training in one round ends its process (a crash, the OOM killer)."""
-
-    def mod(message: Message, context: Context, call_next):
-        if _is(message, context, client_id, server_round):
-            os._exit(1)
-        return call_next(message, context)
-
-    return mod
 
 
 def column(summary: dict, key: str) -> list[float]:
@@ -60,7 +34,7 @@ def column(summary: dict, key: str) -> list[float]:
 
 
 def test_a_hung_client_is_cut_off_in_process_and_the_round_goes_on(tmp_path: Path, caplog) -> None:
-    app = build_client_app(mods=[stalling(1, 2, seconds=60)])
+    app = faulty_client_app(Fault("stall", client=1, server_round=2, seconds=60))
     started = time.monotonic()
     summary = federate([*SMALL, "num_rounds=3", "round_timeout_s=1"], tmp_path, app)
     assert time.monotonic() - started < 30
@@ -73,7 +47,7 @@ def test_a_hung_client_is_cut_off_in_process_and_the_round_goes_on(tmp_path: Pat
 def test_a_hung_client_under_ray_is_cut_off_and_its_worker_replaced(tmp_path: Path, caplog) -> None:
     """The stuck actor is killed and a new one takes its place: round 3 trains every client, and the run ends long
     before the hung client would have (Flower's engine cannot end while one of its threads waits for an actor)."""
-    app = build_client_app(mods=[stalling(1, 2, seconds=120)])
+    app = faulty_client_app(Fault("stall", client=1, server_round=2, seconds=120))
     started = time.monotonic()
     summary = run(compose([*SMALL, "num_rounds=4", "round_timeout_s=5"]), tmp_path, client_app=app)
     assert time.monotonic() - started < 100
@@ -97,7 +71,7 @@ def test_round_timeout_s_must_be_positive_or_null() -> None:
 
 @pytest.mark.slow
 def test_a_dead_ray_worker_is_replaced_and_no_healthy_client_is_blamed(tmp_path: Path, caplog) -> None:
-    app = build_client_app(mods=[dying(1, 2)])
+    app = faulty_client_app(Fault("die", client=1, server_round=2))
     summary = run(compose([*SMALL, "num_rounds=4"]), tmp_path, client_app=app)
     assert column(summary, "clients/failed") == [0, 1, 0, 0]
     assert column(summary, "clients/trained") == [4, 3, 4, 4]
@@ -124,50 +98,15 @@ def test_an_evaluation_below_min_clients_stops_the_run(tmp_path: Path) -> None:
 # -- stop signals ------------------------------------------------------------------------------------------------------
 
 
-def processes_left(pgid: int) -> list[str]:
-    """Live (not zombie) processes of a process group."""
-    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")]
-
-
-def signal_mid_run(args: list[str], run_dir: Path, signum: int, after_round: int = 2) -> tuple[int, str, float]:
-    """Start ``perfedavg`` in a process group of its own, send ``signum`` to the group (as a terminal's Ctrl-C or a
-    batch scheduler does) once round ``after_round`` is checkpointed; (exit code, output, seconds to exit)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "perfedavg", *args, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        state = checkpoint.load(run_dir) if checkpoint.checkpoint_path(run_dir).exists() else None
-        if state is not None and state["round"] >= after_round:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()[0][-3000:]
-    started = time.monotonic()
-    os.killpg(proc.pid, signum)
-    try:
-        output, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"{signal.Signals(signum).name}: still running 60 s later") from None
-    elapsed = time.monotonic() - started
-    time.sleep(1)  # Ray's processes end with the driver
-    assert not processes_left(proc.pid), processes_left(proc.pid)
-    return proc.returncode, output, elapsed
-
-
-def assert_stopped_cleanly(code: int, output: str, run_dir: Path, signum: int) -> int:
-    """Exit 128 + signal, no traceback, the resume line naming the last checkpointed round; returns that round."""
-    assert code == 128 + signum, output[-3000:]
-    assert "Traceback" not in output, output[-3000:]
-    done = checkpoint.load(run_dir)["round"]
-    assert f"interrupted after round {done}; continue with: perfedavg resume={run_dir.resolve()}" in output
+def assert_stopped_cleanly(stopped: Stopped, run_dir: Path, signum: int) -> int:
+    """Exit 128 + signal, no traceback, no process left, the resume line naming the last checkpointed round, which is
+    intact; returns that round."""
+    assert stopped.code == 128 + signum, stopped.output[-3000:]
+    assert "Traceback" not in stopped.output, stopped.output[-3000:]
+    assert not stopped.left, stopped.left
+    done = checkpoint.load(run_dir)["round"]  # loads: the checkpoint is whole
+    assert done == stopped.checkpointed >= 1
+    assert f"interrupted after round {done}; continue with: perfedavg resume={run_dir.resolve()}" in stopped.output
     assert not (run_dir / "metrics.json").exists()
     assert not (run_dir / ".perfedavg.lock").exists()
     return done
@@ -175,9 +114,9 @@ def assert_stopped_cleanly(code: int, output: str, run_dir: Path, signum: int) -
 
 def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     args = [*SMALL, "backend=inprocess", "num_rounds=400", "local_steps=20"]
-    code, output, elapsed = signal_mid_run(args, tmp_path / "stopped", signal.SIGINT)
-    done = assert_stopped_cleanly(code, output, tmp_path / "stopped", signal.SIGINT)
-    assert elapsed < 20 and done < 400
+    stopped = signal_mid_run(args, tmp_path / "stopped", signal.SIGINT)
+    done = assert_stopped_cleanly(stopped, tmp_path / "stopped", signal.SIGINT)
+    assert stopped.seconds < 20 and done < 400
 
     # Continue to round done + 3 with the printed command, and compare with a run of that length in one go.
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -199,6 +138,23 @@ def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterru
 def test_a_stop_signal_under_ray_stops_within_seconds_and_leaves_no_process(tmp_path: Path, signum: int) -> None:
     """The whole process group gets the signal (Ray's processes too, as from a terminal or a batch scheduler); the
     clients are busy (20 local steps of the default Net, 2 actors) when it comes."""
-    code, output, elapsed = signal_mid_run(["num_rounds=400", "local_steps=20"], tmp_path / "run", signum)
-    assert_stopped_cleanly(code, output, tmp_path / "run", signum)
-    assert elapsed < 30
+    stopped = signal_mid_run(["num_rounds=400", "local_steps=20"], tmp_path / "run", signum)
+    assert_stopped_cleanly(stopped, tmp_path / "run", signum)
+    assert stopped.seconds < 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["inprocess", "ray"])
+def test_ctrl_c_while_a_client_hangs_stops_within_seconds(tmp_path: Path, backend: str) -> None:
+    """Client 1 sleeps 600 s in round 2 (a hung client; round_timeout_s left at its default of 600 s): Ctrl-C cuts it
+    off at once (in-process: an exception raised inside it; under Ray: its worker is killed) instead of waiting."""
+    stopped = signal_mid_run(
+        ["num_clients=6", "fraction=1.0", "num_rounds=5", f"backend={backend}"],
+        tmp_path / "run",
+        signal.SIGINT,
+        after_round=1,
+        faults=["stall:1:2:600"],
+        delay_s=2.0,  # round 2 is under way: client 1 is asleep, the others are done
+    )
+    assert assert_stopped_cleanly(stopped, tmp_path / "run", signal.SIGINT) == 1
+    assert stopped.seconds < 20
