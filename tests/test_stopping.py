@@ -158,3 +158,19 @@ def test_ctrl_c_while_a_client_hangs_stops_within_seconds(tmp_path: Path, backen
     )
     assert assert_stopped_cleanly(stopped, tmp_path / "run", signal.SIGINT) == 1
     assert stopped.seconds < 20
+
+
+def test_a_second_stop_signal_exits_at_once(monkeypatch) -> None:
+    """The first signal asks the run to stop (STOP set, nothing raised outside a client); the second exits the
+    process straight away with 128 + its number, for a stop that itself hangs."""
+    from perfedavg import stopping
+
+    exits: list[int] = []
+    monkeypatch.setattr(stopping.os, "_exit", exits.append)
+    with stopping.stop_on_signals():
+        stopping._on_stop_signal(signal.SIGTERM, None)
+        assert stopping.STOP.is_set() and exits == []
+        assert stopping.stop_signal() == signal.SIGTERM
+        stopping._on_stop_signal(signal.SIGINT, None)
+        assert exits == [128 + signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handlers are back
