@@ -142,6 +142,16 @@ def output_target(argv: list[str]) -> Path:
 
 
 def main() -> None:
+    """The ``perfedavg`` command. Ctrl-C before a run's federation starts (composing, loading data; the federation
+    itself handles it, see :mod:`perfedavg.stopping`) ends it with one line and exit 130, not a traceback."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        print("perfedavg: interrupted before the federation started; nothing to continue", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main() -> None:
     try:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))

@@ -80,7 +80,8 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM set :data:`STOP` (see the module's docstring); outside the main thread
-    (where Python cannot install handlers) nothing changes. :data:`STOP` is cleared on entry."""
+    (where Python cannot install handlers) nothing changes. :data:`STOP` is cleared on entry and on exit (a stop
+    request ends with the run it stopped), and the previous handlers are put back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -95,6 +96,8 @@ def stop_on_signals() -> Iterator[None]:
         _active = False
         for s, handler in previous.items():
             signal.signal(s, handler)
+        STOP.clear()
+        _received.clear()
 
 
 def take_signals_back() -> None:

@@ -167,10 +167,27 @@ def test_a_second_stop_signal_exits_at_once(monkeypatch) -> None:
 
     exits: list[int] = []
     monkeypatch.setattr(stopping.os, "_exit", exits.append)
+    before = signal.getsignal(signal.SIGINT)
     with stopping.stop_on_signals():
         stopping._on_stop_signal(signal.SIGTERM, None)
         assert stopping.STOP.is_set() and exits == []
         assert stopping.stop_signal() == signal.SIGTERM
         stopping._on_stop_signal(signal.SIGINT, None)
         assert exits == [128 + signal.SIGINT]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handlers are back
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back, and the stop request is over
+    assert not stopping.STOP.is_set()
+
+
+def test_ctrl_c_before_the_federation_starts_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
+    """Composing or loading data (before the run's own signal handling) ends on Ctrl-C without a traceback."""
+    from perfedavg import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "check_composes", interrupted)
+    monkeypatch.setattr(sys, "argv", ["perfedavg", "experiment=smoke"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "perfedavg: interrupted before the federation started; nothing to continue\n"
