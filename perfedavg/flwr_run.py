@@ -1,6 +1,6 @@
 """``perfedavg-flwr-run``: Flower's ``flwr run`` with this project's checks before it and an honest exit code after.
 
-``flwr run`` (flwr 1.41) exits 0 once it has submitted a run, and after ``--stream`` whatever became of the run: a
+``flwr run`` (flwr 1.41, 1.42) exits 0 once it has submitted a run, and after ``--stream`` whatever became of the run: a
 mistake in the ``overrides`` run-config key surfaces as a traceback in the stream, and a SuperNode count short of
 ``num_clients`` only when the ServerApp gives up waiting. This command takes ``flwr run``'s arguments and
 
@@ -112,6 +112,9 @@ def _flwr() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: perfedavg-flwr-run [flwr run's arguments]\n\n{__doc__}\nflwr run's arguments: `flwr run --help`")
+        return
     from perfedavg.curvature import HessianTooLargeError
     from perfedavg.data import DataError
 

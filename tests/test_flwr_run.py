@@ -91,6 +91,11 @@ def test_the_exit_code_is_the_runs_outcome(tmp_path: Path) -> None:
         assert str(flwr_home) not in ps  # the test's SuperLink and SuperExec are gone
 
 
+def test_help_describes_the_command(tmp_path: Path) -> None:
+    out = flwr_run(["--help"], tmp_path)
+    assert out.returncode == 0 and "perfedavg-flwr-run" in out.stdout and "honest exit code" in out.stdout
+
+
 def flower_config(home: Path, default: str, **addresses: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
     sections = "".join(f'[superlink.{name}]\naddress = "{a}"\ninsecure = true\n\n' for name, a in addresses.items())
