@@ -28,8 +28,19 @@ from perfedavg.stopping import STOP, FederationInterrupted
 
 log = logging.getLogger("perfedavg")
 
-#: How long to wait for every simulated node to register before the first round.
-NODE_WAIT_S = 120.0
+#: How long to wait for every client node before the first round: a simulation's engine registers all its nodes as
+#: it starts (Flower's in-memory grid; short of num_clients is a mistake, e.g. `flwr run` with too few simulated
+#: SuperNodes), a deployment's SuperNodes connect over the network and may take a while.
+SIMULATION_NODE_WAIT_S = 10.0
+DEPLOYMENT_NODE_WAIT_S = 120.0
+
+
+def node_wait_s(grid: Grid) -> float:
+    """:data:`SIMULATION_NODE_WAIT_S` for Flower's in-memory (simulation) grid, else :data:`DEPLOYMENT_NODE_WAIT_S`."""
+    from flwr.superlink.grid import InMemoryGrid
+
+    return SIMULATION_NODE_WAIT_S if isinstance(grid, InMemoryGrid) else DEPLOYMENT_NODE_WAIT_S
+
 
 Weights = dict[str, torch.Tensor]
 
@@ -104,10 +115,8 @@ class Federation:
         run_dir: Path,
         tracker: Any | None = None,
         resume_state: dict[str, Any] | None = None,
-        node_wait_s: float = NODE_WAIT_S,
     ) -> None:
         self.grid = grid
-        self.node_wait_s = node_wait_s
         self.resume_state = resume_state
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -160,7 +169,8 @@ class Federation:
     def discover_clients(self) -> None:
         """Map client ids (partition ids) to node ids, so sampling depends on the seed, not on random node ids."""
         n = int(self.cfg["num_clients"])
-        deadline = time.monotonic() + self.node_wait_s
+        wait_s = node_wait_s(self.grid)
+        deadline = time.monotonic() + wait_s
         nodes = list(self.grid.get_node_ids())
         while len(nodes) < n and time.monotonic() < deadline and not STOP.is_set():
             time.sleep(0.05)
@@ -170,7 +180,7 @@ class Federation:
         if len(nodes) < n:
             raise FederationError(
                 f"only {len(nodes)} of num_clients={n} client nodes (SuperNodes, one per client) connected in "
-                f"{self.node_wait_s:.0f} s"
+                f"{wait_s:.0f} s"
             )
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
         replies, pending = sim_engine.exchange(self.grid, queries, stop=STOP)
@@ -490,9 +500,8 @@ def run_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in yaml.safe_load(saved.read_text()) or []]
 
 
-def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path, node_wait_s: float = NODE_WAIT_S) -> dict[str, Any]:
-    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too.
-    ``node_wait_s``: how long to wait for ``num_clients`` nodes to connect."""
+def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too."""
     from perfedavg.tracking import RunLogger
 
     run_dir = Path(run_dir)
@@ -501,7 +510,7 @@ def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path, node_wait_s: 
     # Events of a round the interrupted run logged but did not checkpoint are dropped from the log.
     tracker = RunLogger(run_dir, purge_step=None if state is None else int(state["round"]) + 1)
     try:
-        summary = Federation(grid, cfg, run_dir, tracker, resume_state=state, node_wait_s=node_wait_s).run()
+        summary = Federation(grid, cfg, run_dir, tracker, resume_state=state).run()
         params, chosen = hparams_of(cfg, run_overrides(run_dir))
         tracker.hparams(params, {f"hparams/{k}": v for k, v in summary["final"].items()}, first=chosen)
     finally:

@@ -184,9 +184,10 @@ def composition_error(e: Exception) -> str:
 _CHOICES = ("dataset", "partition", "model", "hessian", "algorithm", "experiment")
 
 
-def check_composes(argv: list[str]) -> None:
+def check_composes(argv: list[str]) -> DictConfig:
     """Compose the config before Hydra runs, so that a wrong type (``alpha=abc``), an enum value outside the schema
     or a key a run would not read (``dataset.path=…`` with a generated data set) stops with one line and exit 2.
+    Returns the composition of ``argv``'s overrides, each sweep at its first value.
 
     A sweep (``hessian=fo,fd``) is composed once per value, the other sweeps at their first value; values Hydra
     cannot list (Optuna's ``interval(…)``) are left to Hydra. Keys that no run reads are refused only when no group
@@ -213,6 +214,7 @@ def check_composes(argv: list[str]) -> None:
         base.append(values[0] if values else "")
         variants += [(i, v) for v in values[1:]]
     swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in _CHOICES for p in parsed)
+    first: DictConfig | None = None
     for i, value in [(-1, ""), *variants]:
         overrides = [value if j == i else o for j, o in enumerate(base) if (value if j == i else o)]
         try:
@@ -222,6 +224,10 @@ def check_composes(argv: list[str]) -> None:
         problems = [] if swept_choice else ineffective_overrides(cfg, overrides)
         if problems:
             raise ConfigError("; ".join(problems))
+        if first is None:  # the base composition (i = -1) comes first
+            first = cfg
+    assert first is not None
+    return first
 
 
 def prepare_overrides(overrides: list[str], machine_checks: bool = True) -> dict[str, Any]:
@@ -234,18 +240,12 @@ def prepare_overrides(overrides: list[str], machine_checks: bool = True) -> dict
     set, the device and the exact mode's memory are checked where the run will execute (a remote SuperLink's
     ServerApp), not on the machine that submits it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     check_overrides(overrides, str(CONF_DIR))
-    check_composes(overrides)
+    cfg = check_composes(overrides)  # parses them first: a syntax error is its one line
     swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
     if swept:
         raise ConfigError(f"{' '.join(swept)}: a sweep runs several federations; start it with `perfedavg -m …`")
-    try:
-        cfg = compose(overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(composition_error(e)) from None
     if not machine_checks:
         validate(cfg)
         return to_container(cfg)

@@ -7,7 +7,6 @@ serves ``flwr run .`` by composing the same Hydra config from the run config (:m
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from perfedavg.config import ConfigError
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
-from perfedavg.federation import NODE_WAIT_S, done_line, run_and_record
+from perfedavg.federation import done_line, run_and_record
 from perfedavg.preparation import prepare_overrides
 
 log = logging.getLogger("perfedavg")
@@ -44,9 +43,6 @@ def build_server_app(cfg: dict[str, Any], run_dir: Path, outcome: dict[str, Any]
 # ``flwr run .``: the run config names Hydra overrides; the same conf/ tree is composed here.
 app = ServerApp()
 
-#: Under ``flwr run``'s simulation, how long to wait for ``num_clients`` SuperNodes (all register at once).
-SIMULATION_NODE_WAIT_S = 10.0
-
 
 class _ToFlowerLog(logging.Handler):
     """Under ``flwr run`` only Flower's logger reaches the user's console (``--stream``): forward ours to it."""
@@ -67,9 +63,6 @@ def flwr_main(grid: Grid, context: Context) -> None:
         log.error("perfedavg: error: %s", e)
         raise
     run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
-    # Flower's simulation registers its SuperNodes at once: a count short of num_clients is a mistake, not a slow
-    # start (a deployment's SuperNodes may take a while to connect).
-    simulated = Path(sys.argv[0]).name == "flwr-simulation"
-    summary = run_and_record(grid, cfg, run_dir, node_wait_s=SIMULATION_NODE_WAIT_S if simulated else NODE_WAIT_S)
+    summary = run_and_record(grid, cfg, run_dir)
     log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir.resolve())

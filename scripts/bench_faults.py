@@ -58,16 +58,6 @@ def median_range(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})" if values else "—"
 
 
-def clean(stopped, signum: int) -> bool:  # noqa: ANN001 - faults.Stopped
-    out = stopped.output
-    return (
-        stopped.code == 128 + signum
-        and "Traceback" not in out
-        and not stopped.left
-        and f"interrupted after round {stopped.checkpointed}; continue with: perfedavg resume=" in out
-    )
-
-
 def measure_signals(repeats: int, work: Path) -> list[str]:
     rows = [
         "| fault | backend | signal → exit, median (range) | exit codes | clean stop |",
@@ -88,7 +78,7 @@ def measure_signals(repeats: int, work: Path) -> list[str]:
             )
             seconds.append(stopped.seconds)
             codes.append(stopped.code)
-            cleans.append(clean(stopped, signum))
+            cleans.append(not stopped.problems(signum))
             done = f"exit {stopped.code} after {stopped.seconds:.2f} s"
             print(f"[faults] {label}, {backend}, #{i + 1}: {done}", file=sys.stderr)
         rows.append(

@@ -81,17 +81,38 @@ def faulty_client_app(*faults: Fault):  # noqa: ANN201 - a Flower ClientApp
 
 @dataclass
 class Stopped:
-    """How a run ended after a stop signal: its exit code and output, the seconds from the signal to its exit, the
-    processes of its group still alive a second later, and the last round its checkpoint holds (0: none)."""
+    """How a run in ``run_dir`` ended after a stop signal: its exit code and output, the seconds from the signal to its
+    exit, the processes of its group still alive a second later, and the last round its checkpoint holds (0: none)."""
 
+    run_dir: Path
     code: int
     output: str
     seconds: float
     left: list[str]
     checkpointed: int
 
+    def problems(self, signum: int) -> list[str]:
+        """What keeps this from a clean stop (none: clean): exit 128 + ``signum``, no traceback, no process left, a
+        checkpoint of round ≥ 1 that loads, the resume line naming that round, no ``metrics.json``, no lock left."""
+        out, found = self.output, []
+        if self.code != 128 + signum:
+            found.append(f"exit code {self.code}, not {128 + signum}")
+        if "Traceback" in out:
+            found.append("a traceback")
+        if self.left:
+            found.append(f"processes left: {self.left}")
+        if self.checkpointed < 1:
+            found.append("no checkpoint of a completed round")
+        line = f"interrupted after round {self.checkpointed}; continue with: perfedavg resume={self.run_dir.resolve()}"
+        if line not in out:
+            found.append(f"no line {line!r}")
+        if (self.run_dir / "metrics.json").exists() or (self.run_dir / ".perfedavg.lock").exists():
+            found.append("metrics.json or the run lock written")
+        return found + ([f"output: {out[-3000:]}"] if found else [])
+
 
 def checkpointed_round(run_dir: Path) -> int:
+    """The round of the checkpoint in ``run_dir`` (loaded: it is whole), 0 without one."""
     from perfedavg import checkpoint
 
     return int(checkpoint.load(run_dir)["round"]) if checkpoint.checkpoint_path(run_dir).exists() else 0
@@ -140,7 +161,7 @@ def signal_mid_run(
         raise RuntimeError(f"{signal.Signals(signum).name}: still running 60 s later") from None
     seconds = time.monotonic() - started
     time.sleep(1)  # Ray's processes end with the driver
-    return Stopped(proc.returncode, output, seconds, processes_left(proc.pid), checkpointed_round(run_dir))
+    return Stopped(run_dir, proc.returncode, output, seconds, processes_left(proc.pid), checkpointed_round(run_dir))
 
 
 def main(argv: list[str]) -> None:

@@ -286,3 +286,28 @@ def test_the_round_line_shows_an_eta_once_a_minute_or_more_remains() -> None:
     assert progress_line(3, 100, m, eta_seconds([30.0, 2.0, 4.0], 3, 100)).endswith("| 2.00 s | ETA 5m")
     assert progress_line(3, 100, m, 3 * 3600 + 5 * 60).endswith("| ETA 3h05m")
     assert "ETA" not in progress_line(2, 30, m, eta_seconds([5.0, 0.4], 2, 30))
+
+
+def test_a_simulation_short_of_num_clients_nodes_stops_after_the_simulation_wait(monkeypatch, tmp_path: Path) -> None:
+    """Flower's in-memory (simulation) grid has every node registered as it starts, so fewer than num_clients is a
+    mistake caught after SIMULATION_NODE_WAIT_S (10 s); other grids (SuperNodes over the network) get 120 s."""
+    import time
+
+    from flwr.superlink.grid import InMemoryGrid
+
+    from perfedavg import federation
+
+    class TwoNodes(InMemoryGrid):
+        def __init__(self) -> None:  # no SuperLink state: only the node list is read
+            pass
+
+        def get_node_ids(self):
+            return [7, 8]
+
+    monkeypatch.setattr(federation, "SIMULATION_NODE_WAIT_S", 0.5)
+    cfg = prepare(compose(["model=ann", "dataset=regression", "num_clients=4"]))
+    started = time.monotonic()
+    with pytest.raises(FederationError, match=r"only 2 of num_clients=4 client nodes \(SuperNodes, one per client\)"):
+        federation.Federation(TwoNodes(), cfg, tmp_path).discover_clients()
+    assert 0.5 <= time.monotonic() - started < 5
+    assert federation.node_wait_s(InProcessGrid(client_app, 4)) == federation.DEPLOYMENT_NODE_WAIT_S == 120
