@@ -256,7 +256,8 @@ class Federation:
                 continue
             finite = [v for v in values if math.isfinite(v)]
             out[tag] = sum(finite) / len(finite) if finite else math.nan
-            self.round_histograms[tag] = values  # the histogram leaves out non-finite values itself
+            # Its own tag: TensorBoard's default loader drops a tag written both as a scalar and a histogram.
+            self.round_histograms[tag + "_per_client"] = values  # the histogram leaves out non-finite values itself
         diagnosed = [r for r in rows if "diagnostics-s" in r]
         if diagnosed:
             out["time/diagnostics_s"] = mean_metric(diagnosed, "diagnostics-s")
@@ -512,7 +513,7 @@ def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, 
     try:
         summary = Federation(grid, cfg, run_dir, tracker, resume_state=state).run()
         params, chosen = hparams_of(cfg, run_overrides(run_dir))
-        tracker.hparams(params, {f"hparams/{k}": v for k, v in summary["final"].items()}, first=chosen)
+        tracker.hparams(params, list(summary["final"]), first=chosen)
     finally:
         tracker.close()
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))

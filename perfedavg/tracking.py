@@ -33,10 +33,12 @@ class RunLogger:
     def hparams(
         self,
         params: Mapping[str, str | float | int | bool],
-        final: Mapping[str, float],
+        metrics: Sequence[str],
         first: Sequence[str] = (),
     ) -> None:
-        """Record hyper-parameters and final metrics in this run's own event file (HPARAMS tab).
+        """Record hyper-parameters in this run's own event file (HPARAMS tab), with ``metrics``: the scalar tags
+        (e.g. ``eval/personalized_acc``) whose last value the table shows. TensorBoard reads those from the run's own
+        per-round scalars, so no copy of the final values is written (copies would show as single-dot charts).
 
         ``SummaryWriter.add_hparams`` would write them into a new sub-directory; writing the three summaries to
         this writer keeps one directory per run, so a sweep's runs line up in the HPARAMS table.
@@ -47,13 +49,11 @@ class RunLogger:
         default (its first five hyper-parameters, differing ones first).
         """
         shown = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in params.items()}
-        exp, ssi, sei = hparams_summary(shown, dict(final))
+        exp, ssi, sei = hparams_summary(shown, dict.fromkeys(metrics, 0.0))  # only the tags are recorded
         _lead_with(exp, list(first))
         file_writer = self.writer._get_file_writer()  # noqa: SLF001 - the documented way add_hparams itself works
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
-        for tag, value in final.items():
-            self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
         self.writer.flush()

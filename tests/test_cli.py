@@ -37,11 +37,15 @@ BAD_INPUTS = [
     (["fraction=0"], ["fraction=0.0", "(0, 1]"]),
     (["alpha=abc"], ["alpha", "abc", "Float"]),
     (["local_steps=2.5"], ["local_steps", "2.5"]),
-    (["num_clients=500"], ["num_clients=500", "fewer than 10 examples", "num_clients=150 works"]),
+    (["num_clients=500"], ["num_clients=500", "partition=dirichlet", "largest that works is num_clients=66"]),
+    (
+        ["num_clients=500", "partition=pathological"],
+        ["num_clients=500", "fewer than 10 examples", "num_clients=150 works"],
+    ),
     (["partition=iid", "dataset=synthetic", "model=mlp"], ["partition=iid", "dataset=synthetic", "partition=natural"]),
     (["partition=paper", "partition.images_per_class=7"], ["partition.images_per_class=7", "even number"]),
     (["partition=cyclic"], ["partition=cyclic", "allowed: dirichlet, iid, natural, paper, pathological, shard"]),
-    (["partition.classes_per_client=11"], ["partition.classes_per_client=11", "between 1 and 10"]),
+    (["partition=pathological", "partition.classes_per_client=11"], ["partition.classes_per_client=11", "between 1 and 10"]),
     (
         ["dataset=mnist", "dataset.cache_dir=${hydra:runtime.cwd}/no-cache"],
         ["dataset=mnist", "perfedavg.data.fetch mnist"],
