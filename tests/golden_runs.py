@@ -24,9 +24,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden" / "metrics.json"
 
-SMALL = ["backend=inprocess", "num_rounds=3", "local_steps=2", "eval_every=1"]
-#: The digits runs as recorded (the root config's partition and β before the default run changed to Dirichlet, β 0.02).
-DIGITS = [*SMALL, "partition=pathological", "beta=0.1"]
+#: As recorded: β and the digits runs' partition are the root config's before the default run changed (Dirichlet,
+#: β 0.02), so they are given here.
+SMALL = ["backend=inprocess", "num_rounds=3", "local_steps=2", "eval_every=1", "beta=0.1"]
+DIGITS = [*SMALL, "partition=pathological"]
 
 #: name → Hydra overrides; ``{grey}`` / ``{rgb}`` are replaced by the parquet directories written by :func:`write_data`.
 RUNS: dict[str, list[str]] = {

@@ -61,7 +61,7 @@ BAD_INPUTS = [
     (["dataset.path=/nonexistent"], ["dataset.path=/nonexistent: has no effect with dataset=digits", "mnist"]),
     (["diagnostics.every=-1"], ["diagnostics.every=-1", "must be ≥ 0"]),
     (
-        ["num_clients=100000"],
+        ["num_clients=100000", "partition=pathological"],
         ["num_clients=100000", "cannot be split into that many", "largest that works is num_clients=150"],
     ),
     (["client_cpus=4096"], ["client_cpus=4096: more than the", "CPUs of this machine", "client_cpus ≤"]),

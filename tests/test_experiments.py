@@ -94,7 +94,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         for key in ("eval/global_acc", "eval/personalized_acc"):
             values = [f[key] for f in finals]
             cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
-        assert f"| {method} | 2 (0,1) | 3 | 0.05 | 0.1 | {cells[0]} | {cells[1]} |" in report, (method, report)
+        assert f"| {method} | 2 (0,1) | 3 | 0.05 | 0.02 | {cells[0]} | {cells[1]} |" in report, (method, report)
 
     def personalized(prefix: str, seed: int) -> float:
         metrics = json.loads((sweep / f"{prefix}-seed{seed}" / "metrics.json").read_text())
