@@ -7,7 +7,11 @@ their randomness is a function of (seed, client id, round). Resuming from it the
 uninterrupted run would have been.
 
 The checkpoint before it is kept as ``previous.pt`` (hard-linked before the replace, so ``last.pt`` always exists): a
-latest checkpoint that cannot be read (truncated, garbage) falls back to it with a warning. Checkpoints hold tensors
+latest checkpoint that cannot be read (truncated, garbage) or whose contents no longer match the digest written with
+them (bytes damaged in place that still unpickle) falls back to it with a warning. The digest
+(:func:`perfedavg.data.integrity.content_digest` of everything saved) costs a pass over the weights: milliseconds.
+The checkpoint also records the run's data (``data``: the contents digest of a local data set, see
+:func:`perfedavg.data.data_fingerprint`), so a resume on other data is refused. Checkpoints hold tensors
 and plain data only and are read with ``torch.load(weights_only=True)``: resuming a directory never runs pickled code.
 """
 
@@ -22,12 +26,14 @@ from typing import Any
 
 import torch
 
+from perfedavg.data.integrity import content_digest
 from perfedavg.task import compute_device
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "last.pt"
 PREVIOUS_FILE = "previous.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a digest of the contents; format 1 (no digest) is still read
+READABLE_VERSIONS = (1, 2)
 #: What every checkpoint holds besides its version.
 REQUIRED_KEYS = ("round", "weights", "sample_rng", "eval_rng", "rounds", "client_failures", "config")
 
@@ -56,6 +62,7 @@ RESUMABLE_DIFFERENCES = frozenset(
         "step_sizes",
         "diagnostics",
         "round_timeout_s",  # an operational limit (a resume may raise it for a slow machine)
+        "data_fingerprint",  # compared on its own (preparation.check_same_data), with its own message
     }
 )
 
@@ -72,7 +79,8 @@ def save(run_dir: Path, state: Mapping[str, Any]) -> Path:
     tmp = path.with_suffix(".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"version": FORMAT_VERSION, **state}, f)
+            content = {"version": FORMAT_VERSION, **state}
+            torch.save({**content, "digest": content_digest(content)}, f)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:  # e.g. the disk is full: leave no partial file; the last good checkpoint is untouched
@@ -96,12 +104,16 @@ def _read(path: Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - truncated, garbage, or holding objects weights_only refuses
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {first})") from None
-    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("version") not in READABLE_VERSIONS:
         version = state.get("version") if isinstance(state, dict) else None
         raise CheckpointError(f"{path}: not a perfedavg checkpoint of format {FORMAT_VERSION} (format {version})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
+    if state["version"] >= 2:
+        written = state.pop("digest", None)
+        if written != content_digest(state):
+            raise CheckpointError(f"{path}: its contents do not match the digest written with them (damaged)")
     return state
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -12,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from perfedavg import run_lock
+from perfedavg import checkpoint, run_lock
 from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
@@ -50,6 +51,8 @@ def _job(cfg: DictConfig) -> float | None:
             finished = _auto_resume(cfg, run_dir)
             if finished is not None:
                 return finished
+        elif not cfg.resume:
+            check_not_a_run(run_dir, hydra_cfg.mode == RunMode.MULTIRUN)
         summary = run(cfg, run_dir)
     except (ConfigError, DataError, HessianTooLargeError) as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)
@@ -109,6 +112,26 @@ def _auto_resume(cfg: DictConfig, run_dir: Path) -> float | None:
     return None
 
 
+def check_not_a_run(run_dir: Path, multirun: bool = False) -> None:
+    """A fresh run never replaces another: a directory holding a checkpoint or a finished run's ``metrics.json`` is
+    refused (:class:`ConfigError` naming how to continue it, or how to start afresh)."""
+    run_dir = Path(run_dir)
+    state_file = checkpoint.checkpoint_path(run_dir)
+    finished = (run_dir / "metrics.json").exists()
+    if not (finished or state_file.exists() or state_file.with_name(checkpoint.PREVIOUS_FILE).exists()):
+        return
+    what = "a finished run" if finished else "an interrupted run's checkpoint"
+    again = (
+        f"add resume={AUTO_RESUME} to the sweep command to continue it (finished runs are kept)"
+        if multirun
+        else f"continue it with resume={run_dir.resolve()}"
+    )
+    raise ConfigError(
+        f"run directory {run_dir} holds {what}; {again}, or start afresh in another directory "
+        f"({'hydra.sweep.dir' if multirun else 'hydra.run.dir'}=…) or after removing it"
+    )
+
+
 def resume_arguments(argv: list[str]) -> list[str]:
     """With ``resume=<run dir>``: the run's original overrides (the user's own replace those with the same key),
     its ``num_rounds`` as last checkpointed (an extended run stays extended), the user's arguments, and Hydra told
@@ -158,13 +181,22 @@ def _main() -> None:
         check_composes(sys.argv[1:])
         target = output_target(sys.argv[1:])
         check_output_dir(target)
-        if not any(a in ("-m", "--multirun") for a in sys.argv[1:]):  # before Hydra rewrites the directory's .hydra/
-            run_lock.check_free(target)
+        single = not any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        chosen_dir = single and any(a.startswith("hydra.run.dir=") for a in sys.argv[1:])
+        if chosen_dir and not any(a.startswith("resume=") for a in sys.argv[1:]):
+            check_not_a_run(target)
+        # A chosen run directory is held from here, before Hydra writes anything into it (.hydra/, the log): a run
+        # refused because another holds it changes nothing there. (Hydra's own dated directories are new.)
+        holding = run_lock.hold(target) if chosen_dir else contextlib.nullcontext()
+        holding.__enter__()
     except (ConfigError, run_lock.RunDirectoryInUse) as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)
         sys.exit(2)
-    register_schema()
-    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(_job)()
+    try:
+        register_schema()
+        hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(_job)()
+    finally:
+        holding.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

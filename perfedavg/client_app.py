@@ -84,7 +84,12 @@ def _worker(config_json: str) -> Worker:
         classification=task.is_classification(cfg["dataset"]),
         device=device,
         tensors=dict(model.state_dict(keep_vars=True)),
-        data_key=json.dumps([data_params(cfg), cfg["num_clients"], cfg["seed"], str(device)], sort_keys=True),
+        # The data's contents digest too: a process that outlives a run (in-process, tests) never serves a client
+        # the tensors of files since replaced at the same path.
+        data_key=json.dumps(
+            [data_params(cfg), cfg.get("data_fingerprint"), cfg["num_clients"], cfg["seed"], str(device)],
+            sort_keys=True,
+        ),
     )
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from perfedavg import checkpoint, curvature, task
 from perfedavg.config import ConfigError, check_overrides, register_schema, sweep_values, to_container, validate
-from perfedavg.data import check_dataset, data_params
+from perfedavg.data import array_cache, check_dataset, client_cache, data_fingerprint, data_params
 
 
 def _conf_dir() -> Path:
@@ -52,8 +52,12 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     resolved = to_container(cfg)
     if resolved["resume"]:
         check_resumable(resolved)
+    check_environment()
     check_device(resolved)
     check_dataset(data_params(resolved), resolved["num_clients"], resolved["seed"])
+    resolved["data_fingerprint"] = data_fingerprint(data_params(resolved))
+    if resolved["resume"]:
+        check_same_data(resolved)
     if resolved["hessian"]["mode"] == "exact":
         model = task.build_model(resolved["model"], resolved["seed"])
         p, clients, budget = curvature.parameter_layout(model).size, task.concurrent_clients(resolved), None
@@ -170,6 +174,41 @@ def check_resumable(resolved: dict[str, Any]) -> None:
         raise ConfigError(
             f"num_rounds={resolved['num_rounds']}: the run to resume has already completed {state['round']} rounds"
         )
+
+
+def check_same_data(resolved: dict[str, Any]) -> None:
+    """A resumed run reads the data its checkpoint was trained on (the contents digest of a local data set, the hub
+    download's fingerprint); checkpoints written before the digest was recorded are not compared."""
+    run_dir = Path(resolved["resume"])
+    state = load_checkpoint(run_dir, f"resume={resolved['resume']}")
+    saved = (state or {}).get("config", {}).get("data_fingerprint")
+    if saved is not None and saved != resolved["data_fingerprint"]:
+        what = f"dataset.path={resolved['dataset']['path']}" if resolved["dataset"].get("path") else "the data set"
+        raise ConfigError(
+            f"resume={resolved['resume']}: the data changed since the checkpoint of round {state['round']}: {what} "
+            f"now has contents {resolved['data_fingerprint'][:12]}…, the run was trained on {saved[:12]}…; restore "
+            f"that data to continue, or start a fresh run on the new data"
+        )
+
+
+def check_environment() -> None:
+    """The environment variables perfedavg reads, checked like config keys: ``PERFEDAVG_CLIENT_CACHE_GB`` a number
+    ≥ 0, ``PERFEDAVG_CACHE_DIR`` a directory (or creatable)."""
+    try:
+        client_cache.bound_bytes()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    raw = os.environ.get(array_cache.CACHE_DIR_VARIABLE)
+    if raw:
+        path = Path(raw).expanduser()
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(
+                f"{array_cache.CACHE_DIR_VARIABLE}={raw}: {existing} is not a directory; set it to a directory for "
+                f"the decoded-data cache (or unset it: ~/.cache/perfedavg)"
+            )
 
 
 def composition_error(e: Exception) -> str:

@@ -113,12 +113,28 @@ def check_free(run_dir: Path) -> None:
         raise RunDirectoryInUse(_describe(Path(run_dir), info))
 
 
+def _held_here(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(info, dict)
+        and info.get("pid") == os.getpid()
+        and info.get("host") == socket.gethostname()
+        and info.get("start") == _start_time(os.getpid())
+    )
+
+
 @contextlib.contextmanager
 def hold(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` for the duration of the ``with`` block (see the module docstring)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = lock_path(run_dir)
+    if _held_here(path):  # taken earlier by this process (the CLI holds it before Hydra writes): nested, a no-op
+        yield
+        return
     mine = _identity()
     for _ in range(2):
         try:

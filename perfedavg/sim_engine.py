@@ -41,7 +41,10 @@ _installed = False
 #: Messages the server no longer waits for (see :func:`abandon`), and the actor running each message now.
 _abandoned: set[str] = set()
 _running: dict[str, Any] = {}
-_actors_lock = threading.Lock()
+#: Guards the actor pool, :data:`_abandoned` and :data:`_running`; notified whenever an actor returns to the pool.
+_actors_lock = threading.Condition()
+#: How often a message waiting for a free actor looks at the stop signal and its own abandonment.
+_WAIT_S = 0.1
 
 
 def _add_messages_to_queue(state, queue: Queue, nodes_mapping, f_stop: threading.Event) -> None:  # noqa: ANN001
@@ -151,10 +154,14 @@ def _process_message(self, message, context):  # noqa: ANN001, ANN202 - Flower's
     message_id = message.metadata.message_id
     pool = self.pool
     with _actors_lock:
+        while not pool.pool:  # every actor busy, or one being replaced and warmed up (:func:`_replace`)
+            if message_id in _abandoned or STOP.is_set():
+                break
+            _actors_lock.wait(_WAIT_S)
         if message_id in _abandoned:
             return _error_reply(message, "not run: the server stopped waiting for it"), context
         if not pool.pool:
-            return _error_reply(message, "no Ray worker left to run it"), context
+            return _error_reply(message, "not run: the run is stopping"), context
         actor = pool.pool.pop()
         _running[message_id] = actor
     try:
@@ -164,21 +171,51 @@ def _process_message(self, message, context):  # noqa: ANN001, ANN202 - Flower's
         with _actors_lock:
             _running.pop(message_id, None)
             cut_off = message_id in _abandoned
-            if not STOP.is_set():
-                pool.pool.append(pool.create_actor_fn())
+        if not STOP.is_set():
+            _replace(pool)
         if cut_off:
             return _error_reply(message, "cut off: the server stopped waiting for it; its worker was replaced"), context
         log.warning("a Ray worker process died running client %s; a new worker replaces it", partition_id)
         return _error_reply(message, f"its worker process died ({type(e).__name__}); a new worker replaces it"), context
     except BaseException:
-        with _actors_lock:
-            _running.pop(message_id, None)
-            pool.pool.append(actor)
+        _give_back(pool, actor, message_id)
         raise
-    with _actors_lock:
-        _running.pop(message_id, None)
-        pool.pool.append(actor)
+    _give_back(pool, actor, message_id)
     return reply, updated_context
+
+
+def _give_back(pool, actor, message_id: str | None = None) -> None:  # noqa: ANN001 - Flower's actor pool and actor
+    """Return ``actor`` to the pool and wake a message waiting for one."""
+    with _actors_lock:
+        if message_id is not None:
+            _running.pop(message_id, None)
+        pool.pool.append(actor)
+        _actors_lock.notify_all()
+
+
+def _warm_up(actor_self) -> bool:  # noqa: ANN001 - runs inside the actor (``__ray_call__``)
+    """Import what a client's first message needs (torch, the ClientApp), so the first message does not pay for it."""
+    import perfedavg.client_app  # noqa: F401
+
+    return True
+
+
+def _replace(pool) -> None:  # noqa: ANN001 - Flower's actor pool
+    """Start a new actor in place of a dead or killed one, and give it to the pool only once it has started and
+    imported the ClientApp: its start-up (seconds on a loaded machine) then never counts against the round timeout
+    of a client sent to it. Meanwhile the messages of the round wait for the actors that are up."""
+    import ray
+
+    actor = pool.create_actor_fn()
+
+    def warm() -> None:
+        try:
+            ray.get(actor.__ray_call__.remote(_warm_up))
+        except Exception as e:  # noqa: BLE001 - a warm-up that fails leaves the actor to fail visibly on first use
+            log.debug("warming up a replacement Ray worker failed: %s", e)
+        _give_back(pool, actor)
+
+    threading.Thread(target=warm, name="perfedavg-warm-actor", daemon=True).start()
 
 
 _process_message._perfedavg = True  # type: ignore[attr-defined]

@@ -4,7 +4,24 @@ Every data set is exposed through :func:`perfedavg.data.registry.load_clients`, 
 :class:`~perfedavg.data.types.ClientData` (its own train and test split) per client, deterministically from the seed.
 """
 
-from perfedavg.data.registry import DATASETS, DataError, check_dataset, data_params, load_client, load_clients
+from perfedavg.data.registry import (
+    DATASETS,
+    DataError,
+    check_dataset,
+    data_fingerprint,
+    data_params,
+    load_client,
+    load_clients,
+)
 from perfedavg.data.types import ClientData
 
-__all__ = ["DATASETS", "ClientData", "DataError", "check_dataset", "data_params", "load_client", "load_clients"]
+__all__ = [
+    "DATASETS",
+    "ClientData",
+    "DataError",
+    "check_dataset",
+    "data_fingerprint",
+    "data_params",
+    "load_client",
+    "load_clients",
+]

@@ -141,6 +141,7 @@ def _check_digits(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
 def _check_hub(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
     with _as_data_errors(p):
         hub.refresh_split_key(p)  # the driver looks at the data itself; workers then trust what it recorded
+        hub.validate_split(p)  # labels in range, finite pixels: before a partitioner or a client sees them
         _check_sizes(lambda n: hub.partition_sizes(p, n, seed), p, num_clients)
         hub.make_hub_client(p, 0, num_clients, seed)  # column names and image shape (decoded once per machine)
 
@@ -201,6 +202,15 @@ def check_dataset(params: Mapping[str, Any], num_clients: int, seed: int) -> Non
     _check_partition(params)
     with _partitioner_warnings(params):
         DATASETS[name][1](num_clients, seed, params)
+
+
+def data_fingerprint(params: Mapping[str, Any]) -> str:
+    """What identifies the data of a run besides its config (after :func:`check_dataset`): the contents digest of a
+    local ``dataset.path`` or the hub download's fingerprint; bundled and generated data sets are fixed by their
+    config and the installed code (``bundled``/``generated``)."""
+    if params["name"] in ("mnist", "fashion_mnist", "cifar10"):
+        return hub.data_fingerprint(params)
+    return "generated" if params["name"] in GENERATED_DATASETS else "bundled"
 
 
 def load_client(params: Mapping[str, Any], client_id: int, num_clients: int, seed: int) -> ClientData:

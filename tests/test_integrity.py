@@ -1,0 +1,370 @@
+"""Nothing silently wrong (issue 21): the data cache, checkpoints and run directories prove what they hold.
+
+Each test reproduces a row of the reliability probe: a data file replaced under the cache with its mtime kept,
+damaged cache entries, a damaged checkpoint, a resume on other data, a fresh run into a finished run's directory,
+two runs into one directory, and bad data (labels, pixels, images, metadata). Where the project repairs, the results
+equal a clean run's; where it refuses, one line and exit 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_images import images, write_parquet
+
+from perfedavg import checkpoint
+from perfedavg.config import ConfigError
+from perfedavg.data import DataError, array_cache, hub
+from perfedavg.runner import compose, prepare, run
+
+PERFEDAVG = [sys.executable, "-m", "perfedavg"]
+
+
+def forget_process_caches() -> None:
+    """What a new process starts with: nothing of the data in memory, no cache entry verified yet."""
+    for cached in (hub._load_split, hub._split_key, hub._decoded, hub._partition):
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    array_cache.forget_verified()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "decoded"))
+    forget_process_caches()
+    yield tmp_path / "decoded"
+    forget_process_caches()
+
+
+def write_mnist(root: Path, seed: int = 3, labels=None, per_class: int = 6) -> Path:
+    x, y = images(per_class, (28, 28), seed=seed)
+    return write_parquet(root, x, y if labels is None else labels)
+
+
+def overrides(data: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "dataset=mnist",
+        f"dataset.path={data}",
+        f"dataset.cache_dir={tmp_path / 'hf'}",
+        "model=mlp",
+        "partition=iid",
+        "num_clients=3",
+        "num_rounds=2",
+        "fraction=1.0",
+        "local_steps=2",
+        "batch_size=4",
+        "hessian=fo",
+        "backend=inprocess",
+        *extra,
+    ]
+
+
+def federate(data: Path, tmp_path: Path, run_dir: Path, *extra: str) -> dict:
+    forget_process_caches()  # each run as a new process would see the machine
+    return run(compose(overrides(data, tmp_path, *extra)), run_dir)
+
+
+def cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([*PERFEDAVG, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=environment)
+
+
+def one_line_exit_2(out: subprocess.CompletedProcess, *fragments: str) -> None:
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text, text
+    errors = [ln for ln in text.splitlines() if ln.startswith("perfedavg: error:")]
+    assert len(errors) == 1, text
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+def entry_file(cache: Path, kind: str, array: str) -> Path:
+    (found,) = [p for p in cache.glob(f"mnist-{kind}-*/{array}.npy")]
+    return found
+
+
+# --- 1. content, not mtime ----------------------------------------------------------------------------------------
+
+
+def test_a_data_file_replaced_with_its_mtime_kept_is_decoded_again(tmp_path: Path, cache: Path) -> None:
+    data = write_mnist(tmp_path / "data", seed=3)
+    first = federate(data, tmp_path, tmp_path / "a")
+    parquet = next(data.glob("train-*.parquet"))
+    stat = parquet.stat()
+    write_mnist(tmp_path / "other", seed=11)
+    (tmp_path / "other" / parquet.name).replace(parquet)  # other images, same name, same size class
+    os.utime(parquet, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # `touch -r`: the old mtime
+    replaced = federate(data, tmp_path, tmp_path / "b")
+    write_mnist(tmp_path / "clean", seed=11)
+    clean = federate(tmp_path / "clean", tmp_path, tmp_path / "c", f"dataset.cache_dir={tmp_path / 'hf2'}")
+    assert replaced["final"] == clean["final"]  # the new data, exactly as a clean machine reads it
+    assert replaced["final"] != first["final"]
+
+
+# --- 2. checksums ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind, array, damage",
+    [
+        ("train", "images", "random"),
+        ("partition", "rows", "zeros"),
+        ("train", "images", "truncate"),
+        ("train", "key", "remove"),
+    ],
+)
+def test_a_damaged_cache_entry_is_reported_removed_and_rebuilt(
+    tmp_path: Path, cache: Path, kind: str, array: str, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = write_mnist(tmp_path / "data")
+    clean = federate(data, tmp_path, tmp_path / "clean")
+    if array == "key":
+        (found,) = cache.glob(f"mnist-{kind}-*/key.json")
+    else:
+        found = entry_file(cache, kind, array)
+    size = found.stat().st_size
+    if damage == "random":
+        with open(found, "r+b") as f:
+            f.seek(size // 2)
+            f.write(np.random.default_rng(0).integers(0, 256, 256, dtype=np.uint8).tobytes())
+    elif damage == "zeros":
+        with open(found, "r+b") as f:
+            f.seek(size - 64)
+            f.write(bytes(48))
+    elif damage == "truncate":
+        os.truncate(found, size // 2)
+    else:
+        found.unlink()
+    with caplog.at_level(logging.WARNING, logger="perfedavg"):
+        again = federate(data, tmp_path, tmp_path / "again")
+    assert again["final"] == clean["final"]
+    warned = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(warned) == 1 and str(found.parent) in warned[0], warned
+    forget_process_caches()
+    with caplog.at_level(logging.WARNING, logger="perfedavg"):
+        caplog.clear()
+        federate(data, tmp_path, tmp_path / "third")
+    assert not [r for r in caplog.records if "damaged" in r.getMessage()]  # repaired for good
+
+
+def test_cache_entries_are_readable_by_other_users(tmp_path: Path, cache: Path) -> None:
+    federate(write_mnist(tmp_path / "data"), tmp_path, tmp_path / "run")
+    entries = [p for p in cache.iterdir() if p.name.startswith("mnist-")]
+    assert entries
+    for entry in entries:
+        assert entry.stat().st_mode & 0o055 == 0o055 & ~_umask(), oct(entry.stat().st_mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_checkpoint_damaged_in_place_falls_back_to_the_previous_one(tmp_path: Path, cache: Path, caplog) -> None:
+    data = write_mnist(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    federate(data, tmp_path, run_dir, "num_rounds=3")
+    last = checkpoint.checkpoint_path(run_dir)
+    size = last.stat().st_size
+    with open(last, "r+b") as f:  # zeros in the middle: torch still unpickles it, with other weights
+        f.seek(size // 2)
+        f.write(bytes(min(4096, size // 4)))
+    with caplog.at_level(logging.WARNING, logger="perfedavg"):
+        state = checkpoint.load(run_dir)
+    assert state["round"] == 2  # previous.pt
+    assert any("do not match the digest" in r.getMessage() for r in caplog.records)
+    previous = last.with_name(checkpoint.PREVIOUS_FILE)
+    with open(previous, "r+b") as f:
+        f.seek(previous.stat().st_size // 2)
+        f.write(bytes(min(4096, size // 4)))
+    with pytest.raises(checkpoint.CheckpointError, match="previous checkpoint too"):
+        checkpoint.load(run_dir)
+
+
+def test_checkpoint_digest_round_trips(tmp_path: Path) -> None:
+    import torch
+
+    state = {
+        "round": 3,
+        "weights": {"w": torch.randn(3, 4), "b": torch.zeros(0)},
+        "sample_rng": np.random.default_rng(1).bit_generator.state,
+        "eval_rng": np.random.default_rng(2).bit_generator.state,
+        "rounds": [{"round": 1, "train/loss": float("nan")}],
+        "client_failures": 0,
+        "config": {"alpha": 0.1, "model": {"hidden": [8, 4]}},
+    }
+    checkpoint.save(tmp_path, state)
+    assert checkpoint.load(tmp_path)["round"] == 3
+
+
+# --- 3. a run remembers its data ------------------------------------------------------------------------------------
+
+
+def test_resume_refuses_other_data(tmp_path: Path, cache: Path) -> None:
+    data = write_mnist(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    federate(data, tmp_path, run_dir, "num_rounds=2")
+    parquet = next(data.glob("train-*.parquet"))
+    mtime = parquet.stat().st_mtime_ns
+    write_mnist(tmp_path / "other", seed=8)
+    (tmp_path / "other" / parquet.name).replace(parquet)
+    os.utime(parquet, ns=(mtime, mtime))
+    forget_process_caches()
+    with pytest.raises(ConfigError, match=r"the data changed since the checkpoint.*dataset\.path"):
+        prepare(compose(overrides(data, tmp_path, "num_rounds=4", f"resume={run_dir}")))
+
+
+# --- 4. a run never overwrites another -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_fresh_run_into_a_used_directory_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["experiment=smoke", "backend=inprocess", f"hydra.run.dir={run_dir}"]
+    assert cli(args, tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    out = cli([*args, "seed=4"], tmp_path)
+    one_line_exit_2(out, str(run_dir), f"resume={run_dir}")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_live_runs_directory_writes_nothing(tmp_path: Path) -> None:
+    """The lock is taken before Hydra writes `.hydra/`: a run refused for a live owner leaves the directory as it was."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from perfedavg import run_lock\n"
+            f"with run_lock.hold({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = cli(["experiment=smoke", "backend=inprocess", f"hydra.run.dir={run_dir}"], tmp_path)
+        one_line_exit_2(out, "in use by another run")
+        assert sorted(p.name for p in run_dir.iterdir()) == [".perfedavg.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- 5. data validated where it enters ------------------------------------------------------------------------------
+
+
+def _labels(kind: str) -> np.ndarray | list:
+    base = np.tile(np.arange(10), 6)
+    return {"negative": base - 1, "too large": base + 10}[kind]
+
+
+@pytest.mark.parametrize(
+    "kind, fragments",
+    [
+        ("negative", ["column 'label'", "row 0", "-1", "[0, 10)"]),
+        ("too large", ["column 'label'", "row 0", "10", "[0, 10)"]),
+    ],
+)
+def test_labels_outside_the_classes_are_refused_before_anything_starts(tmp_path, cache, kind, fragments) -> None:
+    data = write_mnist(tmp_path / "data", labels=_labels(kind))
+    with pytest.raises(DataError) as e:
+        prepare(compose(overrides(data, tmp_path)))
+    message = str(e.value)
+    assert "train-00000-of-00001.parquet" in message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_labels_as_words_are_refused(tmp_path: Path, cache: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = write_mnist(tmp_path / "data")
+    path = next(data.glob("train-*.parquet"))
+    table = pq.read_table(path)
+    words = pa.array([f"digit{v}" for v in table.column("label").to_pylist()])
+    pq.write_table(table.set_column(1, "label", words).replace_schema_metadata(None), path)
+    with pytest.raises(DataError, match=r"column 'label'.*row 0.*'digit0'.*integers"):
+        prepare(compose(overrides(data, tmp_path)))
+
+
+def test_an_unreadable_image_is_refused_naming_its_row(tmp_path: Path, cache: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = write_mnist(tmp_path / "data")
+    path = next(data.glob("train-*.parquet"))
+    table = pq.read_table(path)
+    rows = table.column("image").to_pylist()
+    rows[7] = {"bytes": b"not a png", "path": None}
+    column = pa.array(rows, type=table.schema.field("image").type)
+    pq.write_table(table.set_column(0, "image", column).replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(DataError, match=r"column 'image', row 7: the image cannot be decoded"):
+        prepare(compose(overrides(data, tmp_path)))
+
+
+def test_a_parquet_without_hugging_face_metadata_loads_the_same(tmp_path: Path, cache: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with_meta = write_mnist(tmp_path / "meta")
+    without = write_mnist(tmp_path / "plain")
+    path = next(without.glob("train-*.parquet"))
+    pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+    a = federate(with_meta, tmp_path, tmp_path / "a")
+    b = federate(without, tmp_path, tmp_path / "b", f"dataset.cache_dir={tmp_path / 'hf2'}")
+    assert a["final"] == b["final"]
+
+
+def test_an_empty_train_split_is_refused(tmp_path: Path, cache: Path) -> None:
+    import pyarrow.parquet as pq
+
+    data = write_mnist(tmp_path / "data")
+    path = next(data.glob("train-*.parquet"))
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, 0), path)
+    with pytest.raises(DataError, match=r"no rows"):
+        prepare(compose(overrides(data, tmp_path)))
+
+
+# --- 6. environment variables are checked like keys -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, fragment", [("abc", "must be a number of GB"), ("-1", "must be ≥ 0")])
+def test_client_cache_bound_is_checked_like_a_key(tmp_path: Path, value: str, fragment: str, monkeypatch) -> None:
+    monkeypatch.setenv("PERFEDAVG_CLIENT_CACHE_GB", value)
+    with pytest.raises(ConfigError, match=f"PERFEDAVG_CLIENT_CACHE_GB={value!r}: {fragment}"):
+        prepare(compose(["experiment=smoke", "backend=inprocess"]))
+
+
+def test_a_cache_dir_that_is_a_file_is_refused(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "file"))
+    with pytest.raises(ConfigError, match="PERFEDAVG_CACHE_DIR="):
+        prepare(compose(["experiment=smoke", "backend=inprocess"]))
+
+
+def test_an_unwritable_cache_says_so_and_the_run_goes_on(tmp_path: Path, cache: Path, monkeypatch, caplog) -> None:
+    if os.geteuid() == 0:
+        monkeypatch.setattr(array_cache, "_make_temporary", _refuse)
+    else:
+        cache.mkdir(parents=True)
+        cache.chmod(0o500)
+    data = write_mnist(tmp_path / "data")
+    with caplog.at_level(logging.WARNING, logger="perfedavg"):
+        summary = federate(data, tmp_path, tmp_path / "run")
+    assert summary["final"]
+    assert any("PERFEDAVG_CACHE_DIR" in r.getMessage() for r in caplog.records)
+
+
+def _refuse(parent: Path, prefix: str) -> Path:
+    raise PermissionError(13, "Permission denied", str(parent))
