@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,11 +15,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from perfedavg import checkpoint, run_lock
-from perfedavg.config import ConfigError, check_overrides, register_schema, to_container
+from perfedavg.config import SWEPT_KEYS_VARIABLE, ConfigError, check_overrides, register_schema, to_container
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
 from perfedavg.federation import FederationError, done_line
-from perfedavg.preparation import CONF_DIR, check_composes, check_output_dir, check_resumable, load_checkpoint
+from perfedavg.preparation import (
+    CONF_DIR,
+    check_composes,
+    check_conf_dir,
+    check_output_dir,
+    check_resumable,
+    load_checkpoint,
+)
 from perfedavg.runner import run
 from perfedavg.stopping import FederationInterrupted
 
@@ -156,6 +164,15 @@ def resume_arguments(argv: list[str]) -> list[str]:
     return [*original, *argv, f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
 
 
+def swept_in(argv: list[str]) -> list[str]:
+    """The keys ``argv`` sweeps (``hessian=fo,hvp``, ``seed=range(3)``), in its order; Hydra's own keys left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    parsed = OverridesParser.create().parse_overrides(given)
+    return [o.get_key_element() for o in parsed if o.is_sweep_override()]
+
+
 def output_target(argv: list[str]) -> Path:
     """Where Hydra will create this invocation's run (or sweep) directory."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
@@ -176,12 +193,15 @@ def main() -> None:
 
 def _main() -> None:
     try:
+        check_conf_dir()
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))
         check_composes(sys.argv[1:])
         target = output_target(sys.argv[1:])
         check_output_dir(target)
         single = not any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        if not single:  # the jobs (in this process or a launcher's workers) name their runs after what varies
+            os.environ[SWEPT_KEYS_VARIABLE] = ",".join(swept_in(sys.argv[1:]))
         chosen_dir = single and any(a.startswith("hydra.run.dir=") for a in sys.argv[1:])
         if chosen_dir and not any(a.startswith("resume=") for a in sys.argv[1:]):
             check_not_a_run(target)
@@ -201,3 +221,7 @@ def _main() -> None:
 
 if __name__ == "__main__":
     main()
+
+# Hydra's launchers may run jobs in worker processes that import this module to call ``_job``: the schema and the
+# resolvers the sweep directory names use (``run_name``) must be registered there too.
+register_schema()

@@ -9,6 +9,7 @@ composition with the key named. :func:`validate` then checks ranges and combinat
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -212,6 +213,27 @@ def short_name(name: str) -> str:
     return f"{name[: MAX_RUN_NAME - 9]}~{zlib.crc32(name.encode()):08x}"
 
 
+#: The CLI tells a sweep's jobs which keys the command sweeps, in its order (comma-separated), through this variable.
+SWEPT_KEYS_VARIABLE = "PERFEDAVG_SWEPT_KEYS"
+
+
+def swept_keys() -> list[str]:
+    """The keys the running sweep varies (``-m hessian=fo,hvp seed=0,1``: ``hessian``, ``seed``); none outside a sweep
+    or where the sweeper chooses the values itself (Optuna's search space)."""
+    return [k for k in os.environ.get(SWEPT_KEYS_VARIABLE, "").split(",") if k]
+
+
+def run_name(override_dirname: str, task_overrides: Any) -> str:
+    """``${run_name:…}``: a sweep job's directory (and TensorBoard run) name: the values of the swept keys in the
+    command's order (``hessian=fo,seed=0``), which stay visible where TensorBoard cuts long names; the keys every job
+    shares are left out. Without known swept keys, Hydra's ``override_dirname`` (every override, sorted).
+    At most :data:`MAX_RUN_NAME` characters (:func:`short_name`)."""
+    swept = swept_keys()
+    given = {str(o).lstrip("+~").split("=", 1)[0]: str(o).lstrip("+~") for o in (task_overrides or [])}
+    chosen = [given[k] for k in swept if k in given]
+    return short_name(",".join(chosen) if chosen else override_dirname)
+
+
 def register_schema() -> None:
     """Register :class:`Config` as ``base_config`` so ``conf/config.yaml`` can extend it, and the resolvers its
     configs use (``per_method`` for per-method step sizes, ``short_name`` for sweep run names)."""
@@ -220,6 +242,8 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("per_method", _per_method)
     if not OmegaConf.has_resolver("short_name"):
         OmegaConf.register_new_resolver("short_name", short_name)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
 
 
 def _positive(name: str, value: Any, problems: list[str], integer: bool = False) -> None:
@@ -347,6 +371,13 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
     from dataclasses import fields, is_dataclass
     from pathlib import Path
 
+    for i, arg in enumerate(overrides):  # `alpha = 0.1` arrives as three arguments
+        after = overrides[i + 1] if i + 1 < len(overrides) else ""
+        if arg.startswith("=") or (arg.endswith("=") and after and "=" not in after and not after.startswith("-")):
+            raise ConfigError(
+                f"{' '.join(overrides[max(0, i - 1) : i + 2])}: an override is key=value without spaces around '=' "
+                f"(e.g. alpha=0.1)"
+            )
     for override in overrides:
         bare = override.lstrip("+~")
         if override.startswith("-") or bare.startswith(("hydra.", "hydra/", "hydra=")):

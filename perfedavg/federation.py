@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from perfedavg import checkpoint, diagnostics, sim_engine, step_estimate, task
-from perfedavg.config import clients_per_round
+from perfedavg.config import clients_per_round, swept_keys
 from perfedavg.stopping import STOP, FederationInterrupted
 
 log = logging.getLogger("perfedavg")
@@ -224,6 +224,11 @@ class Federation:
                 continue
             updates.append(update)
             rows.append(row)
+        if not updates and failures and non_finite == len(failures):
+            raise FederationError(
+                f"round {server_round}: every client's update is non-finite: the run diverged (try smaller step "
+                f"sizes: alpha={self.cfg['alpha']}, beta={self.cfg['beta']})"
+            )
         if len(updates) < max(1, self.cfg["min_clients"]):
             reasons = failure_reasons(failures)
             what = f"all {len(clients)}" if not updates else f"{len(failures)} of {len(clients)}"
@@ -513,7 +518,9 @@ def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, 
     try:
         summary = Federation(grid, cfg, run_dir, tracker, resume_state=state).run()
         params, chosen = hparams_of(cfg, run_overrides(run_dir))
-        tracker.hparams(params, list(summary["final"]), first=chosen)
+        swept = [k for k in swept_keys() if k in chosen]  # in a sweep, only what varies is marked as differing
+        first = swept + [k for k in chosen if k not in swept]
+        tracker.hparams(params, list(summary["final"]), first=first, differing=swept or chosen)
     finally:
         tracker.close()
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))

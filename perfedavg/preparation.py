@@ -26,7 +26,7 @@ def _conf_dir() -> Path:
     (``perfedavg/conf``, built from the top-level ``conf/``), else the checkout's ``conf/`` beside the package (a
     source tree or an editable install, where ``conf/`` is the one copy a user edits)."""
     if "PERFEDAVG_CONF_DIR" in os.environ:
-        return Path(os.environ["PERFEDAVG_CONF_DIR"])
+        return Path(os.environ["PERFEDAVG_CONF_DIR"]).expanduser()
     package = Path(__file__).resolve().parent
     shipped = package / "conf"
     return shipped if (shipped / "config.yaml").is_file() else package.parent / "conf"
@@ -34,6 +34,15 @@ def _conf_dir() -> Path:
 
 #: The conf/ tree every composition reads (see :func:`_conf_dir`).
 CONF_DIR = _conf_dir()
+
+
+def check_conf_dir() -> None:
+    """``$PERFEDAVG_CONF_DIR``, if set, must hold a config tree (``config.yaml``): one line naming it otherwise."""
+    if "PERFEDAVG_CONF_DIR" in os.environ and not (CONF_DIR / "config.yaml").is_file():
+        raise ConfigError(
+            f"PERFEDAVG_CONF_DIR={os.environ['PERFEDAVG_CONF_DIR']}: no config.yaml there; point it at a copy of "
+            f"perfedavg's conf/ tree, or unset it to use the shipped configs"
+        )
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -254,6 +263,7 @@ def check_composes(argv: list[str]) -> DictConfig:
         variants += [(i, v) for v in values[1:]]
     swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in _CHOICES for p in parsed)
     first: DictConfig | None = None
+    checked_data: set[str] = set()
     for i, value in [(-1, ""), *variants]:
         overrides = [value if j == i else o for j, o in enumerate(base) if (value if j == i else o)]
         try:
@@ -263,10 +273,31 @@ def check_composes(argv: list[str]) -> DictConfig:
         problems = [] if swept_choice else ineffective_overrides(cfg, overrides)
         if problems:
             raise ConfigError("; ".join(problems))
+        if variants:  # a sweep: every job's ranges and data are checked before the first job starts
+            _check_sweep_job(cfg, overrides, checked_data)
         if first is None:  # the base composition (i = -1) comes first
             first = cfg
     assert first is not None
     return first
+
+
+def _check_sweep_job(cfg: DictConfig, overrides: list[str], checked_data: set[str]) -> None:
+    """One sweep job's ranges (:func:`perfedavg.config.validate`) and, once per distinct data setting, whether the data
+    can serve its clients; an error names the job's overrides."""
+    import json
+
+    from perfedavg.data import DataError
+
+    job = " ".join(o for o in overrides if o)
+    try:
+        validate(cfg)
+        resolved = to_container(cfg)
+        data = json.dumps([data_params(resolved), resolved["num_clients"], resolved["seed"]], sort_keys=True)
+        if data not in checked_data:
+            check_dataset(data_params(resolved), resolved["num_clients"], resolved["seed"])
+            checked_data.add(data)
+    except (ConfigError, DataError) as e:
+        raise ConfigError(f"in the sweep's job {job}: {e}") from None
 
 
 def prepare_overrides(overrides: list[str], machine_checks: bool = True) -> dict[str, Any]:

@@ -90,12 +90,9 @@ def join_ray_cluster(cfg: dict[str, Any]) -> None:
     advice = "start one with `ray start --head` (its address is printed) or leave ray_address unset for a local Ray"
     if address != "auto":  # Ray itself retries an unreachable head for minutes
         host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=10).close()
-        except OSError as e:
-            raise ConfigError(
-                f"ray_address={address}: cannot join a Ray cluster there (nothing answers: {e.strerror or e}); {advice}"
-            ) from None
+        problem = gcs_answer_problem(host, int(port))
+        if problem:
+            raise ConfigError(f"ray_address={address}: cannot join a Ray cluster there ({problem}); {advice}")
     init_args = dict(backend_config(cfg)["init_args"])
     pythonpath = os.pathsep.join(sys.path)
     try:
@@ -108,6 +105,29 @@ def join_ray_cluster(cfg: dict[str, Any]) -> None:
     cpus = ray.cluster_resources().get("CPU", 0)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     log.info("joined the Ray cluster at %s: %d node(s), %g CPUs", address, nodes, cpus)
+
+
+#: The HTTP/2 connection preface and an empty SETTINGS frame: what any gRPC client sends first.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def gcs_answer_problem(host: str, port: int, timeout: float = 4.0) -> str | None:
+    """Why ``host:port`` is not a Ray head's GCS, or ``None`` if it speaks gRPC. A GCS is a gRPC (HTTP/2) server: it
+    answers a client's connection preface with its own SETTINGS frame at once. A closed port refuses the connection; a
+    host that does not answer, or a listener that never serves (a TCP backlog nobody accepts from), sends nothing
+    within ``timeout`` seconds. (Ray itself retries such addresses for minutes.)"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_HTTP2_HELLO)
+            reply = conn.recv(9)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as e:
+        return f"nothing answers: {e.strerror or e}"
+    if len(reply) < 9 or reply[3] != 0x04:  # a frame header whose type is SETTINGS
+        return "what answers there is not a Ray head (no gRPC)"
+    return None
 
 
 def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None) -> dict[str, Any]:

@@ -11,9 +11,19 @@ fi
 stamp=.venv/.perfedavg-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing perfedavg and its dependencies into .venv (first time: a few minutes)" >&2
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "[setup] installing perfedavg and its dependencies into .venv, PyTorch first: an unpinned torch is a CUDA" >&2
+    echo "[setup] build of several GB (minutes). For a CPU-only build, stop now (Ctrl-C), install one into .venv" >&2
+    echo "[setup] (README, 'The two commands') and run this command again." >&2
+  else
+    echo "[setup] installing perfedavg and its dependencies into .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)') kept)" >&2
+  fi
   log=.venv/pip-install.log
-  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$log" 2>&1; then
+  # pip's own lines (what it collects, downloads and installs) as progress; the whole output in $log.
+  progress() { tee -a "$log" | { grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully)' || true; } | sed -u 's/^/[setup]   /' >&2; }
+  : > "$log"
+  if ! { .venv/bin/python -m pip install --upgrade pip 2>&1 | progress; } \
+     || ! { .venv/bin/python -m pip install -e '.[dev]' 2>&1 | progress; }; then
     tail -40 "$log" >&2
     echo "[setup] pip install failed; full log: $log" >&2
     exit 1

@@ -45,7 +45,10 @@ BAD_INPUTS = [
     (["partition=iid", "dataset=synthetic", "model=mlp"], ["partition=iid", "dataset=synthetic", "partition=natural"]),
     (["partition=paper", "partition.images_per_class=7"], ["partition.images_per_class=7", "even number"]),
     (["partition=cyclic"], ["partition=cyclic", "allowed: dirichlet, iid, natural, paper, pathological, shard"]),
-    (["partition=pathological", "partition.classes_per_client=11"], ["partition.classes_per_client=11", "between 1 and 10"]),
+    (
+        ["partition=pathological", "partition.classes_per_client=11"],
+        ["partition.classes_per_client=11", "between 1 and 10"],
+    ),
     (
         ["dataset=mnist", "dataset.cache_dir=${hydra:runtime.cwd}/no-cache"],
         ["dataset=mnist", "perfedavg.data.fetch mnist"],
@@ -71,6 +74,10 @@ BAD_INPUTS = [
     (["ray_address=localhost"], ["ray_address=localhost: must be auto", "HOST:PORT"]),
     (["backend=inprocess", "ray_address=auto"], ["ray_address=auto: has no effect with backend=inprocess"]),
     (["ray_address=127.0.0.1:9"], ["ray_address=127.0.0.1:9: cannot join a Ray cluster there", "ray start --head"]),
+    # A bad value in the middle of a sweep stops the sweep before its first job (ranges and data checks included).
+    (["-m", "alpha=0.1,-1,0.2", "experiment=smoke"], ["in the sweep's job alpha=-1", "must be a positive number"]),
+    (["-m", "num_clients=4,5000,6", "experiment=smoke"], ["in the sweep's job num_clients=5000", "largest that works"]),
+    (["alpha", "=", "0.1"], ["alpha = 0.1: an override is key=value without spaces around '='"]),
 ]
 if not __import__("torch").cuda.is_available():  # the CI machine has no GPU: asking for one is a user error there
     BAD_INPUTS.append((["device=cuda"], ["device=cuda: no CUDA GPU is visible to PyTorch", "use device=cpu"]))
@@ -150,7 +157,9 @@ def test_override_precheck_leaves_hydra_syntax_alone() -> None:
 
 def test_a_key_read_by_some_run_of_a_sweep_is_accepted() -> None:
     check_composes(["-m", "hessian=fo,fd", "delta=0.01"])  # the fd runs read δ
-    check_composes(["-m", "dataset=digits,mnist", "dataset.path=/data"])
+    # dataset.path is read by the mnist job, so it is accepted; that job's data is then checked before any job runs
+    with pytest.raises(ConfigError, match=r"in the sweep's job dataset=mnist dataset.path=/data: .*cannot load '/data'"):
+        check_composes(["-m", "dataset=digits,mnist", "dataset.path=/data"])
     check_composes(["-m", "hydra/sweeper=step_sizes", "alpha=tag(log, interval(0.001, 0.1))"])  # left to the sweeper
     with pytest.raises(ConfigError, match="delta=0.01: has no effect with hessian=fo"):
         check_composes(["-m", "hessian=fo", "delta=0.01,0.1"])
@@ -198,3 +207,44 @@ def test_long_sweep_run_names_are_shortened_but_stay_distinct() -> None:
     assert short_name("experiment=a/b") == "experiment=a_b"  # never a sub-directory
     long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
     assert len(short_name(long_a)) == MAX_RUN_NAME and short_name(long_a) != short_name(long_b)
+
+
+def test_a_conf_dir_without_configs_is_named(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [*PERFEDAVG, "experiment=smoke"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PERFEDAVG_CONF_DIR": str(tmp_path / "nowhere")},
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"PERFEDAVG_CONF_DIR={tmp_path / 'nowhere'}: no config.yaml there" in out.stderr
+
+
+def test_a_ray_address_whose_listener_never_answers_fails_within_seconds() -> None:
+    """A loopback port with a listener that accepts nothing (Ray itself would wait minutes for its GCS), and a closed
+    one: refused in one line within 5 s."""
+    import socket
+    import time
+
+    from perfedavg.runner import join_ray_cluster
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        for port, reason in ((silent.getsockname()[1], "no answer within"), (closed_port, "nothing answers")):
+            cfg = {"ray_address": f"127.0.0.1:{port}", "verbose": False, "client_cpus": 1, "client_gpus": 0}
+            started = time.monotonic()
+            with pytest.raises(
+                ConfigError, match=f"ray_address=127.0.0.1:{port}: cannot join a Ray cluster there .*{reason}"
+            ):
+                join_ray_cluster(cfg)
+            assert time.monotonic() - started < 5
+    finally:
+        silent.close()

@@ -238,7 +238,7 @@ def test_a_fresh_run_into_a_used_directory_is_refused_and_changes_nothing(tmp_pa
 
 @pytest.mark.slow
 def test_a_second_run_into_a_live_runs_directory_writes_nothing(tmp_path: Path) -> None:
-    """The lock is taken before Hydra writes `.hydra/`: a run refused for a live owner leaves the directory as it was."""
+    """The lock is taken before Hydra writes `.hydra/`: a run refused for a live owner leaves the directory as is."""
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
         [

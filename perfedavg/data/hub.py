@@ -291,7 +291,10 @@ def _compute_split_key(source_json: str) -> dict[str, Any]:
     key: dict[str, Any] = (
         {"contents": contents}
         if contents
-        else {"fingerprint": getattr(split, "_fingerprint", None) or json.dumps([f["filename"] for f in split.cache_files])}
+        else {
+            "fingerprint": getattr(split, "_fingerprint", None)
+            or json.dumps([f["filename"] for f in split.cache_files])
+        }
     )
     key.update({"split": SPLIT, "image": image_key, "label": label_key, "input_shape": shape})
     key["decoder"] = _versions("pillow", "datasets")  # a new decoder decodes again (once)
@@ -345,7 +348,8 @@ def validate_split(params: Mapping[str, Any]) -> None:
             row = int(np.flatnonzero(~finite)[0])
             value = images[row].reshape(-1)[~np.isfinite(images[row].reshape(-1))][0]
             raise DataUnavailableError(
-                f"{_where(params)}: column {key['image']!r}, row {row}: a pixel is {float(value)}; images must be finite"
+                f"{_where(params)}: column {key['image']!r}, row {row}: a pixel is {float(value)}; images must be "
+                "finite"
             )
 
 
