@@ -158,7 +158,7 @@ def test_override_precheck_leaves_hydra_syntax_alone() -> None:
 def test_a_key_read_by_some_run_of_a_sweep_is_accepted() -> None:
     check_composes(["-m", "hessian=fo,fd", "delta=0.01"])  # the fd runs read δ
     # dataset.path is read by the mnist job, so it is accepted; that job's data is then checked before any job runs
-    with pytest.raises(ConfigError, match=r"in the sweep's job dataset=mnist dataset.path=/data: .*cannot load '/data'"):
+    with pytest.raises(ConfigError, match=r"in the sweep's job dataset=mnist dataset.path=/data: .*cannot load"):
         check_composes(["-m", "dataset=digits,mnist", "dataset.path=/data"])
     check_composes(["-m", "hydra/sweeper=step_sizes", "alpha=tag(log, interval(0.001, 0.1))"])  # left to the sweeper
     with pytest.raises(ConfigError, match="delta=0.01: has no effect with hessian=fo"):
@@ -175,11 +175,9 @@ def test_multirun_gives_one_run_directory_per_job(tmp_path: Path) -> None:
     assert len(jobs) == 2
     modes = {(j / ".hydra" / "overrides.yaml").read_text().split("hessian=")[1].split()[0] for j in jobs}
     assert modes == {"hvp", "fo"}
-    # each run is named after its job number and overrides (TensorBoard shows these names)
-    assert sorted(j.name for j in jobs) == [
-        "0_fraction=1.0,hessian=hvp,local_steps=1,num_clients=3,num_rounds=1",
-        "1_fraction=1.0,hessian=fo,local_steps=1,num_clients=3,num_rounds=1",
-    ]
+    # each run is named after its job number and what the sweep varies (TensorBoard shows these names; what every
+    # job shares would push the varying part out of sight)
+    assert sorted(j.name for j in jobs) == ["0_hessian=hvp", "1_hessian=fo"]
     assert all(list(j.glob("events.out.tfevents*")) for j in jobs)
     log = out.stdout + out.stderr
     assert "round 1/1" in log and "tensorboard --logdir" in log

@@ -202,7 +202,10 @@ def test_unreadable_local_path_and_wrong_shape_are_clear_errors(tmp_path: Path) 
         check_dataset({**base, "path": str(tmp_path / "missing"), "input_shape": [1, 28, 28]}, 2, seed=0)
     x, y = images(3, (32, 32, 3))
     root = write_parquet(tmp_path / "rgb", x, y)
-    shape_error = r"dataset=mnist \(.*rgb\): images have shape \[1, 32, 32\], dataset.input_shape is \[1, 28, 28\]"
+    shape_error = (
+        r"dataset=mnist: dataset\.path=.*rgb \(train-00000-of-00001\.parquet\): column 'image', row 0: image of shape "
+        r"\[1, 32, 32\], dataset.input_shape is \[1, 28, 28\]"
+    )
     with pytest.raises(DataError, match=shape_error):
         check_dataset({**base, "path": str(root), "input_shape": [1, 28, 28]}, 2, seed=0)
 
