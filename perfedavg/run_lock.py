@@ -127,12 +127,14 @@ def _held_here(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def hold(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir`` for the duration of the ``with`` block (see the module docstring)."""
+def hold(run_dir: Path, within: bool = False) -> Iterator[None]:
+    """Hold ``run_dir`` for the duration of the ``with`` block (see the module docstring). ``within``: a lock this
+    process already holds is accepted and left to its holder (the run inside the CLI's hold, taken before Hydra
+    wrote anything); otherwise it is refused like any live owner's."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = lock_path(run_dir)
-    if _held_here(path):  # taken earlier by this process (the CLI holds it before Hydra writes): nested, a no-op
+    if within and _held_here(path):  # taken earlier by this process (the CLI, before Hydra writes): a no-op
         yield
         return
     mine = _identity()

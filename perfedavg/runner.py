@@ -144,7 +144,7 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
     quiet_logs(resolved["verbose"])
     try:
         # One run per directory (a second, or a resume of a live run, is refused); SIGINT/SIGTERM stop it cleanly.
-        with run_lock.hold(Path(run_dir)), stopping.stop_on_signals():
+        with run_lock.hold(Path(run_dir), within=True), stopping.stop_on_signals():
             return _simulate(resolved, Path(run_dir), client_app)
     except run_lock.RunDirectoryInUse as e:
         raise ConfigError(str(e)) from None
@@ -182,6 +182,7 @@ def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[
                 verbose_logging=resolved["verbose"],
             )
     finally:
+        sim_engine.close()
         ray.shutdown()  # Flower's engine shuts Ray down when it ends; this covers a failure before (a cluster stays up)
     if "error" in outcome:
         raise outcome["error"]

@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from perfedavg import sim_engine
 from perfedavg.config import ConfigError
 from perfedavg.curvature import HessianTooLargeError
 from perfedavg.data import DataError
@@ -36,6 +37,8 @@ def build_server_app(cfg: dict[str, Any], run_dir: Path, outcome: dict[str, Any]
             outcome["summary"] = run_and_record(grid, cfg, run_dir)
         except Exception as e:  # noqa: BLE001 - raised again by the caller (perfedavg.runner)
             outcome["error"] = e
+        finally:
+            sim_engine.close()  # no thread may wait on Ray once Flower's engine shuts it down after this returns
 
     return server
 

@@ -200,6 +200,11 @@ def _warm_up(actor_self) -> bool:  # noqa: ANN001 - runs inside the actor (``__r
     return True
 
 
+#: Threads warming up replacement actors, and the signal that Ray is about to shut down (:func:`close`).
+_warming: list[threading.Thread] = []
+_closing = threading.Event()
+
+
 def _replace(pool) -> None:  # noqa: ANN001 - Flower's actor pool
     """Start a new actor in place of a dead or killed one, and give it to the pool only once it has started and
     imported the ClientApp: its start-up (seconds on a loaded machine) then never counts against the round timeout
@@ -207,15 +212,37 @@ def _replace(pool) -> None:  # noqa: ANN001 - Flower's actor pool
     import ray
 
     actor = pool.create_actor_fn()
+    ready_ref = actor.__ray_call__.remote(_warm_up)
 
     def warm() -> None:
+        while not _closing.is_set():  # polled, so that :func:`close` ends the wait before Ray shuts down
+            ready, _ = ray.wait([ready_ref], timeout=_WAIT_S)
+            if ready:
+                break
+        if _closing.is_set():
+            return
         try:
-            ray.get(actor.__ray_call__.remote(_warm_up))
+            ray.get(ready_ref)
         except Exception as e:  # noqa: BLE001 - a warm-up that fails leaves the actor to fail visibly on first use
             log.debug("warming up a replacement Ray worker failed: %s", e)
         _give_back(pool, actor)
 
-    threading.Thread(target=warm, name="perfedavg-warm-actor", daemon=True).start()
+    thread = threading.Thread(target=warm, name="perfedavg-warm-actor", daemon=True)
+    with _actors_lock:
+        _warming.append(thread)
+    thread.start()
+
+
+def close() -> None:
+    """End the warm-up waits before Ray shuts down (Ray's API used from a thread during or after its shutdown can
+    abort the whole process). Called when the ServerApp returns, before Flower's engine stops Ray."""
+    _closing.set()
+    with _actors_lock:
+        threads = list(_warming)
+        _warming.clear()
+    for thread in threads:
+        thread.join(timeout=10)
+    _closing.clear()
 
 
 _process_message._perfedavg = True  # type: ignore[attr-defined]

@@ -13,7 +13,9 @@ import pytest
 
 from perfedavg.runner import compose, run
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+SCALING_OUT = (ROOT / "docs" / "scaling-out.md").read_text()
 #: Rounded to 4 decimals in the README; on another CPU or torch build kernels may round differently (1e-5 relative
 #: per the golden test), so allow the rounding plus a little.
 TOL = 2e-4
@@ -62,10 +64,10 @@ def test_the_default_run_is_not_chaotic(tmp_path: Path) -> None:
     assert last["eval/global_loss"] < first["eval/global_loss"] / 2
 
 
-def test_the_readme_smoke_figures_are_todays(tmp_path: Path) -> None:
-    """The `flwr run` section quotes `perfedavg experiment=smoke`'s round 3."""
-    found = re.search(r"round 3: train/loss ([0-9.]+), accuracy ([0-9.]+) → ([0-9.]+)", README)
-    assert found, "the README no longer quotes the smoke run's round 3"
+def test_the_docs_smoke_figures_are_todays(tmp_path: Path) -> None:
+    """docs/scaling-out.md's `flwr run` section quotes `perfedavg experiment=smoke`'s round 3."""
+    found = re.search(r"round 3: train/loss ([0-9.]+), accuracy ([0-9.]+) → ([0-9.]+)", SCALING_OUT)
+    assert found, "docs/scaling-out.md no longer quotes the smoke run's round 3"
     loss, global_acc, personalized_acc = map(float, found.groups())
     last = run(compose(["experiment=smoke", "backend=inprocess"]), tmp_path)["rounds"][2]
     assert last["train/loss"] == pytest.approx(loss, abs=TOL)
