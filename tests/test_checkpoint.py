@@ -258,7 +258,7 @@ def test_a_full_disk_mid_run_stops_with_one_line_and_leaves_no_temporary(tmp_pat
 
     def save(obj, f, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # round 3's checkpoint: half written, then the disk is full
+        if len(calls) == 6:  # round 3's checkpoint file (each round serialises its state, then writes the file)
             f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
