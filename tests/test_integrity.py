@@ -368,3 +368,18 @@ def test_an_unwritable_cache_says_so_and_the_run_goes_on(tmp_path: Path, cache: 
 
 def _refuse(parent: Path, prefix: str) -> Path:
     raise PermissionError(13, "Permission denied", str(parent))
+
+
+def test_nan_pixels_are_refused_naming_their_row(tmp_path: Path, cache: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = images(6, (28, 28), seed=3)
+    pixels = (x / 255.0).astype(np.float32)
+    pixels[3, 5, 7] = np.nan
+    data = tmp_path / "data"
+    data.mkdir()
+    column = pa.array([row.tolist() for row in pixels], type=pa.list_(pa.list_(pa.float32())))
+    pq.write_table(pa.table({"image": column, "label": pa.array(y, type=pa.int64())}), data / "train-00000.parquet")
+    with pytest.raises(DataError, match=r"column 'image', row 3: a pixel is nan; images must be finite"):
+        prepare(compose(overrides(data, tmp_path)))
