@@ -192,6 +192,7 @@ def main() -> None:
 
 
 def _main() -> None:
+    held = contextlib.ExitStack()  # the chosen run directory's lock, from before Hydra writes until the run ends
     try:
         check_conf_dir()
         sys.argv[1:] = resume_arguments(sys.argv[1:])
@@ -207,21 +208,18 @@ def _main() -> None:
             check_not_a_run(target)
         # A chosen run directory is held from here, before Hydra writes anything into it (.hydra/, the log): a run
         # refused because another holds it changes nothing there. (Hydra's own dated directories are new.)
-        holding = run_lock.hold(target) if chosen_dir else contextlib.nullcontext()
-        holding.__enter__()
+        if chosen_dir:
+            held.enter_context(run_lock.hold(target))
     except (ConfigError, run_lock.RunDirectoryInUse) as e:
         print(f"perfedavg: error: {e}", file=sys.stderr)
         sys.exit(2)
-    try:
-        register_schema()
+    with held:
         hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(_job)()
-    finally:
-        holding.__exit__(None, None, None)
 
-
-if __name__ == "__main__":
-    main()
 
 # Hydra's launchers may run jobs in worker processes that import this module to call ``_job``: the schema and the
 # resolvers the sweep directory names use (``run_name``) must be registered there too.
 register_schema()
+
+if __name__ == "__main__":
+    main()
