@@ -63,7 +63,7 @@ RESUMABLE_DIFFERENCES = frozenset(
         "step_sizes",
         "diagnostics",
         "round_timeout_s",  # an operational limit (a resume may raise it for a slow machine)
-        "data_fingerprint",  # compared on its own (preparation.check_same_data), with its own message
+        "data_fingerprint",  # compared on its own (preparation.check_resumable), with its own message
     }
 )
 

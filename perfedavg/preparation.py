@@ -59,14 +59,12 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Validate everything that can be checked without Flower; return the resolved config as plain data."""
     validate(cfg)
     resolved = to_container(cfg)
-    if resolved["resume"]:
-        check_resumable(resolved)
     check_environment()
     check_device(resolved)
     check_dataset(data_params(resolved), resolved["num_clients"], resolved["seed"])
     resolved["data_fingerprint"] = data_fingerprint(data_params(resolved))
     if resolved["resume"]:
-        check_same_data(resolved)
+        check_resumable(resolved)
     if resolved["hessian"]["mode"] == "exact":
         model = task.build_model(resolved["model"], resolved["seed"])
         p, clients, budget = curvature.parameter_layout(model).size, task.concurrent_clients(resolved), None
@@ -179,24 +177,18 @@ def check_resumable(resolved: dict[str, Any]) -> None:
             f"resume={resolved['resume']}: the config differs from the checkpointed run in keys that change "
             "results:\n    " + "\n    ".join(differences)
         )
-    if resolved["num_rounds"] < state["round"]:
-        raise ConfigError(
-            f"num_rounds={resolved['num_rounds']}: the run to resume has already completed {state['round']} rounds"
-        )
-
-
-def check_same_data(resolved: dict[str, Any]) -> None:
-    """A resumed run reads the data its checkpoint was trained on (the contents digest of a local data set, the hub
-    download's fingerprint); checkpoints written before the digest was recorded are not compared."""
-    run_dir = Path(resolved["resume"])
-    state = load_checkpoint(run_dir, f"resume={resolved['resume']}")
-    saved = (state or {}).get("config", {}).get("data_fingerprint")
-    if saved is not None and saved != resolved["data_fingerprint"]:
+    saved = state["config"].get("data_fingerprint")  # absent in checkpoints from before it was recorded
+    current = resolved.get("data_fingerprint")  # absent before the data is looked at (resume=auto's first check)
+    if saved is not None and current is not None and saved != current:
         what = f"dataset.path={resolved['dataset']['path']}" if resolved["dataset"].get("path") else "the data set"
         raise ConfigError(
             f"resume={resolved['resume']}: the data changed since the checkpoint of round {state['round']}: {what} "
-            f"now has contents {resolved['data_fingerprint'][:12]}…, the run was trained on {saved[:12]}…; restore "
-            f"that data to continue, or start a fresh run on the new data"
+            f"now has contents {current[:12]}…, the run was trained on {saved[:12]}…; restore that data to continue, "
+            f"or start a fresh run on the new data"
+        )
+    if resolved["num_rounds"] < state["round"]:
+        raise ConfigError(
+            f"num_rounds={resolved['num_rounds']}: the run to resume has already completed {state['round']} rounds"
         )
 
 

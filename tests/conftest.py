@@ -11,3 +11,23 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="perfedavg-hf-"))
 # Decoded image arrays and partitions (perfedavg.data.array_cache) go to a temporary cache, not the user's.
 os.environ.setdefault("PERFEDAVG_CACHE_DIR", tempfile.mkdtemp(prefix="perfedavg-cache-"))
+
+
+import pytest  # noqa: E402 - after the environment above is set
+
+
+def forget_process_caches() -> None:
+    """What a new process starts with: no loaded split, no decoded arrays, no partitions, no verified cache entry."""
+    from perfedavg.data import array_cache, hub
+
+    hub.forget_loaded()
+    array_cache.forget_verified()
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A decoded-data cache of the test's own, and a process that has loaded nothing yet (before and after)."""
+    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "decoded"))
+    forget_process_caches()
+    yield tmp_path / "decoded"
+    forget_process_caches()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import forget_process_caches
 from fake_images import images, write_image_folder, write_parquet
 
 from perfedavg.data import array_cache, hub, load_client
@@ -31,21 +32,6 @@ CASES = [
         {"name": "dirichlet", "alpha": 1.0, "min_partition_size": 5},
     ),
 ]
-
-
-def forget_process_caches() -> None:
-    """What a new process starts with: no loaded split, no decoded arrays, no partitions in memory."""
-    for cached in (hub._load_split, hub._split_key, hub._decoded, hub._partition):
-        if hasattr(cached, "cache_clear"):  # a test may have replaced one with a plain function
-            cached.cache_clear()
-
-
-@pytest.fixture
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "decoded"))
-    forget_process_caches()
-    yield tmp_path / "decoded"
-    forget_process_caches()
 
 
 def params_for(tmp_path: Path, name: str, layout: str, shape, input_shape, key, partition) -> dict:

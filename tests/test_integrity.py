@@ -16,30 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import forget_process_caches
 from fake_images import images, write_parquet
 
 from perfedavg import checkpoint
 from perfedavg.config import ConfigError
-from perfedavg.data import DataError, array_cache, hub
+from perfedavg.data import DataError, array_cache
 from perfedavg.runner import compose, prepare, run
 
 PERFEDAVG = [sys.executable, "-m", "perfedavg"]
 
 
-def forget_process_caches() -> None:
-    """What a new process starts with: nothing of the data in memory, no cache entry verified yet."""
-    for cached in (hub._load_split, hub._split_key, hub._decoded, hub._partition):
-        if hasattr(cached, "cache_clear"):
-            cached.cache_clear()
-    array_cache.forget_verified()
-
-
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "decoded"))
-    forget_process_caches()
-    yield tmp_path / "decoded"
-    forget_process_caches()
+def cache(own_cache: Path) -> Path:
+    """A decoded-data cache of the test's own (conftest's ``own_cache``)."""
+    return own_cache
 
 
 def write_mnist(root: Path, seed: int = 3, labels=None, per_class: int = 6) -> Path:

@@ -255,10 +255,15 @@ def _split_key(source_json: str) -> dict[str, Any]:
 def refresh_split_key(params: Mapping[str, Any]) -> None:
     """Look at the data through ``datasets`` again and record its key (the driver's data check does this before every
     run, so data downloaded or changed since is noticed even where the index would still match)."""
-    for cached in (_load_split, _split_key, _decoded, _partition):  # nothing of an older look survives
+    forget_loaded()  # nothing of an older look survives
+    _compute_split_key(_source_json(params))
+
+
+def forget_loaded() -> None:
+    """Drop this process's loaded splits, keys, decoded arrays and partitions (what a new process starts without)."""
+    for cached in (_load_split, _split_key, _decoded, _partition):
         if hasattr(cached, "cache_clear"):  # (a test may have replaced one with a plain function)
             cached.cache_clear()
-    _compute_split_key(_source_json(params))
 
 
 def _index_path(source_json: str) -> Path:
