@@ -106,13 +106,6 @@ def _describe(run_dir: Path, info: dict) -> str:
     )
 
 
-def check_free(run_dir: Path) -> None:
-    """Raise :class:`RunDirectoryInUse` if a live run holds ``run_dir`` (a check before anything is written)."""
-    info = owner(run_dir)
-    if info is not None and int(info["pid"]) != os.getpid():
-        raise RunDirectoryInUse(_describe(Path(run_dir), info))
-
-
 def _held_here(path: Path) -> bool:
     try:
         info = json.loads(path.read_text())
