@@ -320,3 +320,87 @@ def test_fetch_reports_an_unreachable_hub_without_a_traceback(tmp_path: Path) ->
     wrong = [sys.executable, "-m", "perfedavg.data.fetch", "mnst"]
     bad = subprocess.run(wrong, capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode == 2 and "invalid choice: 'mnst'" in bad.stderr
+
+
+def test_an_unreachable_hub_is_reported_within_seconds(tmp_path: Path) -> None:
+    """Offline without HF_HUB_OFFLINE=1, huggingface_hub retried for ~30 s with 11 warnings. Now one HEAD request
+    (≤ 3 s) decides: a closed loopback port and a listener that never answers both give the one-line error at once,
+    and so does the download command. HF_ENDPOINT is loopback, so nothing here leaves the machine. (One process for
+    all cases: the endpoint is read at import, so the script switches it through huggingface_hub's constants.)"""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = """
+import os, sys, time
+from huggingface_hub import constants
+from perfedavg.data import fetch, hub
+params = {'name': 'mnist', 'path': None, 'cache_dir': None, 'image_key': 'image', 'label_key': 'label',
+          'input_shape': [1, 28, 28]}
+for port in sys.argv[1:]:
+    constants.ENDPOINT = f'http://127.0.0.1:{port}'
+    hub.forget_loaded()
+    started = time.monotonic()
+    try:
+        hub.decoded_split(params)
+    except hub.DataUnavailableError as e:
+        print(f'{time.monotonic() - started:.2f}', e, flush=True)
+    started = time.monotonic()
+    code = fetch.main(['mnist', '--cache-dir', os.environ['HF_HOME']])
+    print(f'{time.monotonic() - started:.2f} fetch exit {code}', flush=True)
+"""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    ports = [silent.getsockname()[1], closed_port]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port}", HF_HOME=str(tmp_path / "hf"))
+    env["PERFEDAVG_CACHE_DIR"] = str(tmp_path / "cache")
+    try:
+        args = [sys.executable, "-c", script, *map(str, ports)]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        silent.close()
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4, out.stdout
+    for (port, reason), (load, download) in zip(
+        ((ports[0], "no answer within 3 s"), (ports[1], "Connection refused")), (lines[0:2], lines[2:4]), strict=True
+    ):
+        seconds, message = load.split(" ", 1)
+        assert float(seconds) < 5 and float(download.split()[0]) < 5
+        assert f"the Hugging Face hub (http://127.0.0.1:{port}) cannot be reached ({reason}" in message
+        assert "is not in the local cache" in message and "perfedavg.data.fetch mnist" in message
+        assert download.endswith("fetch exit 1")
+    assert "Retrying" not in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("could not download ylecun/mnist: the Hugging Face hub") == 2
+
+
+def test_a_hub_that_answers_with_any_status_counts_as_reachable() -> None:
+    """The probe asks only whether something speaks HTTP there: a 404 (a hub without that path) is an answer."""
+    import http.server
+    import threading
+
+    from perfedavg.data.hub_reach import answer_problem
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 - the handler's name is http.server's
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert answer_problem(f"http://127.0.0.1:{server.server_port}") is None
+    finally:
+        server.shutdown()
+        server.server_close()
