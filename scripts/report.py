@@ -138,20 +138,38 @@ def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
+def paired_test(method: list[float], baseline: list[float]) -> tuple[str, str]:
+    """The 95 % confidence interval of the mean per-seed difference ``method − baseline`` and the two-sided p-value
+    of the paired t-test (scipy's ``ttest_rel``), as table cells; "–" with fewer than two pairs or no spread."""
+    from scipy import stats
+
+    diffs = np.subtract(method, baseline)
+    if len(diffs) < 2 or float(np.std(diffs)) == 0.0:
+        return "–", "–"
+    result = stats.ttest_rel(method, baseline)
+    low, high = result.confidence_interval(confidence_level=0.95)
+    return f"[{low:+.4f}, {high:+.4f}]", f"{result.pvalue:.2g}"
+
+
 def paired(by_method: dict[str, list[Run]], tag: str, title: str, baseline: str = "FedAvg") -> str | None:
     """Per method listed after ``baseline``, the difference to it on the same seeds (same data, same initial model):
-    mean ± std of the per-seed differences and on how many seeds the method is ahead. Seeds remove most of the
-    spread between data sets, which the unpaired table keeps."""
+    mean ± std of the per-seed differences, the 95 % interval of their mean and the paired t-test's p, and on how
+    many seeds the method is ahead. Seeds remove most of the spread between data sets, which the unpaired table
+    keeps."""
     if baseline not in by_method:
         return None
     base = {r.seed: final_value(r, tag) for r in by_method[baseline]}
-    lines = [f"| method | Δ final {title} vs {baseline}, same seeds | ahead on |", "|---|---|---|"]
+    head = f"| method | Δ final {title} vs {baseline}, same seeds | 95 % interval | p (paired t) | ahead on |"
+    lines = [head, "|---|---|---|---|---|"]
     methods = ordered(list(by_method))
     for method in methods[methods.index(baseline) + 1 :]:  # the methods listed after it (FO: the HF variants)
-        diffs = [final_value(r, tag) - base[r.seed] for r in by_method[method] if r.seed in base]
-        if diffs:
+        pairs = [(final_value(r, tag), base[r.seed]) for r in by_method[method] if r.seed in base]
+        if pairs:
+            mine, theirs = [a for a, _ in pairs], [b for _, b in pairs]
+            diffs = [a - b for a, b in pairs]
+            interval, p = paired_test(mine, theirs)
             ahead = sum(d > 0 for d in diffs)
-            lines.append(f"| {method} | {mean_std(diffs)} | {ahead}/{len(diffs)} seeds |")
+            lines.append(f"| {method} | {mean_std(diffs)} | {interval} | {p} | {ahead}/{len(diffs)} seeds |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@
 # another's actors (tests/test_federation.py checks inprocess == Ray metric for metric).
 # BACKEND=ray runs each simulation through Flower's Ray engine instead; every run then starts its own Ray instance
 # (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
-# Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
+# Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), METHODS (default fedavg,fo,fd,hvp: which of the four
+# to run, e.g. METHODS=fo,hvp for a paired HF-vs-FO test), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
 # BACKEND (inprocess or ray; default inprocess), DIAGNOSTICS (default 0: off; N: the Per-FedAvg runs log curvature
 # diagnostics every N rounds, diagnostics.every=N, which leaves their results unchanged; scripts/diagnostics_report.py
 # plots them).
@@ -29,6 +30,21 @@ if [ $# -lt 1 ] || [ ! -f "conf/experiment/$1.yaml" ]; then
 fi
 experiment=$1
 shift
+methods=${METHODS:-fedavg,fo,fd,hvp}
+hessians=()
+run_fedavg=0
+for method in ${methods//,/ }; do
+  case $method in
+    fedavg) run_fedavg=1 ;;
+    fo | fd | hvp) hessians+=("$method") ;;
+    *) echo "reproduce.sh: METHODS=$methods: unknown method '$method' (allowed: fedavg, fo, fd, hvp)" >&2; exit 2 ;;
+  esac
+done
+n_methods=$(( ${#hessians[@]} + run_fedavg ))
+if [ "$n_methods" -eq 0 ]; then
+  echo "reproduce.sh: METHODS is empty (allowed: fedavg, fo, fd, hvp)" >&2
+  exit 2
+fi
 bash scripts/setup.sh
 jobs=${JOBS:-$(nproc)}
 seeds=${SEEDS:-0,1,2,3,4}
@@ -40,14 +56,20 @@ common=(
   "hydra.sweep.dir=$sweep_dir" 'hydra.sweep.subdir=${algorithm.name}-${hessian.mode}-seed${seed}'
 )
 start=$(date +%s)
-echo "[reproduce] $experiment: $((4 * n_seeds)) runs ($n_seeds seeds × 4 methods), $jobs at a time → $sweep_dir" >&2
+echo "[reproduce] $experiment: $((n_methods * n_seeds)) runs ($n_seeds seeds × $n_methods methods: $methods)," \
+  "$jobs at a time → $sweep_dir" >&2
 failed=0  # a run that stops (e.g. diverges) fails its multirun after the others finish; the sweep goes on
-echo "[reproduce] 1/2: Per-FedAvg with hessian=fo,fd,hvp" >&2
-diagnose=()
-if [ "${DIAGNOSTICS:-0}" != 0 ]; then diagnose=("diagnostics.every=$DIAGNOSTICS"); fi
-.venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg hessian=fo,fd,hvp "${diagnose[@]}" "$@" || failed=1
-echo "[reproduce] 2/2: FedAvg" >&2
-.venv/bin/perfedavg -m "${common[@]}" algorithm=fedavg hessian=fo "$@" || failed=1
+if [ ${#hessians[@]} -gt 0 ]; then
+  swept=$(IFS=,; echo "${hessians[*]}")
+  echo "[reproduce] Per-FedAvg with hessian=$swept" >&2
+  diagnose=()
+  if [ "${DIAGNOSTICS:-0}" != 0 ]; then diagnose=("diagnostics.every=$DIAGNOSTICS"); fi
+  .venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg "hessian=$swept" "${diagnose[@]}" "$@" || failed=1
+fi
+if [ "$run_fedavg" -eq 1 ]; then
+  echo "[reproduce] FedAvg" >&2
+  .venv/bin/perfedavg -m "${common[@]}" algorithm=fedavg hessian=fo "$@" || failed=1
+fi
 echo "[reproduce] all runs done in $(( $(date +%s) - start )) s; writing the report" >&2
 .venv/bin/python scripts/report.py "$sweep_dir"
 if [ "$failed" -ne 0 ]; then

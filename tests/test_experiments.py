@@ -100,14 +100,24 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         metrics = json.loads((sweep / f"{prefix}-seed{seed}" / "metrics.json").read_text())
         return metrics["final"]["eval/personalized_acc"]
 
-    diffs = [personalized("perfedavg-hvp", s) - personalized("fedavg-fo", s) for s in (0, 1)]
-    ahead = sum(d > 0 for d in diffs)
-    row = f"| Per-FedAvg (HF, hvp) | {np.mean(diffs):.4f} ± {np.std(diffs, ddof=1):.4f} | {ahead}/2 seeds |"
+    def paired_row(method: str, baseline: str) -> str:
+        """The row computed here by hand: mean ± std of the differences, mean ± t(0.975, n−1)·std/√n, and the
+        two-sided p of t = mean / (std/√n) — the report takes them from scipy's ttest_rel."""
+        from scipy import stats
+
+        diffs = np.array([personalized(method, s) - personalized(baseline, s) for s in (0, 1)])
+        mean, std = diffs.mean(), diffs.std(ddof=1)
+        cells = f"{mean:.4f} ± {std:.4f} | – | –"
+        if std > 0:
+            half = stats.t.ppf(0.975, df=1) * std / np.sqrt(2)
+            p = 2 * stats.t.sf(abs(mean) / (std / np.sqrt(2)), df=1)
+            cells = f"{mean:.4f} ± {std:.4f} | [{mean - half:+.4f}, {mean + half:+.4f}] | {p:.2g}"
+        return f"| Per-FedAvg (HF, hvp) | {cells} | {int((diffs > 0).sum())}/2 seeds |"
+
+    row = paired_row("perfedavg-hvp", "fedavg-fo")
     assert row in report, (row, report)
-    diffs = [personalized("perfedavg-hvp", s) - personalized("perfedavg-fo", s) for s in (0, 1)]
-    ahead = sum(d > 0 for d in diffs)
-    vs_fo = "vs Per-FedAvg (FO), same seeds | ahead on |\n|---|---|---|\n"
-    row = f"| Per-FedAvg (HF, hvp) | {np.mean(diffs):.4f} ± {np.std(diffs, ddof=1):.4f} | {ahead}/2 seeds |"
+    vs_fo = "vs Per-FedAvg (FO), same seeds | 95 % interval | p (paired t) | ahead on |\n|---|---|---|---|---|\n"
+    row = paired_row("perfedavg-hvp", "perfedavg-fo")
     assert vs_fo + row in report, (row, report)  # HF against FO seed by seed: the HF rows only
     # the diagnostics section: the Per-FedAvg runs logged round 2's diagnostics, FedAvg none
     assert "Curvature diagnostics" in report
@@ -131,6 +141,17 @@ def test_reproduce_names_the_experiments_on_a_wrong_one(tmp_path: Path) -> None:
     out = run(["bash", str(ROOT / "scripts" / "reproduce.sh"), "paper_mnst"], tmp_path)
     assert out.returncode == 2
     assert "paper_digits" in out.stderr and "paper_synthetic" in out.stderr and "paper_mnist" in out.stderr
+
+
+def test_reproduce_refuses_an_unknown_method_before_it_installs_or_runs_anything(tmp_path: Path) -> None:
+    env = {**os.environ, "METHODS": "fo,hvpp", "SWEEP_DIR": str(tmp_path / "sweep")}
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "reproduce.sh"), "smoke"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 2 and not (tmp_path / "sweep").exists()
+    assert out.stderr.strip() == (
+        "reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp' (allowed: fedavg, fo, fd, hvp)"
+    )
 
 
 def test_paper_mnist_tuned_is_paper_mnist_with_each_methods_tuned_step_sizes() -> None:
