@@ -10,8 +10,12 @@ a traced copy of the model and returns ``None`` (the caller then uses the exact 
   the functional ``F.mse_loss`` / ``F.cross_entropy`` (also through ``functools.partial`` with only ``reduction``
   fixed), which are the same function and are run as those modules;
 * the inputs are batched (``dim ≥ 2``);
-* after tracing, every node of the graph is a call of a module BackPACK's ``DiagHessian`` supports (the
-  ``x.view(x.size(0), -1)`` idiom of the seed's Net is rewritten to ``nn.Flatten()`` first);
+* after tracing, every node of the graph is a call of a module BackPACK's ``DiagHessian`` supports. Models as
+  people write them are rewritten to such modules first: a batch flatten (``x.view(x.size(0), -1)`` as in the
+  seed's Net, also with ``reshape``, ``x.shape[0]`` or the size of the input or another layer's output,
+  ``torch.flatten(x, 1)``, ``x.flatten(1)``) becomes ``nn.Flatten()``, and activations called as functions or
+  methods (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.elu``, ``F.selu``, ``F.leaky_relu``, ``torch.tanh``,
+  ``torch.sigmoid``, …; not in place) become their modules;
 * every trainable parameter receives a diagonal.
 
 The model itself is never touched: BackPACK's hooks go on a deep copy.
@@ -21,10 +25,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,33 +63,129 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 
+def _batch_size_of(node: Any) -> fx.Node | None:
+    """The tensor whose batch size ``node`` is: ``t.size(0)``, ``t.size()[0]`` or ``t.shape[0]``, for ``t`` the
+    model's input or a layer's output (every supported layer keeps the batch axis first, so any of them has the
+    same size 0 as the input); else ``None``."""
+    if not isinstance(node, fx.Node):
+        return None
+    source = None
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2 and node.args[1] == 0:
+        source = node.args[0]
+    elif node.op == "call_method" and node.target == "size" and node.kwargs == {"dim": 0} and len(node.args) == 1:
+        source = node.args[0]
+    elif node.op == "call_function" and node.target is operator.getitem and node.args[1:] == (0,):
+        whole = node.args[0]
+        if isinstance(whole, fx.Node) and whole.op == "call_method" and whole.target == "size":
+            source = whole.args[0] if len(whole.args) == 1 and not whole.kwargs else None
+        elif isinstance(whole, fx.Node) and whole.op == "call_function" and whole.target is getattr:
+            source = whole.args[0] if whole.args[1:] == ("shape",) else None
+    if isinstance(source, fx.Node) and source.op in ("placeholder", "call_module"):
+        return source
+    return None
+
+
 def _is_batch_flatten(node: fx.Node) -> bool:
-    """``x.view(x.size(0), -1)`` or ``x.reshape(x.size(0), -1)``: flatten everything but the batch axis."""
+    """``x.view(n, -1)`` or ``x.reshape(n, -1)`` (also with the shape as one tuple) where ``n`` is the batch size
+    (:func:`_batch_size_of`): flatten everything but the batch axis."""
     if node.op != "call_method" or node.target not in ("view", "reshape") or node.kwargs:
         return False
-    if len(node.args) != 3 or node.args[2] != -1:
-        return False
-    src, size = node.args[0], node.args[1]
-    return (
-        isinstance(size, fx.Node)
-        and size.op == "call_method"
-        and size.target == "size"
-        and size.args == (src, 0)
-        and not size.kwargs
-    )
+    shape = node.args[1:]
+    if len(shape) == 1 and isinstance(shape[0], tuple | list):
+        shape = tuple(shape[0])
+    return len(shape) == 2 and shape[1] == -1 and _batch_size_of(shape[0]) is not None
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    """A function or tensor method that is exactly a supported layer for some of its arguments: the names of its
+    arguments after the input (in positional order) with their defaults, and the layer for the bound arguments
+    (``None`` where these arguments are not that layer's computation)."""
+
+    names: tuple[str, ...]
+    defaults: dict[str, Any]
+    layer: Callable[[dict[str, Any]], nn.Module | None]
+
+
+def _out_of_place(layer: Callable[[dict[str, Any]], nn.Module]) -> Callable[[dict[str, Any]], nn.Module | None]:
+    # An in-place activation also changes its input for the input's other users: not rewritten.
+    return lambda a: None if a.get("inplace") else layer(a)
+
+
+_RELU = _Rewrite(("inplace",), {"inplace": False}, _out_of_place(lambda a: nn.ReLU()))
+_ELU = _Rewrite(("alpha", "inplace"), {"alpha": 1.0, "inplace": False}, _out_of_place(lambda a: nn.ELU(a["alpha"])))
+_SELU = _Rewrite(("inplace",), {"inplace": False}, _out_of_place(lambda a: nn.SELU()))
+_LEAKY = _Rewrite(
+    ("negative_slope", "inplace"),
+    {"negative_slope": 0.01, "inplace": False},
+    _out_of_place(lambda a: nn.LeakyReLU(a["negative_slope"])),
+)
+_TANH = _Rewrite((), {}, lambda a: nn.Tanh())
+_SIGMOID = _Rewrite((), {}, lambda a: nn.Sigmoid())
+_FLATTEN = _Rewrite(
+    ("start_dim", "end_dim"),
+    {"start_dim": 0, "end_dim": -1},
+    lambda a: nn.Flatten() if a["start_dim"] == 1 and a["end_dim"] == -1 else None,
+)
+
+#: Functions (``F.relu(x)``, ``torch.flatten(x, 1)``, …) and tensor methods (``x.relu()``, ``x.flatten(1)``, …)
+#: that compute what a supported layer computes, rewritten to that layer before the graph is checked.
+FUNCTION_REWRITES: dict[Any, _Rewrite] = {
+    F.relu: _RELU,
+    torch.relu: _RELU,
+    F.elu: _ELU,
+    F.selu: _SELU,
+    torch.selu: _SELU,
+    F.leaky_relu: _LEAKY,
+    torch.tanh: _TANH,
+    F.tanh: _TANH,
+    torch.sigmoid: _SIGMOID,
+    F.sigmoid: _SIGMOID,
+    torch.flatten: _FLATTEN,
+}
+METHOD_REWRITES: dict[str, _Rewrite] = {
+    "relu": _RELU,
+    "tanh": _TANH,
+    "sigmoid": _SIGMOID,
+    "flatten": _FLATTEN,
+}
+
+
+def _equivalent_layer(node: fx.Node) -> nn.Module | None:
+    """The supported layer that computes ``node`` from its first argument, or ``None``."""
+    if _is_batch_flatten(node):
+        return nn.Flatten()
+    if node.op == "call_function":
+        rewrite = FUNCTION_REWRITES.get(node.target)  # type: ignore[call-overload]
+    elif node.op == "call_method":
+        rewrite = METHOD_REWRITES.get(str(node.target))
+    else:
+        return None
+    if rewrite is None or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    extra = node.args[1:]
+    if len(extra) > len(rewrite.names) or set(node.kwargs) - set(rewrite.names):
+        return None
+    bound = {**rewrite.defaults, **dict(zip(rewrite.names, extra)), **node.kwargs}
+    if any(isinstance(v, fx.Node) for v in bound.values()):
+        return None  # an argument computed in the graph: not a constant layer
+    return rewrite.layer(bound)
 
 
 def _trace_for_backpack(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
-    """A traced deep copy of ``model`` made of supported layers only, or ``(None, why not)``."""
+    """A traced deep copy of ``model`` made of supported layers only, or ``(None, why not)``. Functional forms of
+    supported layers (:data:`FUNCTION_REWRITES`, :data:`METHOD_REWRITES`, batch flattens by view/reshape) are
+    rewritten to the layers first."""
     try:
         traced = fx.symbolic_trace(copy.deepcopy(model))
     except Exception as e:  # noqa: BLE001 - any model torch.fx cannot trace simply takes the fallback
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__})"
     graph = traced.graph
-    for i, node in enumerate(list(graph.nodes)):
-        if _is_batch_flatten(node):
-            name = f"_perfedavg_flatten_{i}"
-            traced.add_submodule(name, nn.Flatten())
+    for i, node in enumerate(list(graph.nodes)):  # in order: a rewritten node's users see the layer's output
+        layer = _equivalent_layer(node)
+        if layer is not None:
+            name = f"_perfedavg_{type(layer).__name__.lower()}_{i}"
+            traced.add_submodule(name, layer)
             with graph.inserting_before(node):
                 new = graph.call_module(name, (node.args[0],))
             node.replace_all_uses_with(new)
@@ -180,7 +282,12 @@ def _extended(model: nn.Module, loss_fn: nn.Module) -> tuple[_Extended | None, s
         return None, why
     from backpack import extend
 
-    # The traced copy keeps the module tree, so the original's names find its parameters, in layout order.
+    # The traced copy keeps the module tree, so the original's names find its parameters, in layout order; a
+    # parameter the forward never uses is not in it (the fallback gives its rows, which are zero).
+    traced_names = {n for n, _ in traced.named_parameters()}
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and n not in traced_names]
+    if unused:
+        return None, f"{type(model).__name__}'s forward does not use {', '.join(unused)}"
     params = [traced.get_parameter(n) for n, p in model.named_parameters() if p.requires_grad]
     buffers = [(b, traced.get_buffer(n)) for n, b in model.named_buffers()]
     with warnings.catch_warnings():

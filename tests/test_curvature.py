@@ -440,6 +440,67 @@ def test_diag_fallback_for_an_unsupported_layer_names_it(monkeypatch) -> None:
         C.hessian_diag(model, loss_fn, batch)
 
 
+class Idiom(nn.Module):
+    """Conv → activation → batch flatten → Linear, the activation and the flatten written as ``forward``."""
+
+    def __init__(self, forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 2)
+        self.fc = nn.Linear(2 * 3 * 3, 4)
+        self._forward = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self, x)
+
+
+#: Models as people write them: each idiom BackPACK's one-pass diagonal must take (issue 24 §5).
+IDIOMS: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    "view-size-of-input": lambda m, x: m.fc(F.relu(m.conv(x)).view(x.size(0), -1)),
+    "view-shape-of-input": lambda m, x: m.fc(torch.relu(m.conv(x)).view(x.shape[0], -1)),
+    "reshape-size-tuple": lambda m, x: m.fc(m.conv(x).relu().reshape((x.size()[0], -1))),
+    "view-size-of-layer": lambda m, x: (lambda h: m.fc(F.elu(h).view(h.size(0), -1)))(m.conv(x)),
+    "torch.flatten": lambda m, x: m.fc(torch.flatten(F.elu(m.conv(x), 0.5), 1)),
+    "x.flatten": lambda m, x: m.fc(torch.tanh(m.conv(x)).flatten(1)),
+    "x.flatten-kwargs": lambda m, x: m.fc(torch.sigmoid(m.conv(x)).flatten(start_dim=1, end_dim=-1)),
+    "F.leaky_relu": lambda m, x: m.fc(F.leaky_relu(m.conv(x), negative_slope=0.2).flatten(1)),
+    "F.selu-x.tanh": lambda m, x: torch.tanh(m.fc(F.selu(m.conv(x)).flatten(1))),
+    "x.sigmoid": lambda m, x: m.fc(m.conv(x).sigmoid().flatten(1)),
+}
+
+
+@pytest.mark.parametrize("name", list(IDIOMS))
+def test_diag_one_pass_takes_the_usual_idioms_and_matches_dense(name: str) -> None:
+    torch.manual_seed(11)
+    model = Idiom(IDIOMS[name]).double()
+    gen = torch.Generator().manual_seed(12)
+    batch = (torch.randn(5, 1, 4, 4, generator=gen, dtype=torch.float64), torch.randint(0, 4, (5,), generator=gen))
+    loss_fn = nn.CrossEntropyLoss()
+    fast, why = diag_backpack.diag_hessian_or_reason(model, loss_fn, batch)
+    assert fast is not None, why
+    dense = dense_hessian(model, loss_fn, batch).diagonal()
+    assert dense.abs().max().item() > 1e-3
+    assert (fast - dense).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize(
+    "forward, reason",
+    [
+        (lambda m, x: m.fc(F.relu(m.conv(x), inplace=True).flatten(1)), "calls relu"),
+        (lambda m, x: m.fc(m.conv(x).flatten(0).view(5, -1)), "calls flatten"),
+        (lambda m, x: m.fc(m.conv(x).view(m.fc.weight.size(0) + 1, -1)), "calls fc.weight"),
+        (lambda m, x: m.fc(F.gelu(m.conv(x)).flatten(1)), "calls gelu"),
+    ],
+    ids=["inplace-relu", "flatten-from-0", "view-size-of-a-weight", "gelu"],
+)
+def test_diag_one_pass_leaves_what_is_not_a_layer_to_the_exact_fallback(forward, reason: str) -> None:
+    """Forms that are not exactly a supported layer keep their node, so the graph check sends them to the row
+    loop (still exact: test_hessian_diag_equals_dense_diagonal)."""
+    model = Idiom(forward).double()
+    batch = (torch.randn(5, 1, 4, 4, dtype=torch.float64), torch.randint(0, 4, (5,)))
+    fast, why = diag_backpack.diag_hessian_or_reason(model, nn.CrossEntropyLoss(), batch)
+    assert fast is None and reason in why
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Top eigenvalues
 # --------------------------------------------------------------------------------------------------------------
