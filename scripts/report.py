@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,6 +175,15 @@ def paired(by_method: dict[str, list[Run]], tag: str, title: str, baseline: str 
     return "\n".join(lines)
 
 
+def whole_rounds(ax: Any, rounds: Sequence[float]) -> None:
+    """Round ticks at whole numbers only (no 1.5, 2.5 on short runs), also when few rounds were logged."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(rounds) and max(rounds) - min(rounds) < 2:
+        ax.set_xlim(min(rounds) - 1, max(rounds) + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot(by_method: dict[str, list[Run]], tag: str, title: str, out: Path) -> None:
     import matplotlib
 
@@ -188,6 +199,7 @@ def plot(by_method: dict[str, list[Run]], tag: str, title: str, out: Path) -> No
         (line,) = ax.plot(common, mean, label=f"{method} (n={len(runs)})")
         ax.fill_between(common, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("round")
+    whole_rounds(ax, common)
     ax.set_ylabel(title)
     ax.set_title(f"{title}: mean over seeds, band ± 1 std")
     ax.grid(alpha=0.3)
@@ -226,36 +238,51 @@ def curvature_table(by_method: dict[str, list[Run]]) -> str:
     return "\n".join(lines)
 
 
+#: Per method in display order: a colour map (one shade per seed) and a marker, so that methods whose lines
+#: coincide (fd under hvp) still show, and seeds can be told apart.
+METHOD_STYLES = [("Greys", "o"), ("Blues", "s"), ("Oranges", "^"), ("Greens", "D"), ("Purples", "v"), ("Reds", "P")]
+
+
 def plot_curvature(by_method: dict[str, list[Run]], out: Path) -> None:
-    """One panel per diagnostic (log scale where positive), one thin line per run, colour by method."""
+    """One panel per diagnostic (log scale where positive), one line per run: each method its own colour and
+    marker, each seed its own shade of that colour (light: lowest seed, dark: highest); stopped runs dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, method in enumerate(ordered(list(by_method))):
-        runs = [r for r in by_method[method] if DIAGNOSTICS[0][0] in r.curves]
+    for k, method in enumerate(ordered(list(by_method))):
+        i = ORDER.index(method) if method in ORDER else len(ORDER) + k  # a method's style is the same in every plot
+        cmap_name, marker = METHOD_STYLES[i % len(METHOD_STYLES)]
+        cmap = plt.get_cmap(cmap_name)
+        runs = sorted((r for r in by_method[method] if DIAGNOSTICS[0][0] in r.curves), key=lambda r: r.seed)
+        seeds = ",".join(str(r.seed) for r in runs)
         for j, run in enumerate(runs):
+            shade = cmap(0.45 + 0.5 * j / max(len(runs) - 1, 1))
+            label = f"{method}, seeds {seeds} light→dark" if j == len(runs) - 1 else None
             for ax, (tag, _) in zip(axes.flat, DIAGNOSTICS):
                 steps, values = run.curves[tag]
                 ax.plot(
                     steps,
                     values,
-                    color=colours[i % len(colours)],
+                    color=shade,
+                    marker=marker,
+                    markersize=3.5,
+                    markerfacecolor="none" if i % 2 else shade,  # alternate hollow markers: overlaps stay visible
                     linewidth=0.9,
-                    alpha=0.8,
+                    alpha=0.85,
                     linestyle="-" if finished(run) else "--",
-                    label=method if j == 0 else None,
+                    label=label,
                 )
     for ax, (tag, title) in zip(axes.flat, DIAGNOSTICS):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("round")
+        whole_rounds(ax, [s for runs in by_method.values() for r in runs if tag in r.curves for s in r.curves[tag][0]])
         if tag != "curvature/cosine_to_fo":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=7)
     fig.suptitle("Curvature at each client's first meta-step: client mean per diagnosed round (dashed: stopped run)")
     fig.tight_layout()
     fig.savefig(out)

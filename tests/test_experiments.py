@@ -168,3 +168,24 @@ def test_paper_mnist_tuned_is_paper_mnist_with_each_methods_tuned_step_sizes() -
         literal = to_container(compose(["experiment=paper_mnist", *overrides]))
         rest = lambda cfg: {k: v for k, v in cfg.items() if k not in ("alpha", "beta", "step_sizes")}  # noqa: E731
         assert rest(c) == rest(literal), method
+
+
+@pytest.mark.parametrize("rounds", [[2], [1, 2, 3], [10, 20, 30, 40, 50]], ids=["one-round", "three", "many"])
+def test_report_plots_tick_whole_rounds_only(rounds: list[int]) -> None:
+    import importlib.util
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    fig, ax = plt.subplots()
+    ax.plot(rounds, np.linspace(0, 1, len(rounds)))
+    report.whole_rounds(ax, rounds)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    plt.close(fig)
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
