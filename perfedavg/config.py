@@ -61,6 +61,14 @@ class PartitionName(StrEnum):
     natural = "natural"  # generated per client: nothing to split
 
 
+class MinSizeRule(StrEnum):
+    """How ``partition=dirichlet`` gives every client ``min_partition_size`` examples
+    (:mod:`perfedavg.data.dirichlet_partitioner`)."""
+
+    redraw = "redraw"  # Flower's rule: up to 10 redraws; if none reaches the minimum, the last draw is topped up
+    top_up = "top_up"  # the first draw topped up at once (many clients: redraws would only cost time)
+
+
 class Task(StrEnum):
     classification = "classification"
     regression = "regression"
@@ -130,7 +138,8 @@ class DatasetConf:
 class PartitionConf:
     name: PartitionName = MISSING
     alpha: float = 0.5  # dirichlet: concentration (smaller: more skewed label mixes)
-    min_partition_size: int = 10  # dirichlet: resample until every client has at least this many examples
+    min_partition_size: int = 10  # dirichlet: every client gets at least this many examples (see min_size_rule)
+    min_size_rule: MinSizeRule = MinSizeRule.redraw  # dirichlet: what reaches min_partition_size (MinSizeRule)
     classes_per_client: int = 2  # pathological: distinct labels per client
     shards_per_client: int = 2  # shard: label-sorted shards per client (McMahan et al. 2017)
     images_per_class: int = 196  # paper: a (group A: a of each lower class; group B: a/2 lower + 2a upper)
@@ -438,6 +447,7 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     **{f"dataset.{k}": ("dataset.name", ("synthetic",)) for k in ("synthetic_alpha", "synthetic_beta")},
     "partition.alpha": ("partition.name", ("dirichlet",)),
     "partition.min_partition_size": ("partition.name", ("dirichlet",)),
+    "partition.min_size_rule": ("partition.name", ("dirichlet",)),
     "partition.classes_per_client": ("partition.name", ("pathological",)),
     "partition.shards_per_client": ("partition.name", ("shard",)),
     "partition.images_per_class": ("partition.name", ("paper",)),

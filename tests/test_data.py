@@ -84,6 +84,71 @@ def test_dirichlet_partition_is_skewed_and_respects_the_minimum_size() -> None:
     assert top_share > 2 * iid_share  # α = 0.1: most of a client's examples come from one or two classes
 
 
+@pytest.mark.parametrize("alpha, min_size", [(0.5, 10), (0.3, 20), (0.1, 5)])
+def test_dirichlet_partition_equals_flowers_wherever_flower_reaches_the_minimum(alpha: float, min_size: int) -> None:
+    """Same draws as flwr_datasets' DirichletPartitioner (redraws included), so results made before are unchanged."""
+    import warnings
+
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    labels = np.random.default_rng(3).integers(0, 10, 2_000)
+    for seed in range(4):
+        table = datasets.Dataset.from_dict({"label": labels})
+        theirs = DirichletPartitioner(20, "label", alpha, min_size, self_balancing=False, seed=seed)
+        theirs.dataset = table
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Flower warns at each redraw
+            try:
+                expected = [theirs.load_partition(i)["label"] for i in range(20)]
+            except ValueError:
+                continue  # Flower refuses: covered by the many-clients test
+        spec = {"name": "dirichlet", "alpha": alpha, "min_partition_size": min_size}
+        from perfedavg.data.partition import make_partitioner
+
+        ours = make_partitioner(spec, 20, seed)
+        ours.dataset = table
+        assert [ours.load_partition(i)["label"] for i in range(20)] == expected
+        assert ours.topped_up == 0
+
+
+@pytest.mark.parametrize("rule", ["redraw", "top_up"])
+def test_dirichlet_partition_gives_a_thousand_clients_their_minimum(rule: str) -> None:
+    """1,000 clients of a 60,000-example pool at α = 0.1, minimum 10: Flower's rule refuses; the top-up gives every
+    client its 10, moves only what the short clients lack, and keeps the partition a disjoint cover."""
+    labels = np.random.default_rng(0).integers(0, 10, 60_000)
+    spec = {"name": "dirichlet", "alpha": 0.1, "min_partition_size": 10, "min_size_rule": rule}
+    from perfedavg.data.partition import make_partitioner
+
+    partitioner = make_partitioner(spec, 1_000, seed=0)
+    import datasets
+
+    partitioner.dataset = datasets.Dataset.from_dict({"label": labels})
+    partitioner.load_partition(0)  # computes the whole split
+    parts = [np.asarray(partitioner._partition_id_to_indices[i]) for i in range(1_000)]
+    assert min(len(p) for p in parts) >= 10
+    assert sorted(np.concatenate(parts).tolist()) == list(range(60_000))
+    assert 0 < partitioner.topped_up <= 10 * sum(len(p) == 10 for p in parts)
+    skew = np.mean([max(c.values()) / sum(c.values()) for c in label_counts(parts, labels)])
+    if rule == "redraw":  # the claim above: Flower's own partitioner gives up on this split
+        import warnings
+
+        from flwr_datasets.partitioner import DirichletPartitioner
+
+        theirs = DirichletPartitioner(1_000, "label", 0.1, 10, self_balancing=False, seed=0)
+        theirs.dataset = partitioner.dataset
+        with warnings.catch_warnings(), pytest.raises(ValueError, match="max number of attempts"):
+            warnings.simplefilter("ignore")
+            theirs.load_partition(0)
+    assert skew > 0.5  # α = 0.1 over 10 classes: still a skewed mix after the top-up (IID would give ≈ 0.2)
+
+
+def test_dirichlet_partition_names_a_minimum_the_data_cannot_give() -> None:
+    spec = {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 200, "min_size_rule": "top_up"}
+    with pytest.raises(ValueError, match="1000 examples cannot give 8 clients 200 each"):
+        partition_indices(LABELS, spec, 8, seed=0)
+
+
 def test_shard_partition_gives_each_client_its_shards_of_the_label_sorted_data() -> None:
     parts = partition_indices(LABELS, {"name": "shard", "shards_per_client": 2}, 10, seed=0)
     assert_disjoint(parts)

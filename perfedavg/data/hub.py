@@ -417,7 +417,9 @@ def _versions(*distributions: str) -> dict[str, str]:
 def _partition_code_digest() -> str:
     """A digest of this package's partitioning code, so a changed partitioner never reuses stored partitions."""
     here = Path(__file__).resolve().parent
-    text = "".join((here / name).read_text() for name in ("partition.py", "paper_partitioner.py"))
+    text = "".join(
+        (here / name).read_text() for name in ("partition.py", "paper_partitioner.py", "dirichlet_partitioner.py")
+    )
     return array_cache.digest(text)
 
 

@@ -1,6 +1,7 @@
 """Partition schemes (the ``partition`` config group) as ``flwr-datasets`` partitioners.
 
-``iid``, ``dirichlet``, ``pathological`` and ``shard`` are Flower's own partitioners; ``paper`` is
+``iid``, ``pathological`` and ``shard`` are Flower's own partitioners; ``dirichlet`` is Flower's with a minimum-size
+rule that works for thousands of clients (:mod:`perfedavg.data.dirichlet_partitioner`); ``paper`` is
 :class:`~perfedavg.data.paper_partitioner.PaperPartitioner`, written in the same style. ``natural`` means the data
 set is already per-client (generated per user) and takes no partitioner.
 """
@@ -25,29 +26,25 @@ LABEL = "label"
 def make_partitioner(spec: Mapping[str, Any], num_partitions: int, seed: int, partition_by: str = LABEL) -> Any:
     """A fresh ``flwr_datasets.partitioner.Partitioner`` for the ``partition`` config ``spec``.
 
-    ``spec["name"]`` picks the scheme; its parameters: ``alpha``, ``min_partition_size`` (dirichlet),
+    ``spec["name"]`` picks the scheme; its parameters: ``alpha``, ``min_partition_size``, ``min_size_rule`` (dirichlet),
     ``classes_per_client`` (pathological), ``shards_per_client`` (shard), ``images_per_class`` (paper).
     Seeded by ``seed``.
     """
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        IidPartitioner,
-        PathologicalPartitioner,
-        ShardPartitioner,
-    )
+    from flwr_datasets.partitioner import IidPartitioner, PathologicalPartitioner, ShardPartitioner
 
+    from perfedavg.data.dirichlet_partitioner import MinSizeDirichletPartitioner
     from perfedavg.data.paper_partitioner import PaperPartitioner
 
     name = spec["name"]
     if name == "iid":
         return IidPartitioner(num_partitions=num_partitions)
-    if name == "dirichlet":
-        return DirichletPartitioner(
+    if name == "dirichlet":  # Flower's draws, with a minimum-size rule that does not refuse many clients
+        return MinSizeDirichletPartitioner(
             num_partitions=num_partitions,
             partition_by=partition_by,
             alpha=float(spec["alpha"]),
             min_partition_size=int(spec["min_partition_size"]),
-            self_balancing=False,
+            min_size_rule=str(spec.get("min_size_rule", "redraw")),
             seed=seed,
         )
     if name == "pathological":
