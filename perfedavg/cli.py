@@ -14,11 +14,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from perfedavg import checkpoint, run_lock
-from perfedavg.config import SWEPT_KEYS_VARIABLE, ConfigError, check_overrides, register_schema, to_container
-from perfedavg.curvature import HessianTooLargeError
-from perfedavg.data import DataError
-from perfedavg.federation import FederationError, done_line
+from perfedavg import run_lock
+from perfedavg.config import (
+    SWEPT_KEYS_VARIABLE,
+    ConfigError,
+    check_overrides,
+    needs_hydra_runtime,
+    register_schema,
+    to_container,
+    validate,
+)
 from perfedavg.preparation import (
     CONF_DIR,
     check_composes,
@@ -27,8 +32,10 @@ from perfedavg.preparation import (
     check_resumable,
     load_checkpoint,
 )
-from perfedavg.runner import run
 from perfedavg.stopping import FederationInterrupted
+
+# The federation (PyTorch, Flower) is imported by the job, after the command line has been checked: a mistake in it
+# is named within about a second (tests/test_cli.py), not after seconds of imports.
 
 log = logging.getLogger("perfedavg")
 
@@ -48,6 +55,11 @@ class _JobTag(logging.Filter):
 
 
 def _job(cfg: DictConfig) -> float | None:
+    from perfedavg.curvature import HessianTooLargeError
+    from perfedavg.data import DataError
+    from perfedavg.federation import FederationError, done_line
+    from perfedavg.runner import run
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -123,6 +135,8 @@ def _auto_resume(cfg: DictConfig, run_dir: Path) -> float | None:
 def check_not_a_run(run_dir: Path, multirun: bool = False) -> None:
     """A fresh run never replaces another: a directory holding a checkpoint or a finished run's ``metrics.json`` is
     refused (:class:`ConfigError` naming how to continue it, or how to start afresh)."""
+    from perfedavg import checkpoint
+
     run_dir = Path(run_dir)
     state_file = checkpoint.checkpoint_path(run_dir)
     finished = (run_dir / "metrics.json").exists()
@@ -197,10 +211,12 @@ def _main() -> None:
         check_conf_dir()
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))
-        check_composes(sys.argv[1:])
+        composed = check_composes(sys.argv[1:])
         target = output_target(sys.argv[1:])
         check_output_dir(target)
         single = not any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        if single and not needs_hydra_runtime(composed):  # ranges before Hydra starts (sweeps: check_composes)
+            validate(composed)
         if not single:  # the jobs (in this process or a launcher's workers) name their runs after what varies
             os.environ[SWEPT_KEYS_VARIABLE] = ",".join(swept_in(sys.argv[1:]))
         chosen_dir = single and any(a.startswith("hydra.run.dir=") for a in sys.argv[1:])

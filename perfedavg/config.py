@@ -261,6 +261,16 @@ def _positive(name: str, value: Any, problems: list[str], integer: bool = False)
         problems.append(f"{name}={value}: must be a positive {kind}")
 
 
+def needs_hydra_runtime(cfg: DictConfig) -> bool:
+    """True if ``cfg`` resolves only inside a Hydra job (``${hydra:runtime.cwd}`` and the like): such a config is
+    checked by the job, not before Hydra starts."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as e:
+        return "HydraConfig was not set" in str(e)
+    return False
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and combinations; raise :class:`ConfigError` with one line per problem."""
     try:

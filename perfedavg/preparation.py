@@ -13,12 +13,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
-from perfedavg import checkpoint, curvature, task
-from perfedavg.config import ConfigError, check_overrides, register_schema, sweep_values, to_container, validate
-from perfedavg.data import array_cache, check_dataset, client_cache, data_fingerprint, data_params
+from perfedavg.config import (
+    ConfigError,
+    check_overrides,
+    needs_hydra_runtime,
+    register_schema,
+    sweep_values,
+    to_container,
+    validate,
+)
+
+# PyTorch, the data layer and the checkpoint format are imported inside the checks that need them: composing and
+# the config's own checks (types, ranges, keys) then cost about half a second, so a mistake on the command line is
+# named at once instead of after PyTorch's import (5 s and more on a small machine).
 
 
 def _conf_dir() -> Path:
@@ -57,6 +66,11 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Validate everything that can be checked without Flower; return the resolved config as plain data."""
+    import torch
+
+    from perfedavg import curvature, task
+    from perfedavg.data import check_dataset, data_fingerprint, data_params
+
     validate(cfg)
     resolved = to_container(cfg)
     check_environment()
@@ -97,6 +111,8 @@ def check_device(resolved: dict[str, Any]) -> None:
     Ray actors that would not use them (or, under Ray, CUDA without a GPU share: Ray hides GPUs from such actors),
     stop before anything starts."""
     import torch
+
+    from perfedavg import task
 
     device, gpus, ray = resolved["device"], float(resolved["client_gpus"]), resolved["backend"] == "ray"
     if device == "cuda" and not torch.cuda.is_available():
@@ -156,6 +172,8 @@ def check_output_dir(path: Path) -> None:
 def load_checkpoint(run_dir: Path, setting: str) -> dict[str, Any] | None:
     """:func:`perfedavg.checkpoint.load`, with a checkpoint that cannot be used reported as a :class:`ConfigError`
     naming the ``setting`` that asked for it (e.g. ``resume=<dir>``)."""
+    from perfedavg import checkpoint
+
     try:
         return checkpoint.load(run_dir) if Path(run_dir).is_dir() else None
     except checkpoint.CheckpointError as e:
@@ -164,6 +182,8 @@ def load_checkpoint(run_dir: Path, setting: str) -> dict[str, Any] | None:
 
 def check_resumable(resolved: dict[str, Any]) -> None:
     """``resume=<run dir>`` must name a run with a checkpoint whose config matches in everything that matters."""
+    from perfedavg import checkpoint
+
     run_dir = Path(resolved["resume"])
     state = load_checkpoint(run_dir, f"resume={resolved['resume']}")
     if state is None:
@@ -195,6 +215,8 @@ def check_resumable(resolved: dict[str, Any]) -> None:
 def check_environment() -> None:
     """The environment variables perfedavg reads, checked like config keys: ``PERFEDAVG_CLIENT_CACHE_GB`` a number
     ≥ 0, ``PERFEDAVG_CACHE_DIR`` a directory (or creatable)."""
+    from perfedavg.data import array_cache, client_cache
+
     try:
         client_cache.bound_bytes()
     except ValueError as e:
@@ -278,9 +300,11 @@ def _check_sweep_job(cfg: DictConfig, overrides: list[str], checked_data: set[st
     can serve its clients; an error names the job's overrides."""
     import json
 
-    from perfedavg.data import DataError
+    from perfedavg.data import DataError, check_dataset, data_params
 
     job = " ".join(o for o in overrides if o)
+    if needs_hydra_runtime(cfg):
+        return  # it resolves only inside its job, which checks it
     try:
         validate(cfg)
         resolved = to_container(cfg)

@@ -32,10 +32,16 @@ def quoted_final() -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"((?:eval|train)/\w+) ([0-9.]+)", line)}
 
 
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The default config run in-process once for the tests below: `bash scripts/run.sh` (on Ray) equals it metric
+    for metric (tests/test_federation.py)."""
+    run_dir = tmp_path_factory.mktemp("default")
+    return run_dir, run(compose(["backend=inprocess"]), run_dir)
+
+
 @pytest.mark.slow
-def test_the_readme_default_run_is_todays(tmp_path: Path) -> None:
-    """`bash scripts/run.sh` (the default config on Ray) equals the in-process run metric for metric
-    (tests/test_federation.py), so the in-process run checks the quoted line."""
+def test_the_readme_default_run_is_todays(default_run: tuple[Path, dict]) -> None:
     quoted = quoted_final()
     assert set(quoted) == {
         "eval/global_loss",
@@ -44,17 +50,17 @@ def test_the_readme_default_run_is_todays(tmp_path: Path) -> None:
         "eval/personalized_acc",
         "train/loss",
     }
-    final = run(compose(["backend=inprocess"]), tmp_path)["final"]
+    final = default_run[1]["final"]
     for key, value in quoted.items():
         assert final[key] == pytest.approx(value, abs=TOL), (key, final[key], value)
 
 
 @pytest.mark.slow
-def test_the_default_run_is_not_chaotic(tmp_path: Path) -> None:
+def test_the_default_run_is_not_chaotic(default_run: tuple[Path, dict], tmp_path: Path) -> None:
     """A perturbation of α far larger than a CPU's rounding difference moves no final figure by 1e-4, and the run
     converges: both the global and the personalized model end better than after round 1."""
+    base = default_run[1]
     cfg = compose(["backend=inprocess"])
-    base = run(cfg, tmp_path / "base")
     nudged = run(compose(["backend=inprocess", f"alpha={cfg.alpha * (1 + 2e-6)!r}"]), tmp_path / "nudged")
     for key, value in base["final"].items():
         assert nudged["final"][key] == pytest.approx(value, abs=STABLE), (key, nudged["final"][key], value)
@@ -62,6 +68,30 @@ def test_the_default_run_is_not_chaotic(tmp_path: Path) -> None:
     for key in ("eval/global_acc", "eval/personalized_acc"):
         assert last[key] > first[key] + 0.3, (key, first[key], last[key])
     assert last["eval/global_loss"] < first["eval/global_loss"] / 2
+
+
+@pytest.mark.slow
+def test_the_readme_picture_is_drawn_from_a_run(default_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """scripts/plot_run.py, the command that drew the README's picture, draws the default run; and the picture the
+    README shows exists."""
+    import subprocess
+    import sys
+
+    picture = re.search(r"!\[[^\]]*\]\((docs/img/[\w.-]+\.png)\)", README)
+    assert picture and (ROOT / picture.group(1)).is_file()
+    out = tmp_path / "run.png"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(default_run[0]), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(tmp_path)], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "not a finished run directory" in missing.stderr
 
 
 def test_the_docs_smoke_figures_are_todays(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import logging
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner
 
-log = logging.getLogger("perfedavg")
+log = logging.getLogger("perfedavg.partition")  # quiet while the checks search for a number of clients that fits
 
 #: The values of ``partition.min_size_rule``.
 MIN_SIZE_RULES = ("redraw", "top_up")

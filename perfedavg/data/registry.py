@@ -88,13 +88,19 @@ def _fits(sizes: list[int]) -> bool:
 def _largest_fitting(sizes_for: Callable[[int], list[int]], num_clients: int) -> int | None:
     """The most clients below ``num_clients`` (binary search) for which every client gets enough examples."""
     lo, hi = 0, num_clients - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        try:
-            ok = _fits(sizes_for(mid))
-        except ValueError:
-            ok = False
-        lo, hi = (mid, hi) if ok else (lo, mid - 1)
+    probing = logging.getLogger("perfedavg.partition")  # what a partitioner says of a trial split is noise here
+    level = probing.level
+    probing.setLevel(logging.WARNING)
+    try:
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            try:
+                ok = _fits(sizes_for(mid))
+            except ValueError:
+                ok = False
+            lo, hi = (mid, hi) if ok else (lo, mid - 1)
+    finally:
+        probing.setLevel(level)
     return lo or None
 
 
