@@ -79,6 +79,11 @@ def test_the_readme_picture_is_drawn_from_a_run(default_run: tuple[Path, dict], 
 
     picture = re.search(r"!\[[^\]]*\]\((docs/img/[\w.-]+\.png)\)", README)
     assert picture and (ROOT / picture.group(1)).is_file()
+    overtakes = re.search(r"the personalized model overtakes the global one\s+at round (\d+)", README)
+    rounds = default_run[1]["rounds"]
+    ahead = [r["round"] for r in rounds if r["eval/personalized_acc"] > r["eval/global_acc"]]
+    first_for_good = next(n for n in ahead if all(m in ahead for m in range(n, rounds[-1]["round"] + 1)))
+    assert overtakes and int(overtakes.group(1)) == first_for_good, (overtakes, ahead)
     out = tmp_path / "run.png"
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(default_run[0]), str(out)],
