@@ -145,7 +145,7 @@ def test_dirichlet_partition_gives_a_thousand_clients_their_minimum(rule: str) -
 
 def test_dirichlet_partition_names_a_minimum_the_data_cannot_give() -> None:
     spec = {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 200, "min_size_rule": "top_up"}
-    with pytest.raises(ValueError, match="1000 examples cannot give 8 clients 200 each"):
+    with pytest.raises(ValueError, match="1000 examples cannot give 8 clients partition.min_partition_size=200 each"):
         partition_indices(LABELS, spec, 8, seed=0)
 
 

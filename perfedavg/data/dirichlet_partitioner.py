@@ -80,8 +80,7 @@ class MinSizeDirichletPartitioner(DirichletPartitioner):
         total = sum(len(p) for p in parts)
         if total < need * len(parts):
             raise ValueError(
-                f"{total} examples cannot give {len(parts)} clients {need} each "
-                f"(lower partition.min_partition_size or num_clients)"
+                f"{total} examples cannot give {len(parts)} clients partition.min_partition_size={need} each"
             )
         largest = [(-len(p), i) for i, p in enumerate(parts)]  # a max-heap of sizes; stale entries skipped
         heapq.heapify(largest)
