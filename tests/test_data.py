@@ -177,16 +177,30 @@ def test_paper_partition_too_large_for_the_data_is_a_clear_error() -> None:
         check_dataset({**DIGITS, "partition": {"name": "paper", "images_per_class": 100}}, 20, seed=0)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        {"name": "iid"},
-        {"name": "shard", "shards_per_client": 2},
-        PATHOLOGICAL,
-        {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 10},
-        {"name": "paper", "images_per_class": 6},
-    ],
-)
+EVERY_SCHEME = [
+    {"name": "iid"},
+    {"name": "shard", "shards_per_client": 2},
+    PATHOLOGICAL,
+    {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 10},
+    {"name": "paper", "images_per_class": 6},
+]
+
+
+@pytest.mark.parametrize("spec", EVERY_SCHEME, ids=[s["name"] for s in EVERY_SCHEME])
+@pytest.mark.parametrize("sort", [True, False], ids=["sorted", "load-order"])
+def test_bulk_partitions_equal_one_load_partition_per_client(spec: dict, sort: bool, monkeypatch) -> None:
+    """The bulk read of every partition (one column read) gives exactly what one load_partition per client gives."""
+    from perfedavg.data import partition
+
+    labels = np.random.default_rng(1).permutation(LABELS)
+    bulk = partition_indices(labels, spec, 10, seed=2, sort=sort)
+    monkeypatch.setattr(partition, "_bulk_partitions", lambda *a: None)
+    one_by_one = partition_indices(labels, spec, 10, seed=2, sort=sort)
+    assert len(bulk) == len(one_by_one) == 10
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(bulk, one_by_one, strict=True))
+
+
+@pytest.mark.parametrize("spec", EVERY_SCHEME, ids=[s["name"] for s in EVERY_SCHEME])
 def test_every_partition_is_deterministic_in_the_seed(spec: dict) -> None:
     a, b, c = (partition_indices(LABELS, spec, 10, seed=s) for s in (1, 1, 2))
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
