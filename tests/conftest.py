@@ -31,3 +31,22 @@ def own_cache(tmp_path, monkeypatch):
     forget_process_caches()
     yield tmp_path / "decoded"
     forget_process_caches()
+
+
+@pytest.fixture
+def silent_and_closed_ports():
+    """Two loopback ports that answer nothing: one with a listener that never accepts (a TCP backlog nobody reads:
+    a client's connect succeeds and then waits) and one with nothing listening (refused at once)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        yield silent.getsockname()[1], closed_port
+    finally:
+        silent.close()

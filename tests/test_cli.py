@@ -220,32 +220,22 @@ def test_a_conf_dir_without_configs_is_named(tmp_path: Path) -> None:
     assert f"PERFEDAVG_CONF_DIR={tmp_path / 'nowhere'}: no config.yaml there" in out.stderr
 
 
-def test_a_ray_address_whose_listener_never_answers_fails_within_seconds() -> None:
+def test_a_ray_address_whose_listener_never_answers_fails_within_seconds(silent_and_closed_ports) -> None:
     """A loopback port with a listener that accepts nothing (Ray itself would wait minutes for its GCS), and a closed
     one: refused in one line within 5 s."""
-    import socket
     import time
 
     from perfedavg.runner import join_ray_cluster
 
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(1)
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
-    closed.close()
-    try:
-        for port, reason in ((silent.getsockname()[1], "no answer within"), (closed_port, "nothing answers")):
-            cfg = {"ray_address": f"127.0.0.1:{port}", "verbose": False, "client_cpus": 1, "client_gpus": 0}
-            started = time.monotonic()
-            with pytest.raises(
-                ConfigError, match=f"ray_address=127.0.0.1:{port}: cannot join a Ray cluster there .*{reason}"
-            ):
-                join_ray_cluster(cfg)
-            assert time.monotonic() - started < 5
-    finally:
-        silent.close()
+    silent_port, closed_port = silent_and_closed_ports
+    for port, reason in ((silent_port, "no answer within"), (closed_port, "nothing answers")):
+        cfg = {"ray_address": f"127.0.0.1:{port}", "verbose": False, "client_cpus": 1, "client_gpus": 0}
+        started = time.monotonic()
+        with pytest.raises(
+            ConfigError, match=f"ray_address=127.0.0.1:{port}: cannot join a Ray cluster there .*{reason}"
+        ):
+            join_ray_cluster(cfg)
+        assert time.monotonic() - started < 5
 
 
 def test_a_mistake_is_named_before_pytorch_or_flower_is_imported() -> None:

@@ -401,13 +401,12 @@ def test_fetch_reports_an_unreachable_hub_without_a_traceback(tmp_path: Path) ->
     assert bad.returncode == 2 and "invalid choice: 'mnst'" in bad.stderr
 
 
-def test_an_unreachable_hub_is_reported_within_seconds(tmp_path: Path) -> None:
+def test_an_unreachable_hub_is_reported_within_seconds(tmp_path: Path, silent_and_closed_ports) -> None:
     """Offline without HF_HUB_OFFLINE=1, huggingface_hub retried for ~30 s with 11 warnings. Now one HEAD request
     (≤ 3 s) decides: a closed loopback port and a listener that never answers both give the one-line error at once,
     and so does the download command. HF_ENDPOINT is loopback, so nothing here leaves the machine. (One process for
     all cases: the endpoint is read at import, so the script switches it through huggingface_hub's constants.)"""
     import os
-    import socket
     import subprocess
     import sys
 
@@ -429,22 +428,12 @@ for port in sys.argv[1:]:
     code = fetch.main(['mnist', '--cache-dir', os.environ['HF_HOME']])
     print(f'{time.monotonic() - started:.2f} fetch exit {code}', flush=True)
 """
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(1)
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
-    closed.close()
-    ports = [silent.getsockname()[1], closed_port]
+    ports = list(silent_and_closed_ports)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port}", HF_HOME=str(tmp_path / "hf"))
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{ports[1]}", HF_HOME=str(tmp_path / "hf"))
     env["PERFEDAVG_CACHE_DIR"] = str(tmp_path / "cache")
-    try:
-        args = [sys.executable, "-c", script, *map(str, ports)]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
-    finally:
-        silent.close()
+    args = [sys.executable, "-c", script, *map(str, ports)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 4, out.stdout
