@@ -122,11 +122,12 @@ def test_weighted_aggregation_differs_from_uniform_when_sizes_differ(tmp_path: P
 @pytest.mark.slow
 def test_metrics_do_not_depend_on_the_engine_or_the_number_of_actors(tmp_path: Path) -> None:
     """Same config and seed: Ray with 2 actors, Ray with 1 actor and the in-process grid agree exactly (4 clients
-    per round, so the order in which replies arrive would show in the sums if it leaked). The Ray run's TensorBoard
-    scalars are read back from disk too (a real federation through Flower's simulation engine)."""
+    per round, so the order in which replies arrive would show in the sums if it leaked). The ANN's small matrix
+    products give the same bits with 1 or 2 threads (a convolution's do not, so the Net cannot show this). The Ray
+    run's TensorBoard scalars are read back from disk too (a real federation through Flower's simulation engine)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    overrides = ["num_clients=4", "num_rounds=2", "fraction=1.0", "local_steps=2", "hessian=hvp"]
+    overrides = [*ANN_SMALL, "hessian=hvp", "fraction=1.0"]
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
     summary = run(compose(overrides), tmp_path / "ray2")
     one_actor = strip(run(compose([*overrides, "client_cpus=2"]), tmp_path / "ray1")["rounds"])
@@ -135,21 +136,13 @@ def test_metrics_do_not_depend_on_the_engine_or_the_number_of_actors(tmp_path: P
     assert summary["client_failures"] == 0
     acc = EventAccumulator(str(tmp_path / "ray2"), size_guidance={"scalars": 0, "histograms": 0}).Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in (
-        "train/loss",
-        "eval/global_loss",
-        "eval/global_acc",
-        "eval/personalized_loss",
-        "eval/personalized_acc",
-        "time/round_s",
-        "time/curvature_s",
-    ):
+    rounds = list(range(1, len(summary["rounds"]) + 1))
+    for tag in ("train/loss", "eval/global_loss", "eval/personalized_loss", "time/round_s", "time/curvature_s"):
         assert tag in tags, tag
-        steps = [e.step for e in acc.Scalars(tag)]
-        assert steps == [1, 2], (tag, steps)
+        assert [e.step for e in acc.Scalars(tag)] == rounds, tag
         assert all(math.isfinite(e.value) for e in acc.Scalars(tag))
-    assert acc.Scalars("eval/personalized_acc")[-1].value == pytest.approx(summary["final"]["eval/personalized_acc"])
-    assert "eval/personalized_acc_per_client" in acc.Tags()["histograms"]
+    assert acc.Scalars("eval/personalized_loss")[-1].value == pytest.approx(summary["final"]["eval/personalized_loss"])
+    assert "eval/personalized_loss_per_client" in acc.Tags()["histograms"]
     assert not any(tag.startswith("hparams/") for tag in tags)  # HPARAMS reads the real tags, no copies
 
 
