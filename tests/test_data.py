@@ -430,7 +430,8 @@ for port in sys.argv[1:]:
 """
     ports = list(silent_and_closed_ports)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{ports[1]}", HF_HOME=str(tmp_path / "hf"))
+    env = {k: v for k, v in env.items() if not k.lower().endswith("_proxy")}  # loopback only, never via a proxy
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{ports[1]}", HF_HOME=str(tmp_path / "hf"), NO_PROXY="*", no_proxy="*")
     env["PERFEDAVG_CACHE_DIR"] = str(tmp_path / "cache")
     args = [sys.executable, "-c", script, *map(str, ports)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
@@ -449,10 +450,15 @@ for port in sys.argv[1:]:
     assert out.stderr.count("could not download ylecun/mnist: the Hugging Face hub") == 2
 
 
-def test_a_hub_that_answers_with_any_status_counts_as_reachable() -> None:
+def test_a_hub_that_answers_with_any_status_counts_as_reachable(monkeypatch) -> None:
     """The probe asks only whether something speaks HTTP there: a 404 (a hub without that path) is an answer."""
     import http.server
+    import os
     import threading
+
+    for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)  # loopback only, never via a proxy
+    monkeypatch.setenv("NO_PROXY", "*")
 
     from perfedavg.data.hub_reach import answer_problem
 
