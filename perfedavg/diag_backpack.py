@@ -70,10 +70,9 @@ def _batch_size_of(node: Any) -> fx.Node | None:
     if not isinstance(node, fx.Node):
         return None
     source = None
-    if node.op == "call_method" and node.target == "size" and len(node.args) == 2 and node.args[1] == 0:
-        source = node.args[0]
-    elif node.op == "call_method" and node.target == "size" and node.kwargs == {"dim": 0} and len(node.args) == 1:
-        source = node.args[0]
+    if node.op == "call_method" and node.target == "size":  # t.size(0) or t.size(dim=0)
+        dim = node.args[1] if len(node.args) == 2 else node.kwargs.get("dim") if len(node.args) == 1 else None
+        source = node.args[0] if dim == 0 else None
     elif node.op == "call_function" and node.target is operator.getitem and node.args[1:] == (0,):
         whole = node.args[0]
         if isinstance(whole, fx.Node) and whole.op == "call_method" and whole.target == "size":

@@ -140,15 +140,15 @@ def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
-def paired_test(method: list[float], baseline: list[float]) -> tuple[str, str]:
-    """The 95 % confidence interval of the mean per-seed difference ``method − baseline`` and the two-sided p-value
-    of the paired t-test (scipy's ``ttest_rel``), as table cells; "–" with fewer than two pairs or no spread."""
+def paired_test(diffs: list[float]) -> tuple[str, str]:
+    """The 95 % confidence interval of the mean of per-seed differences and the two-sided p-value of the paired
+    t-test (a one-sample t-test of the differences against 0, which is scipy's ``ttest_rel``), as table cells; "–"
+    with fewer than two pairs or no spread."""
     from scipy import stats
 
-    diffs = np.subtract(method, baseline)
     if len(diffs) < 2 or float(np.std(diffs)) == 0.0:
         return "–", "–"
-    result = stats.ttest_rel(method, baseline)
+    result = stats.ttest_1samp(diffs, 0.0)
     low, high = result.confidence_interval(confidence_level=0.95)
     return f"[{low:+.4f}, {high:+.4f}]", f"{result.pvalue:.2g}"
 
@@ -165,11 +165,9 @@ def paired(by_method: dict[str, list[Run]], tag: str, title: str, baseline: str 
     lines = [head, "|---|---|---|---|---|"]
     methods = ordered(list(by_method))
     for method in methods[methods.index(baseline) + 1 :]:  # the methods listed after it (FO: the HF variants)
-        pairs = [(final_value(r, tag), base[r.seed]) for r in by_method[method] if r.seed in base]
-        if pairs:
-            mine, theirs = [a for a, _ in pairs], [b for _, b in pairs]
-            diffs = [a - b for a, b in pairs]
-            interval, p = paired_test(mine, theirs)
+        diffs = [final_value(r, tag) - base[r.seed] for r in by_method[method] if r.seed in base]
+        if diffs:
+            interval, p = paired_test(diffs)
             ahead = sum(d > 0 for d in diffs)
             lines.append(f"| {method} | {mean_std(diffs)} | {interval} | {p} | {ahead}/{len(diffs)} seeds |")
     return "\n".join(lines)
@@ -253,7 +251,7 @@ def plot_curvature(by_method: dict[str, list[Run]], out: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=120)
     for k, method in enumerate(ordered(list(by_method))):
-        i = ORDER.index(method) if method in ORDER else len(ORDER) + k  # a method's style is the same in every plot
+        i = ORDER.index(method) if method in ORDER else len(ORDER) + k  # fixed per method, whatever else is shown
         cmap_name, marker = METHOD_STYLES[i % len(METHOD_STYLES)]
         cmap = plt.get_cmap(cmap_name)
         runs = sorted((r for r in by_method[method] if DIAGNOSTICS[0][0] in r.curves), key=lambda r: r.seed)

@@ -84,52 +84,58 @@ def test_dirichlet_partition_is_skewed_and_respects_the_minimum_size() -> None:
     assert top_share > 2 * iid_share  # α = 0.1: most of a client's examples come from one or two classes
 
 
-@pytest.mark.parametrize("alpha, min_size", [(0.5, 10), (0.3, 20), (0.1, 5)])
-def test_dirichlet_partition_equals_flowers_wherever_flower_reaches_the_minimum(alpha: float, min_size: int) -> None:
-    """Same draws as flwr_datasets' DirichletPartitioner (redraws included), so results made before are unchanged."""
+def test_dirichlet_partition_equals_flowers_wherever_flower_reaches_the_minimum() -> None:
+    """Same draws as flwr_datasets' DirichletPartitioner, redraws included, so results made before are unchanged:
+    12 settings where Flower reaches the minimum, several of them only after redrawing."""
     import warnings
 
     import datasets
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    labels = np.random.default_rng(3).integers(0, 10, 2_000)
-    for seed in range(4):
-        table = datasets.Dataset.from_dict({"label": labels})
-        theirs = DirichletPartitioner(20, "label", alpha, min_size, self_balancing=False, seed=seed)
-        theirs.dataset = table
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Flower warns at each redraw
-            try:
-                expected = [theirs.load_partition(i)["label"] for i in range(20)]
-            except ValueError:
-                continue  # Flower refuses: covered by the many-clients test
-        spec = {"name": "dirichlet", "alpha": alpha, "min_partition_size": min_size}
-        from perfedavg.data.partition import make_partitioner
+    from perfedavg.data.partition import make_partitioner
 
-        ours = make_partitioner(spec, 20, seed)
-        ours.dataset = table
-        assert [ours.load_partition(i)["label"] for i in range(20)] == expected
-        assert ours.topped_up == 0
+    labels = np.random.default_rng(3).integers(0, 10, 2_000)
+    redrawn = 0
+    for alpha, min_size in [(0.5, 10), (0.3, 20), (0.1, 5)]:
+        for seed in range(4):
+            table = datasets.Dataset.from_dict({"label": labels})
+            theirs = DirichletPartitioner(20, "label", alpha, min_size, self_balancing=False, seed=seed)
+            theirs.dataset = table
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # Flower warns at each redraw
+                expected = [theirs.load_partition(i)["label"] for i in range(20)]
+            redrawn += any("min_partition_size" in str(w.message) for w in caught)
+            ours = make_partitioner({"name": "dirichlet", "alpha": alpha, "min_partition_size": min_size}, 20, seed)
+            ours.dataset = table
+            assert [ours.load_partition(i)["label"] for i in range(20)] == expected, (alpha, min_size, seed)
+            assert ours.topped_up == 0
+    assert redrawn >= 3  # the redraw path itself is compared, not only first draws
 
 
 @pytest.mark.parametrize("rule", ["redraw", "top_up"])
 def test_dirichlet_partition_gives_a_thousand_clients_their_minimum(rule: str) -> None:
     """1,000 clients of a 60,000-example pool at α = 0.1, minimum 10: Flower's rule refuses; the top-up gives every
-    client its 10, moves only what the short clients lack, and keeps the partition a disjoint cover."""
-    labels = np.random.default_rng(0).integers(0, 10, 60_000)
-    spec = {"name": "dirichlet", "alpha": 0.1, "min_partition_size": 10, "min_size_rule": rule}
-    from perfedavg.data.partition import make_partitioner
-
-    partitioner = make_partitioner(spec, 1_000, seed=0)
+    client its 10, moves exactly what the short clients of the last draw lacked, and keeps the partition a disjoint
+    cover."""
     import datasets
 
+    from perfedavg.data.partition import make_partitioner
+
+    labels = np.random.default_rng(0).integers(0, 10, 60_000)
+    spec = {"name": "dirichlet", "alpha": 0.1, "min_partition_size": 10, "min_size_rule": rule}
+    partitioner = make_partitioner(spec, 1_000, seed=0)
     partitioner.dataset = datasets.Dataset.from_dict({"label": labels})
     partitioner.load_partition(0)  # computes the whole split
     parts = [np.asarray(partitioner._partition_id_to_indices[i]) for i in range(1_000)]
     assert min(len(p) for p in parts) >= 10
     assert sorted(np.concatenate(parts).tolist()) == list(range(60_000))
-    assert 0 < partitioner.topped_up <= 10 * sum(len(p) == 10 for p in parts)
+    replay = make_partitioner(spec, 1_000, seed=0)  # the same generator: its draws are the ones made above
+    for _ in range(1 if rule == "top_up" else 11):
+        last = replay._draw(labels, list(range(10)))
+    lacking = sum(max(0, 10 - len(p)) for p in last)
+    assert lacking > 0 and partitioner.topped_up == lacking
     skew = np.mean([max(c.values()) / sum(c.values()) for c in label_counts(parts, labels)])
+    assert skew > 0.5  # α = 0.1 over 10 classes: still a skewed mix after the top-up (IID would give ≈ 0.2)
     if rule == "redraw":  # the claim above: Flower's own partitioner gives up on this split
         import warnings
 
@@ -140,7 +146,6 @@ def test_dirichlet_partition_gives_a_thousand_clients_their_minimum(rule: str) -
         with warnings.catch_warnings(), pytest.raises(ValueError, match="max number of attempts"):
             warnings.simplefilter("ignore")
             theirs.load_partition(0)
-    assert skew > 0.5  # α = 0.1 over 10 classes: still a skewed mix after the top-up (IID would give ≈ 0.2)
 
 
 def test_dirichlet_partition_names_a_minimum_the_data_cannot_give() -> None:

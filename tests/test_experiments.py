@@ -102,7 +102,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
 
     def paired_row(method: str, baseline: str) -> str:
         """The row computed here by hand: mean ± std of the differences, mean ± t(0.975, n−1)·std/√n, and the
-        two-sided p of t = mean / (std/√n) — the report takes them from scipy's ttest_rel."""
+        two-sided p of t = mean / (std/√n) — the report takes them from scipy (ttest_1samp on the differences)."""
         from scipy import stats
 
         diffs = np.array([personalized(method, s) - personalized(baseline, s) for s in (0, 1)])

@@ -24,6 +24,8 @@ import logging
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner
 
+from perfedavg.data.partition import column_array
+
 log = logging.getLogger("perfedavg.partition")  # quiet while the checks search for a number of clients that fits
 
 #: The values of ``partition.min_size_rule``.
@@ -104,7 +106,7 @@ class MinSizeDirichletPartitioner(DirichletPartitioner):
         if self._partition_id_to_indices_determined:
             return
         classes = sorted(self.dataset.unique(self._partition_by))
-        targets = np.array(self.dataset[self._partition_by])
+        targets = column_array(self.dataset, self._partition_by)  # one bulk read (Flower's np.array: row by row)
         draws = 1 if self._min_size_rule == "top_up" else MAX_REDRAWS + 1
         for _ in range(draws):
             parts = self._draw(targets, classes)

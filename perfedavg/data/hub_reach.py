@@ -52,6 +52,12 @@ def answer_problem(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
+def unreachable() -> str | None:
+    """Why the hub cannot be reached (:func:`answer_problem` on :func:`endpoint`), or ``None`` if it answers or the
+    user asked for offline mode (then nothing is asked of the network)."""
+    return None if is_offline() else answer_problem(endpoint())
+
+
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
     """``datasets`` and ``huggingface_hub`` in offline mode for the duration (as with ``HF_HUB_OFFLINE=1``): files
