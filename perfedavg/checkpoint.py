@@ -169,6 +169,17 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _unread(key: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """True if neither run reads ``key`` (:data:`perfedavg.config.READ_ONLY_WITH`: e.g. ``algorithm.lam`` of a
+    Per-FedAvg run, which a checkpoint older than that key lacks)."""
+    from perfedavg.config import READ_ONLY_WITH
+
+    if key not in READ_ONLY_WITH:
+        return False
+    choice, allowed = READ_ONLY_WITH[key]
+    return all(str(cfg.get(choice)) not in allowed for cfg in (saved, current))
+
+
 def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: saved → current`` for every key that differs and would change results."""
     a, b = _flatten(saved), _flatten(current)
@@ -177,7 +188,7 @@ def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     a["device"], b["device"] = (str(compute_device({"device": c.get("device", "cpu")})) for c in (a, b))
     lines = []
     for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] in RESUMABLE_DIFFERENCES:
+        if key.split(".")[0] in RESUMABLE_DIFFERENCES or _unread(key, a, b):
             continue
         if a.get(key, "<missing>") != b.get(key, "<missing>"):
             lines.append(f"{key}: {a.get(key, '<missing>')} → {b.get(key, '<missing>')}")

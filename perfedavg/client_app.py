@@ -1,9 +1,17 @@
-"""Flower ClientApp: Message ↔ torch. All algorithmic work is in :mod:`perfedavg.algorithm`.
+"""Flower ClientApp: Message ↔ torch. All algorithmic work is in :mod:`perfedavg.algorithms`.
 
 Each message carries the global weights (``ArrayRecord`` "arrays") and a ``ConfigRecord`` "config" holding the
 round number and the whole resolved run configuration as JSON, so the same app serves the simulation engine and
 the Deployment Engine without any other channel. A client's identity is its ``partition-id`` (node config); its
 data is built once per process and reused across rounds.
+
+A stateful algorithm's per-client state (Ditto's personal model, ``[P]``) lives in the node's ``Context.state``
+(:mod:`perfedavg.state_records`: the state, stamped with the round that produced it): Flower keeps a node's
+context with the engine, not in the worker process, so a Ray worker that dies or is replaced loses nothing. Each
+message says which round's state the server expects (``config["state-round"]``; 0: the initial model) and carries
+the state itself (``"state"``) where the server cannot rely on the node having it (after a resume, or after that
+client failed); every training reply sends the new state back, for the server's checkpoints
+(:mod:`perfedavg.federation`).
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from perfedavg import algorithm, diagnostics, task
+from perfedavg import algorithms, curvature, diagnostics, task
 from perfedavg.data import ClientData, data_params, load_client
 from perfedavg.data.client_cache import ClientCache
+from perfedavg.state_records import STATE_ARRAYS, STATE_ROUND, pack_state, unpack_state
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,7 +74,9 @@ class Worker:
 
     model: torch.nn.Module
     loss_fn: torch.nn.Module
-    spec: algorithm.LocalSpec
+    spec: algorithms.LocalSpec
+    algorithm: algorithms.Algorithm
+    initial: torch.Tensor  # the run's initial model, flat [P] (a stateful algorithm's state before its first round)
     classification: bool
     device: torch.device
     tensors: dict[str, torch.Tensor]  # the model's parameters and buffers by state-dict name (live tensors)
@@ -81,6 +92,8 @@ def _worker(config_json: str) -> Worker:
         model=model,
         loss_fn=task.build_loss(cfg["dataset"]),
         spec=task.local_spec(cfg),
+        algorithm=algorithms.get(cfg["algorithm"]["name"]),
+        initial=curvature.flat_parameters(model).detach().clone(),
         classification=task.is_classification(cfg["dataset"]),
         device=device,
         tensors=dict(model.state_dict(keep_vars=True)),
@@ -125,20 +138,45 @@ def _receive(message: Message, context: Context) -> tuple[int, dict[str, Any], i
     return server_round, cfg, cid, _client_data(worker, cfg, cid), worker
 
 
+class StateMissingError(RuntimeError):
+    """The node does not hold the per-client state the server expects (e.g. a SuperNode restarted)."""
+
+
+def client_state(message: Message, context: Context, worker: Worker, cid: int) -> torch.Tensor | None:
+    """The client's state ``[P]`` for a stateful algorithm (None otherwise): the one the message carries, else the
+    node's own if it is of the round the server expects, else the initial one if the client never trained."""
+    if not worker.algorithm.stateful:
+        return None
+    expected = int(message.content["config"]["state-round"])
+    if "state" in message.content:
+        return unpack_state(message.content["state"], worker.initial.device)
+    held = int(context.state[STATE_ROUND]["round"]) if STATE_ROUND in context.state else 0
+    if STATE_ARRAYS in context.state and held == expected:
+        return unpack_state(context.state[STATE_ARRAYS], worker.initial.device)
+    if expected == 0:
+        return worker.algorithm.initial_state(worker.initial)
+    raise StateMissingError(
+        f"client {cid} holds no {worker.spec.algorithm} state of round {expected} (its node has "
+        f"{'round ' + str(held) if STATE_ARRAYS in context.state else 'none'}); the server resends it"
+    )
+
+
 def train(message: Message, context: Context) -> Message:
-    """Local update from the global weights; reply with the new weights and training metrics."""
+    """Local update from the global weights; reply with the new weights, training metrics and, for a stateful
+    algorithm, the client's new state (also kept in ``context.state``)."""
     start = time.perf_counter()
     server_round, cfg, cid, data, worker = _receive(message, context)
     model = worker.model
     every = int(cfg.get("diagnostics", {}).get("every", 0))
-    result = algorithm.local_update(
+    result = worker.algorithm.local_update(
         model,
         worker.loss_fn,
         data.x_train,
         data.y_train,
         worker.spec,
         client_generator(cfg["seed"], cid, server_round),
-        diagnose=every > 0 and server_round % every == 0,  # FedAvg has no meta-step: local_update measures nothing
+        state=client_state(message, context, worker, cid),
+        diagnose=every > 0 and server_round % every == 0,  # only Per-FedAvg has a meta-step to measure
     )
     metrics = MetricRecord(
         {
@@ -150,27 +188,28 @@ def train(message: Message, context: Context) -> Message:
             **({"diagnostics-s": result.diagnostics_s} if result.diagnostics else {}),
         }
     )
-    arrays = ArrayRecord(model.state_dict())
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    if result.state is not None:
+        content["state"] = context.state[STATE_ARRAYS] = pack_state(result.state)
+        context.state[STATE_ROUND] = ConfigRecord({"round": server_round})
     metrics["compute-s"] = time.perf_counter() - start  # the whole handler: data, model, update, encoding
-    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
+    return Message(content=content, reply_to=message)
 
 
 def evaluate(message: Message, context: Context) -> Message:
-    """Global and personalized (α-steps on the training split) metrics of the received weights on the run's
-    ``eval_split`` (the client's test split, or its validation split when tuning)."""
+    """Global and personalized metrics of the received weights on the run's ``eval_split`` (the client's test split,
+    or its validation split when tuning); the algorithm personalizes (:meth:`Algorithm.evaluate`)."""
     start = time.perf_counter()
     _, cfg, cid, data, worker = _receive(message, context)
     x_eval, y_eval = data.eval_split(cfg["eval_split"])
-    metrics = algorithm.personalized_evaluation(
+    metrics = worker.algorithm.evaluate(
         worker.model,
         worker.loss_fn,
-        data.x_train,
-        data.y_train,
-        x_eval,
-        y_eval,
-        alpha=cfg["alpha"],
-        adapt_steps=cfg["adapt_steps"],
+        (data.x_train, data.y_train),
+        (x_eval, y_eval),
+        worker.spec,
         classification=worker.classification,
+        state=client_state(message, context, worker, cid),
     )
     record = MetricRecord(
         {"client-id": cid, "num-examples": int(y_eval.shape[0]), **metrics, "compute-s": time.perf_counter() - start}

@@ -35,6 +35,8 @@ class HessianMode(StrEnum):
 class AlgorithmName(StrEnum):
     perfedavg = "perfedavg"
     fedavg = "fedavg"
+    pfedme = "pfedme"  # Dinh, Tran, Nguyen, NeurIPS 2020
+    ditto = "ditto"  # Li, Hu, Beirami, Smith, ICML 2021 (a personal model per client, kept across rounds)
 
 
 class ModelName(StrEnum):
@@ -112,6 +114,9 @@ class HessianConf:
 @dataclass
 class AlgorithmConf:
     name: AlgorithmName = MISSING
+    lam: float = 15.0  # pfedme, ditto: λ, the pull between a client's personal model and the global one
+    inner_steps: int = 5  # pfedme: K, gradient steps on each Moreau subproblem
+    server_mix: float = 1.0  # pfedme: the server's β, w ← (1 − β) w + β · mean of the clients' (1: the average)
 
 
 @dataclass
@@ -192,9 +197,9 @@ class Config:
 
 
 def method_name(algorithm: str, hessian_mode: str) -> str:
-    """The method a run compares in the paper's tables: ``fedavg`` (which ignores the Hessian mode), or Per-FedAvg's
-    Hessian mode (``fo``, ``fd``, ``hvp``, ``exact``, ``diag``)."""
-    return AlgorithmName.fedavg.value if algorithm == AlgorithmName.fedavg.value else str(hessian_mode)
+    """The method a run compares in the result tables: Per-FedAvg's Hessian mode (``fo``, ``fd``, ``hvp``, ``exact``,
+    ``diag``), or the algorithm's name for the others (``fedavg``, ``pfedme``, ``ditto``: they ignore the mode)."""
+    return str(hessian_mode) if algorithm == AlgorithmName.perfedavg.value else str(algorithm)
 
 
 def _per_method(key: str, *, _root_: DictConfig) -> float:
@@ -311,12 +316,25 @@ def validate(cfg: DictConfig) -> None:
             f"ray_address={cfg.ray_address}: must be auto (the cluster `ray start` left on this machine) or HOST:PORT "
             "(a Ray cluster's head, e.g. 10.0.0.5:6379); leave it unset for this run's own local Ray"
         )
+    problems += _algorithm_problems(cfg)
     if cfg.diagnostics.every < 0:
         problems.append(f"diagnostics.every={cfg.diagnostics.every}: must be ≥ 0 (rounds between diagnostics; 0: off)")
     problems += _partition_problems(cfg)
     problems += _model_dataset_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _algorithm_problems(cfg: DictConfig) -> list[str]:
+    algo, name = cfg.algorithm, AlgorithmName(cfg.algorithm.name)
+    problems = []
+    if name is AlgorithmName.pfedme:
+        _positive("algorithm.lam", algo.lam, problems)
+        _positive("algorithm.inner_steps", algo.inner_steps, problems, integer=True)
+        _positive("algorithm.server_mix", algo.server_mix, problems)
+    if name is AlgorithmName.ditto and not (math.isfinite(algo.lam) and algo.lam >= 0):
+        problems.append(f"algorithm.lam={algo.lam}: must be ≥ 0 (0: local training alone; larger: closer to global)")
+    return problems
 
 
 def _partition_problems(cfg: DictConfig) -> list[str]:
@@ -465,6 +483,10 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
     "diagnostics.every": ("algorithm.name", ("perfedavg",)),
+    "adapt_steps": ("algorithm.name", ("perfedavg", "fedavg")),
+    "algorithm.lam": ("algorithm.name", ("pfedme", "ditto")),
+    "algorithm.inner_steps": ("algorithm.name", ("pfedme",)),
+    "algorithm.server_mix": ("algorithm.name", ("pfedme",)),
     "ray_address": ("backend", ("ray",)),
 }
 

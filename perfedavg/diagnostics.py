@@ -1,7 +1,7 @@
 """What Per-FedAvg's second-order term does at one meta-step (pure torch; no Flower): opt-in diagnostics.
 
 At a client's meta-step ``w ← w − β (I − αH) g`` (H the Hessian of f(·; D″) at w, g the gradient at the temporary
-model; see :mod:`perfedavg.algorithm`), :func:`meta_step_diagnostics` measures
+model; see :mod:`perfedavg.algorithms.per_fedavg`), :func:`meta_step_diagnostics` measures
 
 * ``correction_ratio``  ``‖α H g‖ / ‖g‖``: how large the curvature term is next to the first-order direction;
 * ``cosine_to_fo``      ``cos((I − αH) g, g)``: how far the corrected direction turns away from FO's;

@@ -1,9 +1,10 @@
 """The server's round loop over any Flower :class:`~flwr.serverapp.Grid`: client sampling, aggregation, evaluation
 rounds, TensorBoard, checkpoints and progress output.
 
-No client math here (clients run :mod:`perfedavg.algorithm` through :mod:`perfedavg.client_app`) and no Flower
-entry point: :mod:`perfedavg.server_app` wraps :func:`run_and_record` for the simulation and for ``flwr run``, the
-tests drive it on an in-process grid.
+No client math here (clients run :mod:`perfedavg.algorithms` through :mod:`perfedavg.client_app`; the server's
+side of an algorithm is its :meth:`~perfedavg.algorithms.base.Algorithm.server_update`) and no Flower entry point:
+:mod:`perfedavg.server_app` wraps :func:`run_and_record` for the simulation and for ``flwr run``, the tests drive it
+on an in-process grid.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from perfedavg import checkpoint, diagnostics, sim_engine, step_estimate, task
+from perfedavg import algorithms, checkpoint, diagnostics, sim_engine, step_estimate, task
 from perfedavg.config import clients_per_round, swept_keys
+from perfedavg.state_records import pack_state, unpack_state
 from perfedavg.stopping import STOP, FederationInterrupted
 
 log = logging.getLogger("perfedavg")
@@ -129,6 +131,14 @@ class Federation:
         self.client_of: dict[int, int] = {}
         self.round_histograms: dict[str, list[float]] = {}  # this round's per-client values besides evaluation's
         self.completed = int(resume_state["round"]) if resume_state else 0  # the last checkpointed round
+        self.algorithm = algorithms.get(cfg["algorithm"]["name"])
+        self.spec = task.local_spec(cfg)
+        # A stateful algorithm's per-client states as the clients last sent them (for checkpoints), the round of
+        # each, and the clients whose nodes are known to hold that state (the others are sent it: after a resume,
+        # or after the client failed). See perfedavg.client_app.
+        self.client_states: dict[int, torch.Tensor] = {}
+        self.state_rounds: dict[int, int] = {}
+        self.synced: set[int] = set()
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
@@ -136,9 +146,19 @@ class Federation:
         arrays = ArrayRecord(weights)
         config = ConfigRecord({"round": server_round, "run-config": self.cfg_json})
         return [
-            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=self.node_of[c], message_type=kind)
-            for c in clients
+            Message(self._content(c, arrays, config), dst_node_id=self.node_of[c], message_type=kind) for c in clients
         ]
+
+    def _content(self, client: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """A message's records: the weights and config, and for a stateful algorithm the round of the state the
+        client should hold, with the state itself where its node may not hold it."""
+        if not self.algorithm.stateful:
+            return RecordDict({"arrays": arrays, "config": config})
+        own = ConfigRecord({**config, "state-round": self.state_rounds.get(client, 0)})
+        content = RecordDict({"arrays": arrays, "config": own})
+        if client in self.client_states and client not in self.synced:
+            content["state"] = pack_state(self.client_states[client])
+        return content
 
     def _exchange(self, server_round: int, messages: list[Message]) -> tuple[list[Message], list[tuple[int, str]]]:
         """Send, wait for the replies (at most ``round_timeout_s``); return (successful replies, [(client id, error
@@ -212,6 +232,7 @@ class Federation:
             server_round, self._messages(clients, weights, server_round, MessageType.TRAIN)
         )
         self._count_failures(server_round, "training", failures)
+        self.synced.difference_update(cid for cid, _ in failures)
         updates, rows, non_finite = [], [], 0
         for reply in replies:
             update = reply.content["arrays"].to_torch_state_dict()
@@ -221,9 +242,15 @@ class Federation:
                 failures.append((int(row["client-id"]), "non-finite update"))
                 self.history.client_failures += 1
                 non_finite += 1
+                self.synced.discard(int(row["client-id"]))  # its node moved on; the server's copy did not
                 continue
             updates.append(update)
             rows.append(row)
+            if self.algorithm.stateful:
+                cid = int(row["client-id"])
+                self.client_states[cid] = unpack_state(reply.content["state"])
+                self.state_rounds[cid] = server_round
+                self.synced.add(cid)
         if not updates and failures and non_finite == len(failures):
             raise FederationError(
                 f"round {server_round}: every client's update is non-finite: the run diverged (try smaller step "
@@ -237,7 +264,8 @@ class Federation:
                 f"(min_clients={self.cfg['min_clients']}): {reasons}"
             )
         weighted = self.cfg["aggregation"] == "weighted"
-        new = aggregate(updates, [r["num-examples"] if weighted else 1.0 for r in rows])
+        averaged = aggregate(updates, [r["num-examples"] if weighted else 1.0 for r in rows])
+        new = self.algorithm.server_update(weights, averaged, self.spec)
         metrics = {
             "train/loss": mean_metric(rows, "train-loss", "num-examples" if weighted else None),
             "time/curvature_s": mean_metric(rows, "curvature-s"),
@@ -274,6 +302,7 @@ class Federation:
             server_round, self._messages(clients, weights, server_round, MessageType.EVALUATE)
         )
         self._count_failures(server_round, "evaluation", failures)
+        self.synced.difference_update(cid for cid, _ in failures)
         rows = [dict(r.content["metrics"]) for r in replies]
         if not rows:
             raise FederationError(f"round {server_round}: all {len(clients)} clients failed in evaluation")
@@ -306,6 +335,8 @@ class Federation:
         self.eval_rng.bit_generator.state = state["eval_rng"]
         self.history.rounds = list(state["rounds"])
         self.history.client_failures = int(state["client_failures"])
+        self.client_states = dict(state.get("client_states", {}))
+        self.state_rounds = {int(c): int(r) for c, r in state.get("state_rounds", {}).items()}
         log.info("resuming after round %d of %d", state["round"], self.cfg["num_rounds"])
         return state["weights"], int(state["round"]) + 1
 
@@ -331,6 +362,11 @@ class Federation:
                 "rounds": self.history.rounds,
                 "client_failures": self.history.client_failures,
                 "config": self.cfg,
+                **(
+                    {"client_states": self.client_states, "state_rounds": self.state_rounds}
+                    if self.algorithm.stateful
+                    else {}
+                ),
             },
         )
 

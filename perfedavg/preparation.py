@@ -79,7 +79,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     resolved["data_fingerprint"] = data_fingerprint(data_params(resolved))
     if resolved["resume"]:
         check_resumable(resolved)
-    if resolved["hessian"]["mode"] == "exact":
+    check_client_states_fit(resolved)
+    if resolved["hessian"]["mode"] == "exact" and resolved["algorithm"]["name"] == "perfedavg":
         model = task.build_model(resolved["model"], resolved["seed"])
         p, clients, budget = curvature.parameter_layout(model).size, task.concurrent_clients(resolved), None
         try:
@@ -96,6 +97,31 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
                 f"or raise hessian.max_memory_gb"
             ) from None
     return resolved
+
+
+#: Copies of a stateful algorithm's per-client state a simulation holds: the nodes' ``Context.state`` (kept by the
+#: engine in this process) and the server's (for checkpoints).
+STATE_COPIES = 2
+
+
+def check_client_states_fit(resolved: dict[str, Any]) -> None:
+    """A stateful algorithm (Ditto) keeps one model per client, :data:`STATE_COPIES` times over: refuse a run whose
+    states would take more than half the available memory, before it starts. Cost: building the model once."""
+    from perfedavg import algorithms, curvature, task
+
+    name = resolved["algorithm"]["name"]
+    if not algorithms.get(name).stateful:
+        return
+    p = curvature.parameter_layout(task.build_model(resolved["model"], resolved["seed"])).size
+    need = STATE_COPIES * resolved["num_clients"] * 4 * p
+    budget = curvature.available_memory_bytes() / 2
+    if need > budget:
+        raise ConfigError(
+            f"algorithm={name} keeps a personal model per client: num_clients={resolved['num_clients']} × "
+            f"P = {p:,} parameters × 4 bytes × {STATE_COPIES} copies (the nodes' Context.state and the server's, for "
+            f"checkpoints) = {need / 1e6:,.1f} MB, above half the available memory ({budget / 1e6:,.1f} MB); use "
+            f"fewer clients or a smaller model"
+        )
 
 
 def _cuda_absent() -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from perfedavg import algorithm, curvature, task
+from perfedavg import algorithms, curvature, task
 from perfedavg.config import clients_per_round
 
 #: Rounds estimated to take at least this long get a line before the first one.
@@ -43,12 +43,12 @@ def measure_local_step_s(cfg: Mapping[str, Any]) -> float:
     try:
         curvature.hvp(model, loss_fn, (x, y), torch.ones(curvature.parameter_layout(model).size, device=device))
         start = time.perf_counter()
-        algorithm.local_update(
+        algorithms.local_update(
             model,
             loss_fn,
             x,
             y,
-            algorithm.LocalSpec(**{**spec.__dict__, "local_steps": 1}),
+            algorithms.LocalSpec(**{**spec.__dict__, "local_steps": 1}),
             torch.Generator().manual_seed(0),
         )
         return time.perf_counter() - start

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perfedavg.algorithm import LocalSpec
+from perfedavg.algorithms.base import LocalSpec
 from perfedavg.models import ANN, MLP, Net
 
 
@@ -87,4 +87,8 @@ def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
         local_steps=cfg["local_steps"],
         batch_size=cfg["batch_size"],
         max_memory_gb=hessian_budget_gb(cfg) if cfg["hessian"]["mode"] == "exact" else None,
+        adapt_steps=cfg["adapt_steps"],
+        lam=cfg["algorithm"]["lam"],
+        inner_steps=cfg["algorithm"]["inner_steps"],
+        server_mix=cfg["algorithm"]["server_mix"],
     )

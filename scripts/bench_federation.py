@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from perfedavg import algorithm, task
+from perfedavg import algorithms, task
 from perfedavg.client_app import app as client_app
 from perfedavg.client_app import client_data, client_generator
 from perfedavg.federation import run_and_record
@@ -98,7 +98,7 @@ def step_cost_table(overrides: list[str], repeats: int = 7) -> None:
         for r in range(repeats + 1):
             model.load_state_dict(start)
             t = time.perf_counter()
-            algorithm.local_update(model, loss_fn, data.x_train, data.y_train, spec, client_generator(0, 0, r))
+            algorithms.local_update(model, loss_fn, data.x_train, data.y_train, spec, client_generator(0, 0, r))
             samples.append(time.perf_counter() - t)
             if samples[0] > 5 and len(samples) == 2:  # slow modes (exact): one warm-up and one measured update
                 break

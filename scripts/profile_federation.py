@@ -31,8 +31,8 @@ from results_file import recording  # noqa: E402
 #: (label, substring of "file:function" identifying the frame whose cumulative time counts for it)
 GROUPS = [
     ("data: load, decode, partition, client tensors", ("perfedavg/data/registry.py:load_client",)),
-    ("local math: algorithm.local_update", ("perfedavg/algorithm.py:local_update",)),
-    ("local math: personalized evaluation", ("perfedavg/algorithm.py:personalized_evaluation",)),
+    ("local math: local updates", ("algorithms/per_fedavg.py:local_update", "algorithms/fedavg.py:local_update")),
+    ("local math: personalized evaluation", ("perfedavg/algorithms/base.py:personalized_evaluation",)),
     ("server: aggregate", ("perfedavg/federation.py:aggregate",)),
     ("server: TensorBoard, checkpoint", ("perfedavg/tracking.py:scalars", "perfedavg/checkpoint.py:save")),
 ]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from perfedavg import algorithm, curvature
-from perfedavg.algorithm import LocalSpec
+from perfedavg import algorithms, curvature
+from perfedavg.algorithms import LocalSpec
 
 N, D_IN, K = 12, 4, 2
 
@@ -68,7 +68,7 @@ def test_one_perfedavg_step_equals_the_closed_form(mode: str) -> None:
     spec = LocalSpec(
         algorithm="perfedavg", hessian=mode, alpha=alpha, beta=beta, delta=1e-4, local_steps=1, batch_size=N
     )  # batch = the whole set, so D = D′ = D″
-    result = algorithm.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(0))
+    result = algorithms.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(0))
     tol = 1e-8 if mode == "fd" else 1e-12  # fd is exact on a quadratic up to round-off O(ε/δ)
     assert (result.weights - expected).abs().max().item() < tol
     assert torch.equal(curvature.flat_parameters(model), result.weights)  # the model holds the final weights
@@ -79,7 +79,7 @@ def test_modes_really_differ_on_the_quadratic() -> None:
     for mode in ("hvp", "diag", "fo"):
         model, loss_fn, x, y = quadratic_problem()
         spec = LocalSpec(hessian=mode, alpha=0.3, beta=0.2, local_steps=1, batch_size=N)
-        out[mode] = algorithm.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(0)).weights
+        out[mode] = algorithms.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(0)).weights
     assert (out["hvp"] - out["fo"]).abs().max() > 1e-3
     assert (out["hvp"] - out["diag"]).abs().max() > 1e-4
 
@@ -93,7 +93,7 @@ def test_fedavg_step_is_sgd() -> None:
     gW, gb = grad(W1, b1)
     expected = torch.cat([(W1 - 0.2 * gW).reshape(-1), b1 - 0.2 * gb])
     spec = LocalSpec(algorithm="fedavg", beta=0.2, local_steps=2, batch_size=N)
-    result = algorithm.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(0))
+    result = algorithms.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(0))
     assert (result.weights - expected).abs().max().item() < 1e-12
     assert result.curvature_s == 0.0
 
@@ -104,7 +104,7 @@ def test_minibatches_are_drawn_from_the_generator() -> None:
     for seed in (5, 5, 6):
         model, loss_fn, x, y = quadratic_problem()
         spec = LocalSpec(hessian="hvp", alpha=0.1, beta=0.1, local_steps=3, batch_size=4)
-        runs.append(algorithm.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(seed)).weights)
+        runs.append(algorithms.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(seed)).weights)
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
 
@@ -113,7 +113,7 @@ def test_personalization_uses_train_split_only_and_leaves_global_model() -> None
     model, loss_fn, x, y = quadratic_problem()
     before = copy.deepcopy(model.state_dict())
     x_test, y_test = x[:3] * 100, y[:3] * 100  # wildly different test data: must not affect the adapted weights
-    metrics = algorithm.personalized_evaluation(
+    metrics = algorithms.personalized_evaluation(
         model, loss_fn, x, y, x_test, y_test, alpha=0.3, adapt_steps=1, classification=False
     )
     grad, _, _ = closed_form(x, y)
@@ -137,7 +137,7 @@ def test_classification_metrics_include_accuracy() -> None:
     model = nn.Linear(3, 2)
     x = torch.randn(20, 3)
     y = (x[:, 0] > 0).long()
-    m = algorithm.personalized_evaluation(
+    m = algorithms.personalized_evaluation(
         model, nn.CrossEntropyLoss(), x, y, x, y, alpha=1.0, adapt_steps=20, classification=True
     )
     assert 0 <= m["global_acc"] <= 1 and m["personalized_acc"] > m["global_acc"]
@@ -146,10 +146,10 @@ def test_classification_metrics_include_accuracy() -> None:
 
 def test_bad_algorithm_and_mode_are_clear_errors() -> None:
     model, loss_fn, x, y = quadratic_problem()
-    with pytest.raises(ValueError, match="algorithm 'sgd' is not one of: perfedavg, fedavg"):
-        algorithm.local_update(model, loss_fn, x, y, LocalSpec(algorithm="sgd"), torch.Generator())
+    with pytest.raises(ValueError, match="algorithm .sgd. is not one of: perfedavg, fedavg, pfedme, ditto"):
+        algorithms.local_update(model, loss_fn, x, y, LocalSpec(algorithm="sgd"), torch.Generator())
     with pytest.raises(ValueError, match="'newton' is not one of"):
-        algorithm.local_update(model, loss_fn, x, y, LocalSpec(hessian="newton"), torch.Generator())
+        algorithms.local_update(model, loss_fn, x, y, LocalSpec(hessian="newton"), torch.Generator())
 
 
 class BufferedLinear(nn.Module):
@@ -168,16 +168,16 @@ class BufferedLinear(nn.Module):
 def test_in_place_personalization_equals_the_copy_and_restores_the_model(adapt_steps: int) -> None:
     model, loss_fn, x, y = quadratic_problem()
     start = curvature.flat_parameters(model)
-    in_place = algorithm.personalized_evaluation(
+    in_place = algorithms.personalized_evaluation(
         model, loss_fn, x, y, x[:4], y[:4], alpha=0.2, adapt_steps=adapt_steps, classification=False
     )
     assert torch.equal(curvature.flat_parameters(model), start)
-    adapted = algorithm.personalize(model, loss_fn, x, y, 0.2, adapt_steps)
+    adapted = algorithms.personalize(model, loss_fn, x, y, 0.2, adapt_steps)
     with torch.no_grad():
         assert in_place["personalized_loss"] == float(loss_fn(adapted(x[:4]), y[:4]))  # bit for bit
     buffered = BufferedLinear()
     buffered.fc.load_state_dict(model.state_dict())
-    via_copy = algorithm.personalized_evaluation(
+    via_copy = algorithms.personalized_evaluation(
         buffered, loss_fn, x, y, x[:4], y[:4], alpha=0.2, adapt_steps=adapt_steps, classification=False
     )
     assert via_copy["personalized_loss"] == pytest.approx(in_place["personalized_loss"], rel=1e-12)
@@ -190,6 +190,6 @@ def test_local_update_fast_path_equals_the_curvature_path(mode: str) -> None:
     buffered = BufferedLinear()
     buffered.fc.load_state_dict(model.state_dict())
     spec = LocalSpec(hessian=mode, alpha=0.1, beta=0.05, local_steps=3, batch_size=5)
-    fast = algorithm.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
-    slow = algorithm.local_update(buffered, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
+    fast = algorithms.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
+    slow = algorithms.local_update(buffered, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
     assert torch.equal(fast.weights, slow.weights) and fast.train_loss == slow.train_loss

@@ -29,16 +29,20 @@ def non_time(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["perfedavg", "ditto"])
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path, algorithm: str) -> None:
+    """Also for Ditto, whose clients' personal models (Context.state) die with the process: the resumed run sends
+    each client its state from the checkpoint, and every round, personalized metrics included, comes out the same."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rounds = 25
     full, killed = tmp_path / "full", tmp_path / "killed"
-    out = cli([*COMMON, f"num_rounds={rounds}", f"hydra.run.dir={full}"], tmp_path)
+    args = [*COMMON, f"algorithm={algorithm}", "fraction=0.5"]
+    out = cli([*args, f"num_rounds={rounds}", f"hydra.run.dir={full}"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
 
     proc = subprocess.Popen(
-        [*PERFEDAVG, *COMMON, f"num_rounds={rounds}", f"hydra.run.dir={killed}"],
+        [*PERFEDAVG, *args, f"num_rounds={rounds}", f"hydra.run.dir={killed}"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -53,8 +57,10 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    done = checkpoint.load(killed)["round"]
+    saved = checkpoint.load(killed)
+    done = saved["round"]
     assert 3 <= done < rounds, f"the run was not interrupted mid-way (checkpoint at round {done})"
+    assert bool(saved.get("client_states")) == (algorithm == "ditto")
     assert not (killed / "metrics.json").exists()
 
     out = cli([f"resume={killed}"], tmp_path)  # the original overrides come from the run directory

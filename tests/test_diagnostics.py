@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from perfedavg import algorithm, curvature, diagnostics
-from perfedavg.algorithm import LocalSpec
+from perfedavg import algorithms, curvature, diagnostics
+from perfedavg.algorithms import LocalSpec
 from perfedavg.federation import run_and_record
 from perfedavg.inprocess_grid import InProcessGrid
 from perfedavg.models import MLP, Net
@@ -85,7 +85,7 @@ def test_local_update_weights_are_bit_for_bit_the_same_with_diagnostics(mode: st
         torch.manual_seed(1)
         model = Net(4, 4, num_classes=3)
         gen = torch.Generator().manual_seed(2)
-        results.append(algorithm.local_update(model, nn.CrossEntropyLoss(), x, y, spec, gen, diagnose=diagnose))
+        results.append(algorithms.local_update(model, nn.CrossEntropyLoss(), x, y, spec, gen, diagnose=diagnose))
         rng_after.append(gen.get_state())
     plain, diagnosed = results
     assert torch.equal(plain.weights, diagnosed.weights)
@@ -100,7 +100,7 @@ def test_fedavg_has_no_meta_step_to_diagnose() -> None:
     torch.manual_seed(0)
     model, x, y = Net(4, 4, num_classes=3), torch.randn(20, 1, 4, 4), torch.randint(0, 3, (20,))
     spec = LocalSpec(algorithm="fedavg", local_steps=2, batch_size=8)
-    result = algorithm.local_update(model, nn.CrossEntropyLoss(), x, y, spec, torch.Generator(), diagnose=True)
+    result = algorithms.local_update(model, nn.CrossEntropyLoss(), x, y, spec, torch.Generator(), diagnose=True)
     assert result.diagnostics == {}
 
 

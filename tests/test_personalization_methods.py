@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from perfedavg import curvature
-from perfedavg.algorithm import sample_batch
-from perfedavg.algorithms import ditto, pfedme
+from perfedavg.algorithms import ditto, pfedme, sample_batch
 
 D, N = 5, 40
 
@@ -37,10 +36,11 @@ def test_pfedme_inner_solution_is_the_moreau_subproblems_closed_form(lam: float)
     exact = torch.linalg.solve(h + lam * torch.eye(D, dtype=h.dtype), b + lam * w)
     eta_p = 1.0 / float(torch.linalg.eigvalsh(h).max() + lam)
     grad_fn = lambda batch, at: curvature.loss_and_gradient(model, loss_fn, batch, at=at)  # noqa: E731
-    theta = pfedme.moreau_point(grad_fn, (x, y), w, lam, eta_p, inner_steps=3000)
+    theta, first_loss = pfedme.moreau_point(grad_fn, (x, y), w, lam, eta_p, inner_steps=3000)
     assert torch.allclose(theta, exact, atol=1e-9, rtol=0)
-    few = pfedme.moreau_point(grad_fn, (x, y), w, lam, eta_p, inner_steps=2)
+    few, _ = pfedme.moreau_point(grad_fn, (x, y), w, lam, eta_p, inner_steps=2)
     assert (few - exact).norm() > 1e-3  # the comparison can tell an unconverged solve from the answer
+    assert first_loss == pytest.approx(float(loss_fn(x @ w.reshape(D, 1), y)), rel=1e-12)  # f at the anchor
     personal = pfedme.personalized_weights(model, loss_fn, x, y, lam=lam, eta_p=eta_p, inner_steps=3000)
     assert torch.allclose(personal, exact, atol=1e-9, rtol=0)
     assert torch.equal(curvature.flat_parameters(model), w)  # personalizing leaves the global model as it was
@@ -60,7 +60,7 @@ def test_pfedme_local_step_moves_the_local_model_toward_the_personalized_one() -
     )  # fmt: skip
     assert torch.allclose(new, w - eta * lam * (w - theta), atol=1e-9, rtol=0)
     assert torch.equal(curvature.flat_parameters(model), new)
-    assert loss == pytest.approx(float(loss_fn(x @ theta.reshape(D, 1), y)), rel=1e-9)
+    assert loss == pytest.approx(float(loss_fn(x @ w.reshape(D, 1), y)), rel=1e-9)  # f(w; D) before the step
 
 
 def test_pfedme_server_mix_is_a_convex_combination() -> None:

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from plain_loop import PlainClient  # noqa: E402
 
-from perfedavg import algorithm, curvature, task  # noqa: E402
+from perfedavg import algorithms, curvature, task  # noqa: E402
 
 
 @pytest.mark.parametrize("mode", ["fo", "fd", "hvp"])
@@ -23,12 +23,12 @@ def test_plain_loop_step_equals_perfedavg_on_the_same_minibatches(mode: str) -> 
     model = task.build_model({"name": "mlp", "input_shape": [1, 4, 4], "num_outputs": 3, "hidden": [5, 4]}, 0).double()
     loss_fn = torch.nn.CrossEntropyLoss()
     x, y = torch.rand(30, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
-    spec = algorithm.LocalSpec(hessian=mode, alpha=0.1, beta=0.2, delta=1e-4, local_steps=3, batch_size=6)
+    spec = algorithms.LocalSpec(hessian=mode, alpha=0.1, beta=0.2, delta=1e-4, local_steps=3, batch_size=6)
     # The minibatches perfedavg draws (three per step: D, D′, D″), replayed to the plain loop in the same order.
     replay = torch.Generator().manual_seed(5)
-    batches = [algorithm.sample_batch(x, y, 6, replay) for _ in range(3 * spec.local_steps)]
+    batches = [algorithms.sample_batch(x, y, 6, replay) for _ in range(3 * spec.local_steps)]
     ours = copy.deepcopy(model)
-    algorithm.local_update(ours, loss_fn, x, y, spec, torch.Generator().manual_seed(5))
+    algorithms.local_update(ours, loss_fn, x, y, spec, torch.Generator().manual_seed(5))
     if mode == "fo":  # the plain loop draws no D″ for fo; perfedavg draws it and leaves it unused
         batches = [b for i, b in enumerate(batches) if i % 3 != 2]
     client = PlainClient(x, y, batch_size=6, seed=0)

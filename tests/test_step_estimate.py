@@ -52,13 +52,13 @@ def test_a_round_timeout_below_twice_the_estimate_is_warned_about() -> None:
 def test_a_step_is_measured_on_the_runs_shapes(monkeypatch) -> None:
     """One local step of the run's own spec (mode, step sizes), on a batch of its batch size and input shape."""
     calls = []
-    real = step_estimate.algorithm.local_update
+    real = step_estimate.algorithms.local_update
 
     def recorded(model, loss_fn, x, y, spec, generator, **kwargs):
         calls.append((tuple(x.shape), tuple(y.shape), spec))
         return real(model, loss_fn, x, y, spec, generator, **kwargs)
 
-    monkeypatch.setattr(step_estimate.algorithm, "local_update", recorded)
+    monkeypatch.setattr(step_estimate.algorithms, "local_update", recorded)
     cfg = config("batch_size=7", "alpha=0.03")
     measured = step_estimate.measure_local_step_s(cfg)
     assert 0 < measured < 30

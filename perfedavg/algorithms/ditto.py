@@ -7,18 +7,32 @@ every round it is sampled, takes ``steps`` steps on
 
 as proximal gradient steps, v ← (v − η ∇f(v; D) + η λ w) / (1 + η λ): the paper's explicit step
 v ← v − η (∇f(v; D) + λ (v − w)) to first order in ηλ, and stable for every λ (the explicit step diverges once
-ηλ > 2). λ = 0 is local training alone; as λ → ∞, v is the global model. The personal model is the one evaluated.
+ηλ > 2). λ = 0 is local training alone; as λ → ∞, v is the global model. The personal model is the one evaluated;
+before a client's first round it is the run's initial model (the paper's v⁰ = w⁰).
+Run-config keys: λ = ``algorithm.lam``, η = ``alpha`` (the personal step size), the global model's local SGD step
+``beta``, ``local_steps`` steps of each per round on minibatches of ``batch_size``.
 State per client: one vector of P floats (4·P bytes in float32). Every function works on flat vectors ``[P]``.
 """
 
 from __future__ import annotations
 
+import time
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from perfedavg import curvature
-from perfedavg.algorithm import sample_batch
-from perfedavg.curvature import LossFn
+from perfedavg.algorithms.base import (
+    Algorithm,
+    LocalResult,
+    LocalSpec,
+    global_and_personal,
+    loss_and_gradient_of,
+    sample_batch,
+)
+from perfedavg.algorithms.fedavg import sgd
+from perfedavg.curvature import Batch, LossFn
 
 
 def personal_step(v: Tensor, gradient: Tensor, global_weights: Tensor, lam: float, eta: float) -> Tensor:
@@ -44,12 +58,13 @@ def personal_update(
     mean minibatch loss before each step. The model's parameters are left as they were. Cost: ``steps``
     gradients."""
     before = curvature.flat_parameters(model)
+    loss_and_gradient, _ = loss_and_gradient_of(model, loss_fn)
     v = personal.clone()
     losses = []
     try:
         for _ in range(steps):
             batch = sample_batch(x, y, batch_size, generator)
-            loss, grad = curvature.loss_and_gradient(model, loss_fn, batch, at=v)
+            loss, grad = loss_and_gradient(batch, at=v)
             losses.append(float(loss))
             v = personal_step(v, grad, global_weights, lam, eta)
     finally:
@@ -60,3 +75,64 @@ def personal_update(
 def state_bytes(num_parameters: int, element_size: int = 4) -> int:
     """Memory of one client's Ditto state: its personal model (``num_parameters`` elements)."""
     return num_parameters * element_size
+
+
+class Ditto(Algorithm):
+    """Ditto as the module above defines it: FedAvg's local SGD for the global model, then the personal steps; the
+    personal model is the client's state across rounds."""
+
+    name: ClassVar[str] = "ditto"
+    stateful: ClassVar[bool] = True
+
+    def local_update(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        x: Tensor,
+        y: Tensor,
+        spec: LocalSpec,
+        generator: torch.Generator,
+        *,
+        state: Tensor | None = None,
+        diagnose: bool = False,
+    ) -> LocalResult:
+        """``train_loss``: the global model's mean f(w; D) before each step (FedAvg's). Cost: 2 × ``local_steps``
+        gradients."""
+        if state is None:
+            raise ValueError("ditto: a client's local update needs its personal model (state)")
+        start = time.perf_counter()
+        w0 = curvature.flat_parameters(model)
+        w, loss = sgd(model, loss_fn, x, y, w0, spec.beta, spec, generator)
+        curvature.set_flat_parameters(model, w0)  # the personal steps are pulled toward the global model received
+        v, _ = personal_update(
+            model, loss_fn, x, y, state, w0, lam=spec.lam, eta=spec.alpha, steps=spec.local_steps,
+            batch_size=spec.batch_size, generator=generator,
+        )  # fmt: skip
+        curvature.set_flat_parameters(model, w)
+        return LocalResult(
+            weights=w,
+            train_loss=loss,
+            compute_s=time.perf_counter() - start,
+            curvature_s=0.0,
+            num_examples=len(x),
+            state=v,
+        )
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train: Batch,
+        held_out: Batch,
+        spec: LocalSpec,
+        *,
+        classification: bool,
+        state: Tensor | None = None,
+    ) -> dict[str, float]:
+        """The global model and the client's personal model (its state)."""
+        if state is None:
+            raise ValueError("ditto: evaluating a client needs its personal model (state)")
+        return global_and_personal(model, loss_fn, state, *held_out, classification)
+
+    def initial_state(self, initial_weights: Tensor) -> Tensor | None:
+        return initial_weights.clone()
