@@ -159,6 +159,7 @@ class DiagnosticsConf:
 class StepSizes:
     alpha: float = MISSING
     beta: float = MISSING
+    lam: float | None = None  # algorithm.lam, for the methods that read it (pfedme, ditto)
 
 
 @dataclass
@@ -203,13 +204,19 @@ def method_name(algorithm: str, hessian_mode: str) -> str:
 
 
 def _per_method(key: str, *, _root_: DictConfig) -> float:
-    """``${per_method:alpha}``: ``step_sizes[<this run's method>].<key>`` (see :func:`method_name`)."""
+    """``${per_method:alpha}``: ``step_sizes[<this run's method>].<key>`` (see :func:`method_name`). ``lam`` of a
+    method that does not read λ is the schema's default (unread; e.g. Per-FedAvg in a tuned experiment with pFedMe)."""
     method = method_name(str(_root_.algorithm.name), str(_root_.hessian.mode))
     table = _root_.get("step_sizes") or {}
     if method not in table:
         have = ", ".join(table) or "none"
         raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes has no entry for method {method} (has: {have})")
-    return table[method][key]
+    value = table[method].get(key)
+    if value is None and key == "lam" and str(_root_.algorithm.name) not in READ_ONLY_WITH["algorithm.lam"][1]:
+        return AlgorithmConf.lam
+    if value is None:
+        raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes.{method} has no {key}")
+    return value
 
 
 #: Longest run-directory name :func:`short_name` leaves as it is (file systems allow 255 bytes per name).
@@ -505,6 +512,6 @@ def ineffective_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
             group = choice.split(".")[0]
             problems.append(
                 f"{key}={value}: has no effect with {group}={actual}; it is read only with "
-                f"{group}={' or '.join(allowed)} (remove it, or choose such a {group})"
+                f"{group}={' or '.join(allowed)} (remove it, or choose one of those)"
             )
     return problems

@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from perfedavg import algorithms, checkpoint, diagnostics, sim_engine, step_estimate, task
-from perfedavg.config import clients_per_round, swept_keys
+from perfedavg.config import READ_ONLY_WITH, clients_per_round, swept_keys
 from perfedavg.state_records import pack_state, unpack_state
 from perfedavg.stopping import STOP, FederationInterrupted
 
@@ -517,6 +517,9 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
         "eval_split",
     ):
         params[key] = cfg[key]
+    for key in ("lam", "inner_steps", "server_mix"):  # the keys the run's algorithm reads (config.READ_ONLY_WITH)
+        if cfg["algorithm"]["name"] in READ_ONLY_WITH[f"algorithm.{key}"][1]:
+            params[f"algorithm.{key}"] = cfg["algorithm"][key]
     chosen: list[str] = []
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")

@@ -32,7 +32,9 @@ CLASSIFICATION = [("eval/global_acc", "global accuracy"), ("eval/personalized_ac
 REGRESSION = [("eval/global_loss", "global loss"), ("eval/personalized_loss", "personalized loss")]
 #: Display order of the methods; others follow alphabetically.
 FO = "Per-FedAvg (FO)"
-ORDER = ["FedAvg", FO, "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)"]
+ORDER = ["FedAvg", FO, "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)", "pFedMe", "Ditto"]
+#: The other algorithms' display names (they ignore the Hessian mode).
+ALGORITHM_TITLES = {"fedavg": "FedAvg", "pfedme": "pFedMe", "ditto": "Ditto"}
 
 
 @dataclass
@@ -45,9 +47,11 @@ class Run:
 
 
 def method_of(config: dict) -> str:
-    """FedAvg, or Per-FedAvg with its correction: FO (first order) or HF (Hessian-free: fd, hvp), else the mode."""
-    if config["algorithm"]["name"] == "fedavg":
-        return "FedAvg"
+    """Per-FedAvg with its correction: FO (first order) or HF (Hessian-free: fd, hvp), else the mode; the other
+    algorithms by name (FedAvg, pFedMe, Ditto)."""
+    name = config["algorithm"]["name"]
+    if name != "perfedavg":
+        return ALGORITHM_TITLES.get(name, name)
     mode = config["hessian"]["mode"]
     return (
         "Per-FedAvg (FO)"
@@ -126,8 +130,14 @@ def ordered(methods: list[str]) -> list[str]:
     return [m for m in ORDER if m in methods] + sorted(m for m in methods if m not in ORDER)
 
 
+#: Algorithms that read λ (``algorithm.lam``): the table gets a λ column when one of them is in it.
+READS_LAM = ("pfedme", "ditto")
+
+
 def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
-    head = ["method", "runs (seeds)", "rounds", "α", "β", *[f"final {title}" for _, title in metrics]]
+    with_lam = any(r.config["algorithm"]["name"] in READS_LAM for runs in by_method.values() for r in runs)
+    head = ["method", "runs (seeds)", "rounds", "α", "β", *(["λ"] if with_lam else [])]
+    head += [f"final {title}" for _, title in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in ordered(list(by_method)):
         runs = by_method[method]
@@ -135,6 +145,11 @@ def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> st
         seeds = ",".join(str(s) for s in sorted(r.seed for r in runs))
         cells = [method, f"{len(runs)} ({seeds})", "/".join(map(str, rounds))]
         cells += ["/".join(f"{v:g}" for v in sorted({float(r.config[k]) for r in runs})) for k in ("alpha", "beta")]
+        if with_lam:
+            lams = sorted(
+                {float(r.config["algorithm"]["lam"]) for r in runs if r.config["algorithm"]["name"] in READS_LAM}
+            )
+            cells.append("/".join(f"{v:g}" for v in lams) or "–")
         cells += [mean_std([final_value(r, tag) for r in runs]) for tag, _ in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

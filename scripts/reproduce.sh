@@ -6,14 +6,15 @@
 #   bash scripts/reproduce.sh paper_digits                 # offline
 #   bash scripts/reproduce.sh paper_synthetic num_rounds=50  # extra Hydra overrides go to every run
 #
-# FedAvg ignores the Hessian mode, so its fd and hvp cells would repeat its fo runs bit for bit: they are not run.
+# FedAvg (like pFedMe and Ditto) ignores the Hessian mode, so its fd and hvp cells would repeat its fo runs bit for
+# bit: they are not run.
 # Runs go in parallel through Hydra's joblib launcher (JOBS worker processes, default: the number of CPUs), each
 # with backend=inprocess: one process per run and no Ray, so parallel runs cannot collide and no run waits on
 # another's actors (tests/test_federation.py checks inprocess == Ray metric for metric).
 # BACKEND=ray runs each simulation through Flower's Ray engine instead; every run then starts its own Ray instance
 # (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
-# Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), METHODS (default fedavg,fo,fd,hvp: which of the four
-# to run, e.g. METHODS=fo,hvp for a paired HF-vs-FO test), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
+# Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), METHODS (default fedavg,fo,fd,hvp: which to run, e.g.
+# METHODS=fo,hvp for a paired HF-vs-FO test; pfedme and ditto add those algorithms, docs/algorithms.md), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
 # BACKEND (inprocess or ray; default inprocess), DIAGNOSTICS (default 0: off; N: the Per-FedAvg runs log curvature
 # diagnostics every N rounds, diagnostics.every=N, which leaves their results unchanged; scripts/diagnostics_report.py
 # plots them).
@@ -31,18 +32,19 @@ fi
 experiment=$1
 shift
 methods=${METHODS:-fedavg,fo,fd,hvp}
-hessians=()
-run_fedavg=0
+hessians=()  # Per-FedAvg's Hessian modes
+others=()    # the other algorithms (they ignore the Hessian mode)
 for method in ${methods//,/ }; do
   case $method in
-    fedavg) run_fedavg=1 ;;
+    fedavg | pfedme | ditto) others+=("$method") ;;
     fo | fd | hvp) hessians+=("$method") ;;
-    *) echo "reproduce.sh: METHODS=$methods: unknown method '$method' (allowed: fedavg, fo, fd, hvp)" >&2; exit 2 ;;
+    *) echo "reproduce.sh: METHODS=$methods: unknown method '$method'" \
+         "(allowed: fedavg, fo, fd, hvp, pfedme, ditto)" >&2; exit 2 ;;
   esac
 done
-n_methods=$(( ${#hessians[@]} + run_fedavg ))
+n_methods=$(( ${#hessians[@]} + ${#others[@]} ))
 if [ "$n_methods" -eq 0 ]; then
-  echo "reproduce.sh: METHODS is empty (allowed: fedavg, fo, fd, hvp)" >&2
+  echo "reproduce.sh: METHODS is empty (allowed: fedavg, fo, fd, hvp, pfedme, ditto)" >&2
   exit 2
 fi
 bash scripts/setup.sh
@@ -66,10 +68,10 @@ if [ ${#hessians[@]} -gt 0 ]; then
   if [ "${DIAGNOSTICS:-0}" != 0 ]; then diagnose=("diagnostics.every=$DIAGNOSTICS"); fi
   .venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg "hessian=$swept" "${diagnose[@]}" "$@" || failed=1
 fi
-if [ "$run_fedavg" -eq 1 ]; then
-  echo "[reproduce] FedAvg" >&2
-  .venv/bin/perfedavg -m "${common[@]}" algorithm=fedavg hessian=fo "$@" || failed=1
-fi
+for algorithm in "${others[@]}"; do
+  echo "[reproduce] $algorithm" >&2
+  .venv/bin/perfedavg -m "${common[@]}" "algorithm=$algorithm" hessian=fo "$@" || failed=1
+done
 echo "[reproduce] all runs done in $(( $(date +%s) - start )) s; writing the report" >&2
 .venv/bin/python scripts/report.py "$sweep_dir"
 if [ "$failed" -ne 0 ]; then

@@ -6,9 +6,11 @@
 #   bash scripts/tune.sh paper_mnist dataset.path=../shared/data/mnist
 #   TRIALS=4 ROUNDS=20 bash scripts/tune.sh paper_digits       # a quick look, offline
 #
-# Methods: FedAvg (β, and the α of its personalization step before evaluation), Per-FedAvg FO (hessian=fo), and
+# Methods: FedAvg (β, and the α of its personalization step before evaluation), Per-FedAvg FO (hessian=fo),
 # Per-FedAvg HF with the paper's finite difference (hessian=fd) and with an exact Hessian-vector product
-# (hessian=hvp), each tuned on its own: at large α the two estimates behave differently (measured on paper_mnist:
+# (hessian=hvp), and on request (METHODS) pFedMe and Ditto, whose λ (algorithm.lam) is searched too
+# (conf/hydra/sweeper/step_sizes_lam.yaml; pFedMe's K and server β stay at conf/algorithm/pfedme.yaml's), each tuned
+# on its own: at large α the two estimates behave differently (measured on paper_mnist:
 # with fd's best values hvp diverged at round 13). hessian=exact takes hvp's values (the same product, exactly).
 # Protocol: each client holds out VAL_FRACTION of its training split (dataset.val_fraction) and evaluation reports on
 # it (eval_split=val), so tuning never sees test data; seed 0; runs in-process, JOBS at a time.
@@ -45,7 +47,15 @@ method_args() {  # the overrides that select a method
   case $1 in
     fedavg) echo "algorithm=fedavg hessian=fo" ;;
     fo | fd | hvp | exact | diag) echo "algorithm=perfedavg hessian=$1" ;;
-    *) echo "tune: error: METHODS: unknown method '$1'; allowed: fedavg fo fd hvp exact diag" >&2; return 2 ;;
+    pfedme | ditto) echo "algorithm=$1 hessian=fo" ;;
+    *) echo "tune: error: METHODS: unknown method '$1'; allowed: fedavg fo fd hvp exact diag pfedme ditto" >&2
+      return 2 ;;
+  esac
+}
+search_space() {  # the sweeper config: step sizes, and λ where the method reads it
+  case $1 in
+    pfedme | ditto) echo step_sizes_lam ;;
+    *) echo step_sizes ;;
   esac
 }
 for method in $methods; do method_args "$method" >/dev/null || exit 2; done
@@ -62,7 +72,7 @@ for method in $methods; do
   rm -rf "$study"
   echo "[tune] $method: $trials trials × $rounds rounds, $jobs at a time → $study" >&2
   .venv/bin/perfedavg -m "experiment=$experiment" "${choice[@]}" "num_rounds=$rounds" "eval_every=$rounds" \
-    "${validation[@]}" hydra/sweeper=step_sizes "hydra.sweeper.direction=$direction" \
+    "${validation[@]}" "hydra/sweeper=$(search_space "$method")" "hydra.sweeper.direction=$direction" \
     "hydra.sweeper.n_trials=$trials" "hydra.sweeper.n_jobs=$jobs" hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
     "hydra.sweep.dir=$study" 'hydra.sweep.subdir=trial${hydra.job.num}' "$@"
 done
@@ -74,11 +84,12 @@ if [ "$confirm" -gt 0 ]; then
   candidates=$(.venv/bin/python scripts/tune_report.py "$tune_dir" --experiment "$experiment" --methods $methods \
     --candidates "$confirm")
   running=0
-  while read -r method trial alpha beta; do
+  while read -r method trial alpha beta extra; do
     read -r -a choice <<< "$(method_args "$method")"
     run_dir=$tune_dir/$method/confirm-$trial
-    echo "[tune] $method: confirming α=$alpha β=$beta → $run_dir (log: $run_dir.log)" >&2
-    ( .venv/bin/perfedavg "experiment=$experiment" "${choice[@]}" "alpha=$alpha" "beta=$beta" "${validation[@]}" \
+    echo "[tune] $method: confirming α=$alpha β=$beta $extra → $run_dir (log: $run_dir.log)" >&2
+    # $extra: empty, or algorithm.lam=… for the methods that tune λ (unquoted: one word or none)
+    ( .venv/bin/perfedavg "experiment=$experiment" "${choice[@]}" "alpha=$alpha" "beta=$beta" $extra "${validation[@]}" \
         resume=auto "hydra.run.dir=$run_dir" "$@" >"$run_dir.log" 2>&1 \
         && echo "[tune] $method: confirm-$trial finished" >&2 \
         || echo "[tune] $method: confirm-$trial stopped (see $run_dir.log)" >&2 ) &

@@ -33,7 +33,16 @@ from results_file import recording  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 #: Methods that take another method's tuned values: the same algorithm with another estimate of the Hessian term.
 SHARED = {"exact": "hvp"}
-TITLES = {"fedavg": "FedAvg", "fo": "Per-FedAvg (FO)", "fd": "Per-FedAvg (HF, fd)", "hvp": "Per-FedAvg (HF, hvp)"}
+TITLES = {
+    "fedavg": "FedAvg",
+    "fo": "Per-FedAvg (FO)",
+    "fd": "Per-FedAvg (HF, fd)",
+    "hvp": "Per-FedAvg (HF, hvp)",
+    "pfedme": "pFedMe",
+    "ditto": "Ditto",
+}
+#: The override of λ in the studies of the methods that read it (pFedMe, Ditto; conf/hydra/sweeper/step_sizes_lam.yaml).
+LAM = "algorithm.lam"
 
 
 @dataclass
@@ -45,6 +54,16 @@ class Trial:
     maximize: bool  # the objective is an accuracy (classification), not a loss (regression)
     wall_s: float | None
     overrides: dict[str, str]
+    lam: float | None = None  # λ, for the methods whose study searches it
+
+    def values(self) -> str:
+        """``α = …, β = …`` (and ``λ = …``), 3 significant digits."""
+        lam = f", λ = {self.lam:.3g}" if self.lam is not None else ""
+        return f"α = {self.alpha:.3g}, β = {self.beta:.3g}{lam}"
+
+    def cells(self) -> str:
+        """The table cells ``α | β`` (and ``| λ``)."""
+        return f"{self.alpha:.3g} | {self.beta:.3g}" + (f" | {self.lam:.3g}" if self.lam is not None else "")
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
@@ -74,12 +93,16 @@ def read_trials(study: Path, prefix: str = "trial") -> list[Trial]:
             wall = summary.get("wall_s")
         number = int(run_dir.name.removeprefix(prefix))
         alpha, beta = float(given["alpha"]), float(given["beta"])
-        trials.append(Trial(number, alpha, beta, objective, maximize, wall, given))
+        lam = float(given[LAM]) if LAM in given else None
+        trials.append(Trial(number, alpha, beta, objective, maximize, wall, given, lam))
     return trials
 
 
 def chosen_table(choices: dict[str, Trial]) -> dict[str, dict[str, float]]:
     table = {m: {"alpha": float(f"{t.alpha:.3g}"), "beta": float(f"{t.beta:.3g}")} for m, t in choices.items()}
+    for method, trial in choices.items():
+        if trial.lam is not None:
+            table[method]["lam"] = float(f"{trial.lam:.3g}")
     for method, source in SHARED.items():
         if source in table and method not in table:
             table[method] = dict(table[source])
@@ -96,9 +119,10 @@ def tuned_yaml(experiment: str, table: dict[str, dict[str, float]], command: str
         "defaults:",
         f"  - {experiment}",
         "step_sizes:",
-        *[f"  {m}: {{alpha: {v['alpha']}, beta: {v['beta']}}}" for m, v in table.items()],
+        *[f"  {m}: {{{', '.join(f'{k}: {x}' for k, x in v.items())}}}" for m, v in table.items()],
         "alpha: ${per_method:alpha}",
         "beta: ${per_method:beta}",
+        *(["algorithm:", "  lam: ${per_method:lam}"] if any("lam" in v for v in table.values()) else []),
         "",
     ]
     return "\n".join(lines)
@@ -123,22 +147,31 @@ def candidates(tune_dir: Path, methods: list[str], k: int) -> list[str]:
         best_k = ranked(read_trials(tune_dir / method))[:k]
         if not best_k:
             raise ValueError(f"no finished trial under {tune_dir / method}")
-        lines += [f"{method} trial{t.number} {t.overrides['alpha']} {t.overrides['beta']}" for t in best_k]
+        lines += [
+            f"{method} trial{t.number} {t.overrides['alpha']} {t.overrides['beta']}"
+            + (f" {LAM}={t.overrides[LAM]}" if LAM in t.overrides else "")
+            for t in best_k
+        ]
     return lines
+
+
+def _header(trials: list[Trial], *columns: str) -> list[str]:
+    """A trial table's header: trial, α, β (λ where the trials have it), then ``columns``."""
+    names = ["trial", "α", "β", *(["λ"] if trials and trials[0].lam is not None else []), *columns]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
 def _confirmation_lines(confirmed: list[Trial], search: dict[int, Trial], rounds: str) -> list[str]:
     lines = [
         f"Confirmation over {rounds} rounds (the best trials again, the experiment's own horizon):",
         "",
-        "| trial | α | β | search objective | confirmed objective |",
-        "|---|---|---|---|---|",
+        *_header(confirmed, "search objective", "confirmed objective"),
     ]
     for t in confirmed:
         searched = search[t.number].objective if t.number in search else None
         cells = [f"{searched:.4f}" if searched is not None else "–"]
         cells.append(f"{t.objective:.4f}" if t.objective is not None else "did not finish (diverged or cut off)")
-        lines.append(f"| {t.number} | {t.alpha:.3g} | {t.beta:.3g} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {t.number} | {t.cells()} | {cells[0]} | {cells[1]} |")
     return [*lines, ""]
 
 
@@ -185,11 +218,10 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
             + (f"; median run {sorted(walls)[len(walls) // 2]:.0f} s" if walls else "")
             + f". Chosen: trial {pick.number}"
             + (" (best confirmed)" if confirmed else "")
-            + f", α = {pick.alpha:.3g}, β = {pick.beta:.3g}.",
+            + f", {pick.values()}.",
             "",
-            "| trial | α | β | final personalized validation objective |",
-            "|---|---|---|---|",
-            *[f"| {t.number} | {t.alpha:.3g} | {t.beta:.3g} | {t.objective:.4f} |" for t in done[:top]],
+            *_header(done, "final personalized validation objective"),
+            *[f"| {t.number} | {t.cells()} | {t.objective:.4f} |" for t in done[:top]],
             "",
         ]
         if confirmed:
@@ -205,16 +237,18 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
         "",
         f"Protocol: each client holds out dataset.val_fraction={given.get('dataset.val_fraction', '?')} of its "
         f"training split; runs evaluate on it (eval_split={given.get('eval_split', '?')}), never on test data; "
-        f"seed {given.get('seed', '?')}. One Optuna study (TPE) per method over α, β log-uniform; objective: the "
-        "final personalized validation " + ("accuracy (maximized)." if maximize else "loss (minimized)."),
+        f"seed {given.get('seed', '?')}. One Optuna study (TPE) per method over α, β log-uniform"
+        + (" (and λ, for the methods that read it)" if any(t.lam is not None for t in choices.values()) else "")
+        + "; objective: the final personalized validation "
+        + ("accuracy (maximized)." if maximize else "loss (minimized)."),
         "",
         "Budget: " + "; ".join(budget) + " (run time summed over runs; runs went in parallel).",
         "",
         f"Chosen per method ({rule}, 3 significant digits" + (f"; {shared}" if shared else "") + "):",
         "",
-        "| method | α | β |",
-        "|---|---|---|",
-        *[f"| {m} | {v['alpha']} | {v['beta']} |" for m, v in table.items()],
+        "| method | α | β | λ |",
+        "|---|---|---|---|",
+        *[f"| {m} | {v['alpha']} | {v['beta']} | {v.get('lam', '–')} |" for m, v in table.items()],
         "",
         f"Best trials per method (top {top}):",
         "",

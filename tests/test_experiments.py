@@ -149,7 +149,9 @@ def test_reproduce_refuses_an_unknown_method_before_it_installs_or_runs_anything
         ["bash", str(ROOT / "scripts" / "reproduce.sh"), "smoke"], capture_output=True, text=True, env=env, timeout=60
     )
     assert out.returncode == 2 and not (tmp_path / "sweep").exists()
-    assert out.stderr.strip() == ("reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp' (allowed: fedavg, fo, fd, hvp)")
+    assert out.stderr.strip() == (
+        "reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp' (allowed: fedavg, fo, fd, hvp, pfedme, ditto)"
+    )
 
 
 def test_paper_mnist_tuned_is_paper_mnist_with_each_methods_tuned_step_sizes() -> None:

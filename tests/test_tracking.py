@@ -58,3 +58,12 @@ def test_run_overrides_are_read_from_the_hydra_record(tmp_path: Path) -> None:
 def test_keys_left_out_of_hparams_are_those_left_out_of_sweep_run_names() -> None:
     config = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
     assert set(config["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]) == NOT_HPARAMS
+
+
+def test_the_algorithm_keys_a_run_reads_are_hyperparameters_and_the_others_are_not() -> None:
+    pfedme = hparams_of(to_container(compose(["algorithm=pfedme", "algorithm.inner_steps=3"])))[0]
+    assert (pfedme["algorithm"], pfedme["algorithm.lam"], pfedme["algorithm.inner_steps"]) == ("pfedme", 15.0, 3)
+    assert pfedme["algorithm.server_mix"] == 1.0
+    ditto = hparams_of(to_container(compose(["algorithm=ditto"])))[0]
+    assert ditto["algorithm.lam"] == 0.1 and "algorithm.inner_steps" not in ditto
+    assert not any(k.startswith("algorithm.") for k in hparams_of(to_container(compose([])))[0])

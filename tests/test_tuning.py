@@ -144,14 +144,15 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
     conf = tmp_path / "conf"
     shutil.copytree(runner.CONF_DIR, conf)
     tuned, summary, studies = conf / "experiment" / "smoke_tuned.yaml", tmp_path / "tune.md", tmp_path / "tune"
-    env = {"TRIALS": "2", "ROUNDS": "2", "CONFIRM": "1", "JOBS": "2", "METHODS": "fedavg fd", "TUNE_DIR": str(studies)}
+    env = {"TRIALS": "2", "ROUNDS": "2", "CONFIRM": "1", "JOBS": "2", "METHODS": "fedavg fd ditto"}
+    env |= {"TUNE_DIR": str(studies)}
     env |= {"TUNED_CONFIG": str(tuned), "TUNE_REPORT": str(summary)}
     out = run(["bash", str(ROOT / "scripts" / "tune.sh"), "smoke", "num_clients=6"], tmp_path, env)
     assert out.returncode == 0, out.stderr[-3000:]
     table = yaml.safe_load(tuned.read_text())["step_sizes"]
-    assert set(table) == {"fedavg", "fd"}
+    assert set(table) == {"fedavg", "fd", "ditto"}
     smoke_rounds = compose(["experiment=smoke"]).num_rounds
-    for method in ("fedavg", "fd"):
+    for method in ("fedavg", "fd", "ditto"):
         study = studies / method
         trials = sorted(study.glob("trial*/metrics.json"))
         assert len(trials) == 2
@@ -167,6 +168,12 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
         assert saved["num_rounds"] == smoke_rounds and saved["eval_split"] == "val"
         assert json.loads((confirmed / "metrics.json").read_text())["final"]["eval/personalized_acc"] >= 0
         given = {k: float(f"{v:.3g}") for k, v in saved.items() if k in ("alpha", "beta")}
+        if method == "ditto":  # λ is searched too, and confirmed with the rest
+            given["lam"] = float(f"{saved['algorithm']['lam']:.3g}")
+            lams = {
+                yaml.safe_load((m.parent / ".hydra" / "config.yaml").read_text())["algorithm"]["lam"] for m in trials
+            }
+            assert len(lams) == 2 and all(0.01 <= lam <= 30 for lam in lams)
         assert table[method] == given
     text = summary.read_text()
     assert "Per-FedAvg (HF, fd)" in text and "2 trials × 2 rounds + 1 confirmation runs" in text
@@ -175,14 +182,16 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
     sweep = tmp_path / "sweep"
     args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke_tuned", "num_clients=6", "num_rounds=2"]
     args += ["backend=inprocess", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}"]
-    for method in (["algorithm=fedavg", "hessian=fo"], ["algorithm=perfedavg", "hessian=fd"]):
+    for method in (["algorithm=fedavg", "hessian=fo"], ["algorithm=perfedavg", "hessian=fd"], ["algorithm=ditto"]):
         out = run([*args, *method], tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
         assert out.returncode == 0, out.stderr[-3000:]
     out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     report = (sweep / "report.md").read_text()
     for method, key in (("FedAvg", "fedavg"), ("Per-FedAvg (HF, fd)", "fd")):
-        assert f"| {method} | 1 (0) | 2 | {table[key]['alpha']:g} | {table[key]['beta']:g} |" in report, report
+        assert f"| {method} | 1 (0) | 2 | {table[key]['alpha']:g} | {table[key]['beta']:g} | – |" in report, report
+    ditto = table["ditto"]
+    assert f"| Ditto | 1 (0) | 2 | {ditto['alpha']:g} | {ditto['beta']:g} | {ditto['lam']:g} |" in report, report
 
 
 def test_tune_sh_names_the_experiments_and_methods_on_a_wrong_one(tmp_path: Path) -> None:
