@@ -37,6 +37,8 @@ class AlgorithmName(StrEnum):
     fedavg = "fedavg"
     pfedme = "pfedme"  # Dinh, Tran, Nguyen, NeurIPS 2020
     ditto = "ditto"  # Li, Hu, Beirami, Smith, ICML 2021 (a personal model per client, kept across rounds)
+    fedavg_ft = "fedavg_ft"  # FedAvg with adapt_steps tuned (a baseline: perfedavg.algorithms.fedavg)
+    fedavg_matched = "fedavg_matched"  # FedAvg on 3 × batch_size examples a step (compute-matched baseline)
 
 
 class ModelName(StrEnum):
@@ -160,6 +162,7 @@ class StepSizes:
     alpha: float = MISSING
     beta: float = MISSING
     lam: float | None = None  # algorithm.lam, for the methods that read it (pfedme, ditto)
+    adapt_steps: int | None = None  # for the method that tunes it (fedavg_ft)
 
 
 @dataclass
@@ -205,7 +208,8 @@ def method_name(algorithm: str, hessian_mode: str) -> str:
 
 def _per_method(key: str, *, _root_: DictConfig) -> float:
     """``${per_method:alpha}``: ``step_sizes[<this run's method>].<key>`` (see :func:`method_name`). ``lam`` of a
-    method that does not read λ is the schema's default (unread; e.g. Per-FedAvg in a tuned experiment with pFedMe)."""
+    method that does not read λ is the schema's default (unread; e.g. Per-FedAvg in a tuned experiment with pFedMe),
+    and so is ``adapt_steps`` of a method whose entry does not tune it (all but fedavg_ft)."""
     method = method_name(str(_root_.algorithm.name), str(_root_.hessian.mode))
     table = _root_.get("step_sizes") or {}
     if method not in table:
@@ -214,6 +218,8 @@ def _per_method(key: str, *, _root_: DictConfig) -> float:
     value = table[method].get(key)
     if value is None and key == "lam" and str(_root_.algorithm.name) not in READ_ONLY_WITH["algorithm.lam"][1]:
         return AlgorithmConf.lam
+    if value is None and key == "adapt_steps":  # tuned for fedavg_ft only; the others keep the schema's
+        return Config.adapt_steps
     if value is None:
         raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes.{method} has no {key}")
     return value
@@ -490,7 +496,7 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
     "diagnostics.every": ("algorithm.name", ("perfedavg",)),
-    "adapt_steps": ("algorithm.name", ("perfedavg", "fedavg")),
+    "adapt_steps": ("algorithm.name", ("perfedavg", "fedavg", "fedavg_ft", "fedavg_matched")),
     "algorithm.lam": ("algorithm.name", ("pfedme", "ditto")),
     "algorithm.inner_steps": ("algorithm.name", ("pfedme",)),
     "algorithm.server_mix": ("algorithm.name", ("pfedme",)),

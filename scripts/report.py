@@ -32,9 +32,24 @@ CLASSIFICATION = [("eval/global_acc", "global accuracy"), ("eval/personalized_ac
 REGRESSION = [("eval/global_loss", "global loss"), ("eval/personalized_loss", "personalized loss")]
 #: Display order of the methods; others follow alphabetically.
 FO = "Per-FedAvg (FO)"
-ORDER = ["FedAvg", FO, "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)", "pFedMe", "Ditto"]
+ORDER = [
+    "FedAvg",
+    "FedAvg (fine-tuned)",
+    "FedAvg (compute-matched)",
+    FO,
+    "Per-FedAvg (HF, fd)",
+    "Per-FedAvg (HF, hvp)",
+    "pFedMe",
+    "Ditto",
+]
 #: The other algorithms' display names (they ignore the Hessian mode).
-ALGORITHM_TITLES = {"fedavg": "FedAvg", "pfedme": "pFedMe", "ditto": "Ditto"}
+ALGORITHM_TITLES = {
+    "fedavg": "FedAvg",
+    "fedavg_ft": "FedAvg (fine-tuned)",
+    "fedavg_matched": "FedAvg (compute-matched)",
+    "pfedme": "pFedMe",
+    "ditto": "Ditto",
+}
 
 
 @dataclass
@@ -136,7 +151,9 @@ READS_LAM = ("pfedme", "ditto")
 
 def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
     with_lam = any(r.config["algorithm"]["name"] in READS_LAM for runs in by_method.values() for r in runs)
+    with_adapt = any(int(r.config["adapt_steps"]) != 1 for runs in by_method.values() for r in runs)
     head = ["method", "runs (seeds)", "rounds", "α", "β", *(["λ"] if with_lam else [])]
+    head += ["adapt_steps"] if with_adapt else []
     head += [f"final {title}" for _, title in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in ordered(list(by_method)):
@@ -150,6 +167,8 @@ def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> st
                 {float(r.config["algorithm"]["lam"]) for r in runs if r.config["algorithm"]["name"] in READS_LAM}
             )
             cells.append("/".join(f"{v:g}" for v in lams) or "–")
+        if with_adapt:
+            cells.append("/".join(str(v) for v in sorted({int(r.config["adapt_steps"]) for r in runs})))
         cells += [mean_std([final_value(r, tag) for r in runs]) for tag, _ in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

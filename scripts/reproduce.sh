@@ -14,7 +14,8 @@
 # BACKEND=ray runs each simulation through Flower's Ray engine instead; every run then starts its own Ray instance
 # (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
 # Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), METHODS (default fedavg,fo,fd,hvp: which to run, e.g.
-# METHODS=fo,hvp for a paired HF-vs-FO test; pfedme and ditto add those algorithms, docs/algorithms.md), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
+# METHODS=fo,hvp for a paired HF-vs-FO test; pfedme, ditto, fedavg_ft and fedavg_matched add those algorithms,
+# docs/algorithms.md), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
 # BACKEND (inprocess or ray; default inprocess), DIAGNOSTICS (default 0: off; N: the Per-FedAvg runs log curvature
 # diagnostics every N rounds, diagnostics.every=N, which leaves their results unchanged; scripts/diagnostics_report.py
 # plots them).
@@ -36,15 +37,15 @@ hessians=()  # Per-FedAvg's Hessian modes
 others=()    # the other algorithms (they ignore the Hessian mode)
 for method in ${methods//,/ }; do
   case $method in
-    fedavg | pfedme | ditto) others+=("$method") ;;
+    fedavg | pfedme | ditto | fedavg_ft | fedavg_matched) others+=("$method") ;;
     fo | fd | hvp) hessians+=("$method") ;;
     *) echo "reproduce.sh: METHODS=$methods: unknown method '$method'" \
-         "(allowed: fedavg, fo, fd, hvp, pfedme, ditto)" >&2; exit 2 ;;
+         "(allowed: fedavg, fo, fd, hvp, pfedme, ditto, fedavg_ft, fedavg_matched)" >&2; exit 2 ;;
   esac
 done
 n_methods=$(( ${#hessians[@]} + ${#others[@]} ))
 if [ "$n_methods" -eq 0 ]; then
-  echo "reproduce.sh: METHODS is empty (allowed: fedavg, fo, fd, hvp, pfedme, ditto)" >&2
+  echo "reproduce.sh: METHODS is empty (allowed: fedavg, fo, fd, hvp, pfedme, ditto, fedavg_ft, fedavg_matched)" >&2
   exit 2
 fi
 bash scripts/setup.sh

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,9 +40,12 @@ TITLES = {
     "hvp": "Per-FedAvg (HF, hvp)",
     "pfedme": "pFedMe",
     "ditto": "Ditto",
+    "fedavg_ft": "FedAvg (fine-tuned)",
+    "fedavg_matched": "FedAvg (compute-matched)",
 }
-#: The override of λ in the studies of the methods that read it (pFedMe, Ditto; conf/hydra/sweeper/step_sizes_lam.yaml).
-LAM = "algorithm.lam"
+#: Keys some studies search beside α and β: the override → (its step_sizes entry, its column title). λ for pFedMe
+#: and Ditto (conf/hydra/sweeper/step_sizes_lam.yaml), adapt_steps for fedavg_ft (step_sizes_adapt.yaml).
+EXTRA = {"algorithm.lam": ("lam", "λ"), "adapt_steps": ("adapt_steps", "adapt_steps")}
 
 
 @dataclass
@@ -54,16 +57,17 @@ class Trial:
     maximize: bool  # the objective is an accuracy (classification), not a loss (regression)
     wall_s: float | None
     overrides: dict[str, str]
-    lam: float | None = None  # λ, for the methods whose study searches it
+    extra: dict[str, float] = field(default_factory=dict)  # the :data:`EXTRA` keys this study searched, by entry
 
     def values(self) -> str:
-        """``α = …, β = …`` (and ``λ = …``), 3 significant digits."""
-        lam = f", λ = {self.lam:.3g}" if self.lam is not None else ""
-        return f"α = {self.alpha:.3g}, β = {self.beta:.3g}{lam}"
+        """``α = …, β = …`` (and ``λ = …`` etc.), 3 significant digits."""
+        titles = {entry: title for entry, title in EXTRA.values()}
+        extra = "".join(f", {titles[k]} = {v:.3g}" for k, v in self.extra.items())
+        return f"α = {self.alpha:.3g}, β = {self.beta:.3g}{extra}"
 
     def cells(self) -> str:
-        """The table cells ``α | β`` (and ``| λ``)."""
-        return f"{self.alpha:.3g} | {self.beta:.3g}" + (f" | {self.lam:.3g}" if self.lam is not None else "")
+        """The table cells ``α | β`` (and one per searched :data:`EXTRA` key)."""
+        return " | ".join([f"{self.alpha:.3g}", f"{self.beta:.3g}", *(f"{v:.3g}" for v in self.extra.values())])
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
@@ -93,16 +97,15 @@ def read_trials(study: Path, prefix: str = "trial") -> list[Trial]:
             wall = summary.get("wall_s")
         number = int(run_dir.name.removeprefix(prefix))
         alpha, beta = float(given["alpha"]), float(given["beta"])
-        lam = float(given[LAM]) if LAM in given else None
-        trials.append(Trial(number, alpha, beta, objective, maximize, wall, given, lam))
+        extra = {entry: float(given[key]) for key, (entry, _) in EXTRA.items() if key in given}
+        trials.append(Trial(number, alpha, beta, objective, maximize, wall, given, extra))
     return trials
 
 
 def chosen_table(choices: dict[str, Trial]) -> dict[str, dict[str, float]]:
     table = {m: {"alpha": float(f"{t.alpha:.3g}"), "beta": float(f"{t.beta:.3g}")} for m, t in choices.items()}
     for method, trial in choices.items():
-        if trial.lam is not None:
-            table[method]["lam"] = float(f"{trial.lam:.3g}")
+        table[method] |= {k: int(v) if k == "adapt_steps" else float(f"{v:.3g}") for k, v in trial.extra.items()}
     for method, source in SHARED.items():
         if source in table and method not in table:
             table[method] = dict(table[source])
@@ -122,6 +125,7 @@ def tuned_yaml(experiment: str, table: dict[str, dict[str, float]], command: str
         *[f"  {m}: {{{', '.join(f'{k}: {x}' for k, x in v.items())}}}" for m, v in table.items()],
         "alpha: ${per_method:alpha}",
         "beta: ${per_method:beta}",
+        *(["adapt_steps: ${per_method:adapt_steps}"] if any("adapt_steps" in v for v in table.values()) else []),
         *(["algorithm:", "  lam: ${per_method:lam}"] if any("lam" in v for v in table.values()) else []),
         "",
     ]
@@ -149,7 +153,7 @@ def candidates(tune_dir: Path, methods: list[str], k: int) -> list[str]:
             raise ValueError(f"no finished trial under {tune_dir / method}")
         lines += [
             f"{method} trial{t.number} {t.overrides['alpha']} {t.overrides['beta']}"
-            + (f" {LAM}={t.overrides[LAM]}" if LAM in t.overrides else "")
+            + "".join(f" {key}={t.overrides[key]}" for key in EXTRA if key in t.overrides)
             for t in best_k
         ]
     return lines
@@ -157,7 +161,8 @@ def candidates(tune_dir: Path, methods: list[str], k: int) -> list[str]:
 
 def _header(trials: list[Trial], *columns: str) -> list[str]:
     """A trial table's header: trial, α, β (λ where the trials have it), then ``columns``."""
-    names = ["trial", "α", "β", *(["λ"] if trials and trials[0].lam is not None else []), *columns]
+    titles = {entry: title for entry, title in EXTRA.values()}
+    names = ["trial", "α", "β", *(titles[k] for k in (trials[0].extra if trials else {})), *columns]
     return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
@@ -238,7 +243,7 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
         f"Protocol: each client holds out dataset.val_fraction={given.get('dataset.val_fraction', '?')} of its "
         f"training split; runs evaluate on it (eval_split={given.get('eval_split', '?')}), never on test data; "
         f"seed {given.get('seed', '?')}. One Optuna study (TPE) per method over α, β log-uniform"
-        + (" (and λ, for the methods that read it)" if any(t.lam is not None for t in choices.values()) else "")
+        + (" (and λ or adapt_steps, for the methods that tune them)" if any(t.extra for t in choices.values()) else "")
         + "; objective: the final personalized validation "
         + ("accuracy (maximized)." if maximize else "loss (minimized)."),
         "",
@@ -246,9 +251,12 @@ def report(tune_dir: Path, experiment: str, methods: list[str], top: int) -> tup
         "",
         f"Chosen per method ({rule}, 3 significant digits" + (f"; {shared}" if shared else "") + "):",
         "",
-        "| method | α | β | λ |",
-        "|---|---|---|---|",
-        *[f"| {m} | {v['alpha']} | {v['beta']} | {v.get('lam', '–')} |" for m, v in table.items()],
+        "| method | α | β | λ | adapt_steps |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {m} | {v['alpha']} | {v['beta']} | {v.get('lam', '–')} | {v.get('adapt_steps', '–')} |"
+            for m, v in table.items()
+        ],
         "",
         f"Best trials per method (top {top}):",
         "",

@@ -150,7 +150,8 @@ def test_reproduce_refuses_an_unknown_method_before_it_installs_or_runs_anything
     )
     assert out.returncode == 2 and not (tmp_path / "sweep").exists()
     assert out.stderr.strip() == (
-        "reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp' (allowed: fedavg, fo, fd, hvp, pfedme, ditto)"
+        "reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp' (allowed: fedavg, fo, fd, hvp, pfedme, ditto, fedavg_ft, "
+        "fedavg_matched)"
     )
 
 

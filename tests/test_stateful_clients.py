@@ -16,7 +16,12 @@ from test_federation import ANN_SMALL, federate
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from faults import Fault, faulty_client_app  # noqa: E402
 
-from perfedavg import checkpoint, curvature, task  # noqa: E402
+from perfedavg import (  # noqa: E402
+    algorithms,  # noqa: E402
+    checkpoint,
+    curvature,
+    task,
+)
 from perfedavg.algorithms import LocalSpec, ditto, fedavg  # noqa: E402
 from perfedavg.algorithms.pfedme import PFedMe  # noqa: E402
 from perfedavg.client_app import build_client_app  # noqa: E402
@@ -165,3 +170,19 @@ def test_task_local_spec_carries_the_algorithm_keys() -> None:
     cfg = prepare(compose(["algorithm=pfedme", "algorithm.lam=3", "algorithm.inner_steps=2", "adapt_steps=4"]))
     spec = task.local_spec(cfg)
     assert (spec.algorithm, spec.lam, spec.inner_steps, spec.server_mix, spec.adapt_steps) == ("pfedme", 3, 2, 1, 4)
+
+
+def test_the_fedavg_baselines_are_fedavg_and_fedavg_on_three_minibatches_worth_of_examples() -> None:
+    torch.manual_seed(1)
+    model, loss_fn = torch.nn.Linear(3, 2).double(), torch.nn.MSELoss()
+    x, y = torch.randn(60, 3, dtype=torch.float64), torch.randn(60, 2, dtype=torch.float64)
+    w0 = curvature.flat_parameters(model)
+
+    def update(algorithm: str, batch_size: int) -> torch.Tensor:
+        curvature.set_flat_parameters(model, w0)
+        spec = LocalSpec(algorithm=algorithm, beta=0.1, local_steps=3, batch_size=batch_size)
+        return algorithms.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(2)).weights
+
+    assert torch.equal(update("fedavg_ft", 8), update("fedavg", 8))
+    assert torch.equal(update("fedavg_matched", 8), update("fedavg", 24))
+    assert not torch.equal(update("fedavg_matched", 8), update("fedavg", 8))

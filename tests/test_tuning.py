@@ -224,3 +224,51 @@ def test_a_run_that_diverges_in_a_multirun_fails_alone(tmp_path: Path) -> None:
     assert "[sweep] 2/2 runs ended (1 failed)" in log  # the sweep-level progress line counts the failure
     assert (sweep / "0_beta=0.1" / "metrics.json").exists()  # named after what the sweep varies
     assert not list(sweep.glob("1_*/metrics.json"))
+
+
+def fake_trial(study: Path, number: int, overrides: dict[str, object], accuracy: float) -> None:
+    """A finished trial directory as tune.sh's studies leave it (its overrides and final metrics)."""
+    run_dir = study / f"trial{number}"
+    (run_dir / ".hydra").mkdir(parents=True)
+    items = [f"{k}={v}" for k, v in {"num_rounds": 2, **overrides}.items()]
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(items))
+    final = {"eval/personalized_acc": accuracy, "eval/global_acc": accuracy / 2}
+    (run_dir / "metrics.json").write_text(json.dumps({"final": final, "wall_s": 1.0}))
+
+
+def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_path: Path, monkeypatch) -> None:
+    """pFedMe's λ and fedavg_ft's adapt_steps, searched beside α and β, are chosen from the best trial, written into
+    the tuned experiment's table, and resolve for their own method only (the others keep the schema's values)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import tune_report
+
+    tune = tmp_path / "tune"
+    fake_trial(tune / "fo", 0, {"alpha": 0.01, "beta": 0.02}, 0.7)
+    fake_trial(tune / "pfedme", 0, {"alpha": 0.03, "beta": 0.04, "algorithm.lam": 5.0}, 0.6)
+    fake_trial(tune / "pfedme", 1, {"alpha": 0.05, "beta": 0.06, "algorithm.lam": 0.5}, 0.8)
+    fake_trial(tune / "fedavg_ft", 0, {"alpha": 0.07, "beta": 0.08, "adapt_steps": 4}, 0.9)
+    text, table = tune_report.report(tune, "smoke", ["fo", "pfedme", "fedavg_ft"], top=5)
+    assert table == {
+        "fo": {"alpha": 0.01, "beta": 0.02},
+        "pfedme": {"alpha": 0.05, "beta": 0.06, "lam": 0.5},
+        "fedavg_ft": {"alpha": 0.07, "beta": 0.08, "adapt_steps": 4},
+    }
+    assert "| 1 | 0.05 | 0.06 | 0.5 | 0.8000 |" in text and "α = 0.05, β = 0.06, λ = 0.5" in text
+    assert "| fedavg_ft | 0.07 | 0.08 | – | 4 |" in text
+    assert tune_report.candidates(tune, ["pfedme"], 1) == ["pfedme trial1 0.05 0.06 algorithm.lam=0.5"]
+
+    conf = tmp_path / "conf"
+    shutil.copytree(runner.CONF_DIR, conf)
+    (conf / "experiment" / "smoke_tuned.yaml").write_text(tune_report.tuned_yaml("smoke", table, "test"))
+    monkeypatch.setattr(preparation, "CONF_DIR", conf)
+    got = {}
+    for method in (["hessian=fo"], ["algorithm=pfedme"], ["algorithm=fedavg_ft"]):
+        c = prepare(compose(["experiment=smoke_tuned", *method]))
+        got[method[0]] = (c["alpha"], c["beta"], c["algorithm"]["lam"], c["adapt_steps"])
+    assert got == {
+        "hessian=fo": (0.01, 0.02, 15.0, 1),
+        "algorithm=pfedme": (0.05, 0.06, 0.5, 1),
+        "algorithm=fedavg_ft": (0.07, 0.08, 15.0, 4),
+    }
+    with pytest.raises(ConfigError, match=r"step_sizes has no entry for method ditto"):
+        validate(compose(["experiment=smoke_tuned", "algorithm=ditto"]))

@@ -1,7 +1,8 @@
 """The federated algorithms, one module each (pure torch; no Flower), behind one interface
-(:class:`~perfedavg.algorithms.base.Algorithm`): FedAvg (:mod:`~perfedavg.algorithms.fedavg`), Per-FedAvg
-(:mod:`~perfedavg.algorithms.per_fedavg`), pFedMe (:mod:`~perfedavg.algorithms.pfedme`; Dinh, Tran, Nguyen,
-NeurIPS 2020) and Ditto (:mod:`~perfedavg.algorithms.ditto`; Li, Hu, Beirami, Smith, ICML 2021).
+(:class:`~perfedavg.algorithms.base.Algorithm`): FedAvg and its fine-tuned and compute-matched baselines
+(:mod:`~perfedavg.algorithms.fedavg`), Per-FedAvg (:mod:`~perfedavg.algorithms.per_fedavg`), pFedMe
+(:mod:`~perfedavg.algorithms.pfedme`; Dinh, Tran, Nguyen, NeurIPS 2020) and Ditto (:mod:`~perfedavg.algorithms.ditto`;
+Li, Hu, Beirami, Smith, ICML 2021).
 
 Adding a method: a module with an :class:`~perfedavg.algorithms.base.Algorithm` subclass, an entry in
 :data:`ALGORITHMS`, its name in :class:`perfedavg.config.AlgorithmName` and a ``conf/algorithm/<name>.yaml``; the
@@ -23,13 +24,15 @@ from perfedavg.algorithms.base import (
     sample_batch,
 )
 from perfedavg.algorithms.ditto import Ditto
-from perfedavg.algorithms.fedavg import FedAvg
+from perfedavg.algorithms.fedavg import FedAvg, FedAvgFineTuned, FedAvgMatched
 from perfedavg.algorithms.per_fedavg import PerFedAvg
 from perfedavg.algorithms.pfedme import PFedMe
 from perfedavg.curvature import LossFn
 
 #: Every algorithm by its run-config name (``algorithm=…``).
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PerFedAvg(), FedAvg(), PFedMe(), Ditto())}
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a for a in (PerFedAvg(), FedAvg(), PFedMe(), Ditto(), FedAvgFineTuned(), FedAvgMatched())
+}
 
 __all__ = [
     "ALGORITHMS",

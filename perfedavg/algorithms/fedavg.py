@@ -2,11 +2,17 @@
 
 Personalization before evaluation is fine-tuning: ``adapt_steps`` steps of size α on the client's training split
 (:func:`perfedavg.algorithms.base.personalized_evaluation`), the same one Per-FedAvg uses.
+
+Two baselines that make a comparison with Per-FedAvg fair (issue 22): :class:`FedAvgFineTuned`
+(``algorithm=fedavg_ft``: FedAvg whose ``adapt_steps`` is tuned with its step sizes, not fixed at Per-FedAvg's one
+step) and :class:`FedAvgMatched` (``algorithm=fedavg_matched``: each local step on 3 × ``batch_size`` examples, the
+examples Per-FedAvg's three minibatches D, D′, D″ use per step).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import ClassVar
 
 import torch
@@ -64,3 +70,36 @@ def sgd(
         losses.append(float(loss))
         w = w - step * grad
     return w, sum(losses) / max(1, len(losses))
+
+
+class FedAvgFineTuned(FedAvg):
+    """FedAvg under its own name, so that its tuned ``adapt_steps`` (scripts/tune.sh searches it) has its own entry
+    in a tuned experiment's table and its own row in the reports; the local update is FedAvg's."""
+
+    name: ClassVar[str] = "fedavg_ft"
+
+
+#: Per-FedAvg draws three minibatches a step (D, D′, D″); the compute-matched FedAvg takes their examples at once.
+MATCHED_BATCHES = 3
+
+
+class FedAvgMatched(FedAvg):
+    """FedAvg whose every local step uses :data:`MATCHED_BATCHES` × ``batch_size`` distinct examples: per round the
+    examples Per-FedAvg's steps use, in one gradient each step (the gradient work of three minibatch gradients)."""
+
+    name: ClassVar[str] = "fedavg_matched"
+
+    def local_update(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        x: Tensor,
+        y: Tensor,
+        spec: LocalSpec,
+        generator: torch.Generator,
+        *,
+        state: Tensor | None = None,
+        diagnose: bool = False,
+    ) -> LocalResult:
+        matched = replace(spec, batch_size=MATCHED_BATCHES * spec.batch_size)
+        return super().local_update(model, loss_fn, x, y, matched, generator, state=state, diagnose=diagnose)
