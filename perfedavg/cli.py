@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -79,8 +80,8 @@ def _job(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except FederationError as e:
         log.error("federation stopped: %s (logs so far are in %s)", e, run_dir)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # the launcher records this job as failed (a sweeper such as Optuna's then goes on)
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the launcher records this job as failed (Optuna's sweeper goes on)
+            raise SweepJobFailed(f"{run_dir.name}: federation stopped: {e}") from None
         sys.exit(1)
     except FederationInterrupted as e:
         print(interrupted_line(e, run_dir, hydra_cfg.mode == RunMode.MULTIRUN), file=sys.stderr)
@@ -90,6 +91,11 @@ def _job(cfg: DictConfig) -> float | None:
     log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir)
     return _objective(final)
+
+
+class SweepJobFailed(CompactHydraException):
+    """A sweep job whose federation stopped (e.g. diverged): Hydra reports it as one line, not a traceback, and the
+    sweep goes on or ends with exit 1 as for any failed job."""
 
 
 def interrupted_line(e: FederationInterrupted, run_dir: Path, multirun: bool) -> str:

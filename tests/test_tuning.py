@@ -221,6 +221,8 @@ def test_a_run_that_diverges_in_a_multirun_fails_alone(tmp_path: Path) -> None:
     assert out.returncode == 1
     log = out.stdout + out.stderr
     assert "federation stopped: round 1" in log and "non-finite" in log
+    assert "Traceback" not in log  # one line from Hydra, not its stack trace
+    assert "1_beta=1e+30: federation stopped: round 1: every client's update is non-finite" in out.stderr
     assert "[sweep] 2/2 runs ended (1 failed)" in log  # the sweep-level progress line counts the failure
     assert (sweep / "0_beta=0.1" / "metrics.json").exists()  # named after what the sweep varies
     assert not list(sweep.glob("1_*/metrics.json"))
