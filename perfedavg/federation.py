@@ -35,6 +35,9 @@ log = logging.getLogger("perfedavg")
 #: SuperNodes), a deployment's SuperNodes connect over the network and may take a while.
 SIMULATION_NODE_WAIT_S = 10.0
 DEPLOYMENT_NODE_WAIT_S = 120.0
+#: How long a simulation's server waits for the engine's node → partition mapping once it sees every node (it comes
+#: a moment later; without it the server asks every node, see :func:`perfedavg.sim_engine.node_partitions`).
+MAPPING_WAIT_S = 5.0
 
 
 def node_wait_s(grid: Grid) -> float:
@@ -202,18 +205,29 @@ class Federation:
                 f"only {len(nodes)} of num_clients={n} client nodes (SuperNodes, one per client) connected in "
                 f"{wait_s:.0f} s"
             )
+        # The simulation engine's own mapping where it is in this process: no message per node.
+        known = sim_engine.node_partitions(nodes, wait_s=MAPPING_WAIT_S if wait_s == SIMULATION_NODE_WAIT_S else 0)
+        if known is not None:
+            self._map_clients(known)
+            return
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
         replies, pending = sim_engine.exchange(self.grid, queries, stop=STOP)
         if STOP.is_set():
             sim_engine.abandon(pending)
             raise FederationInterrupted.now(self.completed)
+        partitions: dict[int, int] = {}
         for reply in replies:
             if reply.has_error():
                 raise FederationError(
                     f"node {reply.metadata.src_node_id} failed to report its client id: {reply.error.reason}"
                 )
-            cid = int(reply.content["info"]["partition-id"])
-            self.node_of[cid] = reply.metadata.src_node_id
+            partitions[reply.metadata.src_node_id] = int(reply.content["info"]["partition-id"])
+        self._map_clients(partitions)
+
+    def _map_clients(self, partitions: Mapping[int, int]) -> None:
+        """Record which node serves each client id (``partitions``: node id → partition id)."""
+        n = int(self.cfg["num_clients"])
+        self.node_of = {cid: node for node, cid in partitions.items()}
         self.client_of = {node: cid for cid, node in self.node_of.items()}
         missing = sorted(set(range(n)) - set(self.node_of))
         if missing:

@@ -8,7 +8,9 @@ of the round (``scripts/bench_federation.py``).
 
 :func:`install` replaces the two engine threads' loops with the same work driven by events: the server wakes the
 pickup thread right after it pushes messages (:func:`exchange`), and the reply thread wakes the server as soon as a
-reply is stored. Without a wake-up they fall back to Flower's own 0.1 s period, so nothing can stall. The
+reply is stored. Without a wake-up they fall back to Flower's own 0.1 s period, so nothing can stall. It also
+records the engine's node → partition mapping as it registers the nodes (:func:`node_partitions`), so the server
+need not ask every node for its client id. The
 replacement touches ``flwr.server.superlink.fleet.vce.vce_api`` internals; the project pins flwr < 1.43 and
 :func:`install` refuses (leaving Flower untouched) if the functions it replaces are not the expected ones.
 
@@ -47,6 +49,39 @@ _actors_lock = threading.Condition()
 _WAIT_S = 0.1
 
 
+#: The running simulation's node id → partition id (Flower's ``nodes_mapping``), as its pickup loop received it.
+_node_partitions: dict[int, int] = {}
+
+
+def node_partitions(node_ids: Iterable[int], wait_s: float = 0.0) -> dict[int, int] | None:
+    """Partition id of each of ``node_ids`` as the running simulation engine (in this process) assigned them, or
+    ``None`` if it does not know them all within ``wait_s`` seconds (another grid: the in-process one, a
+    deployment). Lets the server map clients to nodes without a query message per node, which under Ray costs an
+    actor call each: minutes for 10,000 clients. (The nodes show in the grid a moment before their registration
+    returns the mapping: hence the wait.)"""
+    ids = list(node_ids)
+    deadline = time.monotonic() + wait_s
+    while True:
+        known = dict(_node_partitions)
+        if ids and all(n in known for n in ids):
+            return {n: known[n] for n in ids}
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(left, 0.02))
+
+
+def _register_nodes(num_nodes: int, state_factory):  # noqa: ANN001, ANN202 - Flower's signature
+    """Flower's node registration, recording its node → partition mapping (:func:`node_partitions`)."""
+    mapping = _flower_register_nodes(num_nodes=num_nodes, state_factory=state_factory)
+    _node_partitions.clear()
+    _node_partitions.update(mapping)
+    return mapping
+
+
+_flower_register_nodes = None  # Flower's own, kept by install()
+
+
 def _add_messages_to_queue(state, queue: Queue, nodes_mapping, f_stop: threading.Event) -> None:  # noqa: ANN001
     """Flower's pickup loop, woken by :func:`exchange` instead of sleeping 0.1 s between scans."""
     while not f_stop.is_set():
@@ -77,9 +112,11 @@ def install() -> bool:
         from flwr.server.superlink.fleet.vce import vce_api
     except ImportError:
         return False
+    global _flower_register_nodes
     expected = {
         "add_messages_to_queue": ["state", "queue", "nodes_mapping", "f_stop"],
         "put_message_into_state": ["state", "queue", "f_stop"],
+        "_register_nodes": ["num_nodes", "state_factory"],
     }
     for name, params in expected.items():
         fn = getattr(vce_api, name, None)
@@ -88,6 +125,8 @@ def install() -> bool:
             return False
     vce_api.add_messages_to_queue = _add_messages_to_queue
     vce_api.put_message_into_state = _put_message_into_state
+    _flower_register_nodes = vce_api._register_nodes
+    vce_api._register_nodes = _register_nodes
     _share_client_app_once()
     _take_over_process_message()
     _installed = True

@@ -300,3 +300,35 @@ def test_a_simulation_short_of_num_clients_nodes_stops_after_the_simulation_wait
         federation.Federation(TwoNodes(), cfg, tmp_path).discover_clients()
     assert 0.5 <= time.monotonic() - started < 5
     assert federation.node_wait_s(InProcessGrid(client_app, 4)) == federation.DEPLOYMENT_NODE_WAIT_S == 120
+
+
+def refusing_queries(message: Message, context: Context, call_next):
+    """A mod under which a node cannot answer the server's query for its client id."""
+    if message.metadata.message_type == "query":
+        raise RuntimeError("injected: no query answers")
+    return call_next(message, context)
+
+
+@pytest.mark.slow
+def test_under_ray_clients_are_mapped_to_nodes_without_a_message_per_node(tmp_path: Path) -> None:
+    """The simulation engine's own node → partition mapping replaces the query messages (each an actor call: minutes
+    at 10,000 clients): a client app that cannot answer them still runs under Ray, and fails in-process, where the
+    server has to ask."""
+    app = build_client_app(mods=[refusing_queries])
+    summary = run(compose([*ANN_SMALL, "num_rounds=2"]), tmp_path / "ray", client_app=app)
+    assert summary["client_failures"] == 0 and len(summary["rounds"]) == 2
+    with pytest.raises(FederationError, match="failed to report its client id: .*injected: no query answers"):
+        federate([*ANN_SMALL, "num_rounds=2"], tmp_path / "local", app)
+
+
+def test_the_engines_node_mapping_is_used_only_when_it_knows_every_node() -> None:
+    from perfedavg import sim_engine
+
+    sim_engine._node_partitions.clear()
+    sim_engine._node_partitions.update({11: 0, 12: 1})
+    try:
+        assert sim_engine.node_partitions([12, 11]) == {12: 1, 11: 0}
+        assert sim_engine.node_partitions([11, 13]) is None  # a node it does not know: ask the nodes
+        assert sim_engine.node_partitions([]) is None
+    finally:
+        sim_engine._node_partitions.clear()
