@@ -209,6 +209,9 @@ class Federation:
         known = sim_engine.node_partitions(nodes, wait_s=MAPPING_WAIT_S if wait_s == SIMULATION_NODE_WAIT_S else 0)
         if known is not None:
             self._map_clients(known)
+            sim_engine.warm_up_actors(STOP, wait_s=SIMULATION_NODE_WAIT_S)  # what the queries did on the way
+            if STOP.is_set():
+                raise FederationInterrupted.now(self.completed)
             return
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
         replies, pending = sim_engine.exchange(self.grid, queries, stop=STOP)

@@ -152,10 +152,12 @@ def _share_client_app_once() -> None:
         return
 
     def build(self, app_fn):  # noqa: ANN001, ANN202 - Flower's signature
+        global _backend
         original(self, app_fn)
         import ray
 
         self.app_fn = ray.put(app_fn)
+        _backend = self  # its actor pool exists now (:func:`warm_up_actors`)
 
     build._perfedavg = True  # type: ignore[attr-defined]
     backend.build = build
@@ -272,9 +274,35 @@ def _replace(pool) -> None:  # noqa: ANN001 - Flower's actor pool
     thread.start()
 
 
+#: The running simulation's Ray backend, once it has built its actor pool (None outside a Ray simulation).
+_backend = None
+
+
+def warm_up_actors(stop: threading.Event, wait_s: float) -> int:
+    """Have every idle actor of the running Ray backend import what a client needs (:func:`_warm_up`) and wait for
+    them (at most ``wait_s`` for the backend to exist; until done or ``stop`` for the warm-up), so that no client's
+    first message pays for it within the round's timeout. (The query message each node used to answer at start-up
+    did this as a side effect: :func:`node_partitions` made them unnecessary.) Returns how many actors it warmed."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while _backend is None or getattr(_backend, "pool", None) is None:
+        if stop.is_set() or time.monotonic() > deadline:
+            return 0
+        time.sleep(0.02)
+    with _actors_lock:
+        actors = list(_backend.pool.pool)
+    waiting = [actor.__ray_call__.remote(_warm_up) for actor in actors]
+    while waiting and not stop.is_set():
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=_WAIT_S)
+    return len(actors)
+
+
 def close() -> None:
     """End the warm-up waits before Ray shuts down (Ray's API used from a thread during or after its shutdown can
     abort the whole process). Called when the ServerApp returns, before Flower's engine stops Ray."""
+    global _backend
+    _backend = None
     _closing.set()
     with _actors_lock:
         threads = list(_warming)
