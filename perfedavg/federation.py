@@ -40,11 +40,16 @@ DEPLOYMENT_NODE_WAIT_S = 120.0
 MAPPING_WAIT_S = 5.0
 
 
-def node_wait_s(grid: Grid) -> float:
-    """:data:`SIMULATION_NODE_WAIT_S` for Flower's in-memory (simulation) grid, else :data:`DEPLOYMENT_NODE_WAIT_S`."""
+def is_simulation(grid: Grid) -> bool:
+    """Whether ``grid`` is Flower's in-memory grid of a simulation running in this process."""
     from flwr.superlink.grid import InMemoryGrid
 
-    return SIMULATION_NODE_WAIT_S if isinstance(grid, InMemoryGrid) else DEPLOYMENT_NODE_WAIT_S
+    return isinstance(grid, InMemoryGrid)
+
+
+def node_wait_s(grid: Grid) -> float:
+    """:data:`SIMULATION_NODE_WAIT_S` for Flower's in-memory (simulation) grid, else :data:`DEPLOYMENT_NODE_WAIT_S`."""
+    return SIMULATION_NODE_WAIT_S if is_simulation(grid) else DEPLOYMENT_NODE_WAIT_S
 
 
 Weights = dict[str, torch.Tensor]
@@ -206,7 +211,7 @@ class Federation:
                 f"{wait_s:.0f} s"
             )
         # The simulation engine's own mapping where it is in this process: no message per node.
-        known = sim_engine.node_partitions(nodes, wait_s=MAPPING_WAIT_S if wait_s == SIMULATION_NODE_WAIT_S else 0)
+        known = sim_engine.node_partitions(nodes, wait_s=MAPPING_WAIT_S) if is_simulation(self.grid) else None
         if known is not None:
             self._map_clients(known)
             sim_engine.warm_up_actors(STOP, wait_s=SIMULATION_NODE_WAIT_S)  # what the queries did on the way

@@ -103,8 +103,7 @@ class Ditto(Algorithm):
         start = time.perf_counter()
         w0 = curvature.flat_parameters(model)
         w, loss = sgd(model, loss_fn, x, y, w0, spec.beta, spec, generator)
-        curvature.set_flat_parameters(model, w0)  # the personal steps are pulled toward the global model received
-        v, _ = personal_update(
+        v, _ = personal_update(  # pulled toward the global model received, w0
             model, loss_fn, x, y, state, w0, lam=spec.lam, eta=spec.alpha, steps=spec.local_steps,
             batch_size=spec.batch_size, generator=generator,
         )  # fmt: skip
