@@ -25,9 +25,10 @@
 # runs are kept as they are and interrupted ones continue from their last checkpoint (at most one round is lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 1 ] || [ ! -f "conf/experiment/$1.yaml" ]; then
+conf_dir=${PERFEDAVG_CONF_DIR:-conf}  # the config tree perfedavg reads (preparation.py: $PERFEDAVG_CONF_DIR, else conf/)
+if [ $# -lt 1 ] || [ ! -f "$conf_dir/experiment/$1.yaml" ]; then
   echo "usage: bash scripts/reproduce.sh EXPERIMENT [overrides...]; EXPERIMENT is one of:" \
-    "$(ls conf/experiment | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+    "$(ls "$conf_dir/experiment" | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
   exit 2
 fi
 experiment=$1

@@ -22,13 +22,17 @@
 #      values are the best confirmed run's (a trial that diverges later is not chosen). CONFIRM=0 skips this.
 # Environment: TRIALS (20), ROUNDS (300), CONFIRM (3), JOBS (number of CPUs), VAL_FRACTION (0.2),
 # METHODS ("fedavg fo fd hvp"), TUNE_DIR (multirun/tune-EXPERIMENT), TUNED_CONFIG and TUNE_REPORT (where the two
-# files go). Cut off? Run it again with the same TUNE_DIR: finished studies are kept (an unfinished one starts over)
-# and confirmation runs continue from their checkpoints.
+# files go), MERGE (1: keep the entries of the methods not tuned now from an existing TUNED_CONFIG, e.g. to add
+# METHODS="pfedme ditto" to a tuned experiment). Cut off? Run it again with the same TUNE_DIR: finished studies are
+# kept (an unfinished one starts over) and confirmation runs continue from their checkpoints.
+# The overrides after EXPERIMENT that say what is computed (partition.alpha=0.1, not dataset.path=…) are written into
+# the tuned experiment: its step sizes hold for that setting (scripts/tune_report.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 1 ] || [ ! -f "conf/experiment/$1.yaml" ]; then
+conf_dir=${PERFEDAVG_CONF_DIR:-conf}  # the config tree perfedavg reads (preparation.py: $PERFEDAVG_CONF_DIR, else conf/)
+if [ $# -lt 1 ] || [ ! -f "$conf_dir/experiment/$1.yaml" ]; then
   echo "usage: bash scripts/tune.sh EXPERIMENT [overrides...]; EXPERIMENT is one of:" \
-    "$(ls conf/experiment | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+    "$(ls "$conf_dir/experiment" | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
   exit 2
 fi
 experiment=$1
@@ -62,6 +66,9 @@ search_space() {  # the sweeper config: step sizes, and λ or adapt_steps where 
   esac
 }
 for method in $methods; do method_args "$method" >/dev/null || exit 2; done
+# The setting written into the tuned experiment, and MERGE's target, are checked now rather than after the tuning.
+.venv/bin/python scripts/tune_report.py "$tune_dir" --check --experiment "$experiment" \
+  ${TUNED_CONFIG:+--config-out "$TUNED_CONFIG"} ${MERGE:+--merge} --overrides "$@" || exit 2
 validation=("dataset.val_fraction=$val_fraction" eval_split=val backend=inprocess client_cpus=1 seed=0)
 start=$(date +%s)
 echo "[tune] 1/2 search: one study per method ($methods)" >&2
@@ -104,5 +111,6 @@ if [ "$confirm" -gt 0 ]; then
 fi
 echo "[tune] all done in $(( $(date +%s) - start )) s" >&2
 .venv/bin/python scripts/tune_report.py "$tune_dir" --experiment "$experiment" --methods $methods \
-  ${TUNED_CONFIG:+--config-out "$TUNED_CONFIG"} ${TUNE_REPORT:+--out "$TUNE_REPORT"} \
-  --command "TRIALS=$trials ROUNDS=$rounds CONFIRM=$confirm VAL_FRACTION=$val_fraction bash scripts/tune.sh $experiment $*"
+  ${TUNED_CONFIG:+--config-out "$TUNED_CONFIG"} ${TUNE_REPORT:+--out "$TUNE_REPORT"} ${MERGE:+--merge} \
+  --command "TRIALS=$trials ROUNDS=$rounds CONFIRM=$confirm VAL_FRACTION=$val_fraction bash scripts/tune.sh $experiment $*" \
+  --overrides "$@"

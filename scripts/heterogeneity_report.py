@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""Compare methods across degrees of heterogeneity: a Markdown report and one figure from the test runs of
+``scripts/heterogeneity.sh``.
+
+    python scripts/heterogeneity_report.py OUT_DIR [OUT_DIR ...] [--key partition.alpha] [--out F.md] [--figure F.png]
+
+Every run under the OUT_DIRs (``OUT_DIR/<level>/runs/<run>/``, found by their ``.hydra/config.yaml`` as
+``scripts/report.py`` finds them) belongs to one cell: its data set and its value of ``--key`` (the level; for
+``partition.alpha``, the Dirichlet concentration α_D: large is near-IID, small is extreme). Per cell and method it
+gives the final personalized test accuracy (mean ± sample std over seeds) and, on the same seeds, the difference to
+FedAvg and HF (hvp) − FO: the mean, its 95 % interval (t distribution) and the paired t-test's p. Runs that stopped
+before their last round (diverged) are listed per cell and left out of the numbers; a pair needs both runs.
+
+The figure has two panels against the level (log scale, most heterogeneous on the right): the personalized-accuracy
+gain of each method over FedAvg, and HF − FO, one line per data set (and method), error bars the 95 % intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (scripts/report.py: reading runs, method names, the paired test)
+from results_file import recording  # noqa: E402
+
+TAG = "eval/personalized_acc"
+FEDAVG = "FedAvg"
+FO = report.FO
+HF = "Per-FedAvg (HF, hvp)"
+DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "digits": "digits"}
+
+
+@dataclass
+class Cell:
+    """The runs of one (data set, level)."""
+
+    dataset: str
+    level: float
+    runs: dict[str, list[report.Run]] = field(default_factory=lambda: defaultdict(list))  # method → finished runs
+    stopped: list[report.Run] = field(default_factory=list)
+
+
+@dataclass
+class Difference:
+    """Per-seed differences of final personalized accuracy between two methods on the same seeds."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+    def interval(self) -> tuple[float, float]:
+        """The 95 % interval of the mean (t distribution); (nan, nan) with fewer than two pairs or no spread."""
+        from scipy import stats
+
+        if self.n < 2 or float(np.std(self.values)) == 0.0:
+            return float("nan"), float("nan")
+        low, high = stats.ttest_1samp(self.values, 0.0).confidence_interval(confidence_level=0.95)
+        return float(low), float(high)
+
+    def cell(self) -> str:
+        """``+0.0123 [+0.0040, +0.0206], p = 0.02, 3/3``, or ``–`` without pairs."""
+        if not self.values:
+            return "–"
+        interval, p = report.paired_test(self.values)
+        ahead = sum(v > 0 for v in self.values)
+        return f"{self.mean():+.4f} {interval}, p = {p}, {ahead}/{self.n}"
+
+
+def level_of(run: report.Run, key: str) -> float:
+    node = run.config
+    for part in key.split("."):
+        node = node[part]
+    return float(node)
+
+
+def collect(out_dirs: list[Path], key: str) -> list[Cell]:
+    """The cells of every run under ``out_dirs``, by data set, then by level from the least heterogeneous."""
+    cells: dict[tuple[str, float], Cell] = {}
+    for out_dir in out_dirs:
+        sweeps = sorted(out_dir.glob("*/runs")) or [out_dir]  # heterogeneity.sh's layout, or one sweep
+        runs = [run for sweep in sweeps for run in report.find_runs(sweep)[0]]  # not the tuning's (validation) runs
+        for run in runs:
+            ident = (str(run.config["dataset"]["name"]), level_of(run, key))
+            cell = cells.setdefault(ident, Cell(*ident))
+            if report.finished(run) and TAG in run.curves:
+                cell.runs[run.method].append(run)
+            else:
+                cell.stopped.append(run)
+    return sorted(cells.values(), key=lambda c: (c.dataset, -c.level))
+
+
+def difference(cell: Cell, method: str, baseline: str) -> Difference:
+    base = {r.seed: report.final_value(r, TAG) for r in cell.runs.get(baseline, [])}
+    return Difference([report.final_value(r, TAG) - base[r.seed] for r in cell.runs.get(method, []) if r.seed in base])
+
+
+def _title(dataset: str) -> str:
+    return DATASET_TITLES.get(dataset, dataset)
+
+
+def summary_table(cells: list[Cell], key: str) -> str:
+    """One row per cell: FedAvg's accuracy, each other method's gain over it, and HF − FO."""
+    methods = report.ordered(sorted({m for c in cells for m in c.runs if m != FEDAVG}))
+    head = ["data set", key, "FedAvg", *[f"{m} − FedAvg" for m in methods], "HF (hvp) − FO", "stopped runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        fedavg = [report.final_value(r, TAG) for r in c.runs.get(FEDAVG, [])]
+        cells_ = [_title(c.dataset), f"{c.level:g}", report.mean_std(fedavg) if fedavg else "–"]
+        cells_ += [difference(c, m, FEDAVG).cell() for m in methods]
+        cells_.append(difference(c, HF, FO).cell())
+        cells_.append(", ".join(f"{r.method} seed {r.seed}" for r in c.stopped) or "none")
+        lines.append("| " + " | ".join(cells_) + " |")
+    return "\n".join(lines)
+
+
+def cell_section(cell: Cell, key: str) -> str:
+    """A cell's own table: per method its step sizes and final accuracies, as scripts/report.py writes them."""
+    lines = [f"### {_title(cell.dataset)}, {key} = {cell.level:g}", "", report.table(cell.runs, report.CLASSIFICATION)]
+    if cell.stopped:
+        lines += ["", "Stopped before their last round (not in the numbers):", ""]
+        lines += [f"- {r.path.name} ({r.method}, seed {r.seed}): {report.stop_reason(r)}" for r in cell.stopped]
+    return "\n".join(lines)
+
+
+def plot(cells: list[Cell], key: str, out: Path) -> None:
+    """Two panels against the level: each method's gain over FedAvg, and HF − FO; error bars: 95 % intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    methods = report.ordered(sorted({m for c in cells for m in c.runs if m != FEDAVG}))
+    datasets = sorted({c.dataset for c in cells})
+    markers = ["o", "s", "^", "D", "v", "P"]
+    styles = ["-", "--", ":", "-."]
+    colours = plt.get_cmap("tab10")
+    spread = {d: 1.0 + 0.04 * (i - (len(datasets) - 1) / 2) for i, d in enumerate(datasets)}  # no overlapping bars
+
+    def draw(ax, dataset: str, method: str, baseline: str, colour, marker: str, style: str) -> None:
+        points = [(c.level, difference(c, method, baseline)) for c in cells if c.dataset == dataset]
+        points = [(lv, d) for lv, d in points if d.n]
+        if not points:
+            return
+        levels = np.array([lv * spread[dataset] for lv, _ in points])
+        means = np.array([d.mean() for _, d in points])
+        bounds = np.array([d.interval() for _, d in points])
+        err = np.abs(np.nan_to_num(np.stack([means - bounds[:, 0], bounds[:, 1] - means]), nan=0.0))
+        label = f"{_title(dataset)}: {method}" + ("" if baseline == FEDAVG else f" − {baseline}")
+        ax.errorbar(levels, means, yerr=err, color=colour, marker=marker, linestyle=style, capsize=3, label=label)
+
+    for i, dataset in enumerate(datasets):
+        for j, method in enumerate(methods):
+            draw(left, dataset, method, FEDAVG, colours(j), markers[j % len(markers)], styles[i % len(styles)])
+        draw(right, dataset, HF, FO, colours(i), markers[i % len(markers)], styles[i % len(styles)])
+    for ax, title in (
+        (left, "personalized accuracy − FedAvg's (same seeds)"),
+        (right, "HF (hvp) − FO, personalized accuracy (same seeds)"),
+    ):
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.invert_xaxis()  # more heterogeneous (smaller α_D) to the right
+        ax.set_xlabel(f"{key} (log scale; more heterogeneous →)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Final personalized test accuracy against heterogeneity: mean difference, bars 95 % intervals")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dirs", type=Path, nargs="+", help="heterogeneity.sh's OUT_DIRs (one per data set)")
+    parser.add_argument("--key", default="partition.alpha", help="the config key whose value is the level")
+    parser.add_argument("--out", help="also write the report here (Markdown)")
+    parser.add_argument("--figure", type=Path, help="the figure (PNG); default: next to --out, else not drawn")
+    args = parser.parse_args(argv)
+    missing = [str(d) for d in args.out_dirs if not d.is_dir()]
+    if missing:
+        print(f"heterogeneity_report: error: not a directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        cells = collect(args.out_dirs, args.key)
+    except KeyError as e:
+        print(f"heterogeneity_report: error: --key {args.key}: the runs' configs have no {e}", file=sys.stderr)
+        return 2
+    if not any(c.runs for c in cells):
+        print(
+            f"heterogeneity_report: error: no finished test runs under {', '.join(map(str, args.out_dirs))}",
+            file=sys.stderr,
+        )
+        return 2
+    figure = args.figure or (Path(args.out).with_suffix(".png") if args.out else None)
+    seeds = sorted({r.seed for c in cells for runs in c.runs.values() for r in runs})
+    with recording(args.out):
+        print("# Heterogeneity: the methods against the degree of heterogeneity")
+        print()
+        first = next(r for c in cells for rs in c.runs.values() for r in rs)
+        print(
+            f"Setting: {report.describe(first)}; the level is {args.key}. Final personalized test accuracy; "
+            f"differences on the same seeds ({', '.join(map(str, seeds))}), with the 95 % interval of their mean, "
+            "the paired t-test's p and on how many seeds the first is ahead."
+        )
+        print()
+        print(summary_table(cells, args.key))
+        print()
+        if figure:
+            plot(cells, args.key, figure)
+            print(f"![gain over FedAvg and HF − FO against {args.key}]({figure.name})")
+            print()
+        print("## Per data set and level")
+        for cell in cells:
+            print()
+            print(cell_section(cell, args.key))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
