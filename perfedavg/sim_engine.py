@@ -76,19 +76,47 @@ def _register_nodes(num_nodes: int, state_factory):  # noqa: ANN001, ANN202 - Fl
     mapping = _flower_register_nodes(num_nodes=num_nodes, state_factory=state_factory)
     _node_partitions.clear()
     _node_partitions.update(mapping)
+    _targeted.clear()  # a new simulation: full scans until its server pushes through exchange()
+    with _pushed_lock:
+        _pushed_nodes.clear()
     return mapping
 
 
 _flower_register_nodes = None  # Flower's own, kept by install()
 
 
+#: Destination nodes of the messages :func:`exchange` pushed and the pickup loop has not looked at yet.
+_pushed_nodes: set[int] = set()
+_pushed_lock = threading.Lock()
+#: Whether :func:`exchange` pushes this run's messages (the project's server does): the pickup loop then looks at
+#: their destinations only. Until then it scans every node, as Flower does, for a server that pushes otherwise.
+_targeted = threading.Event()
+
+
 def _add_messages_to_queue(state, queue: Queue, nodes_mapping, f_stop: threading.Event) -> None:  # noqa: ANN001
-    """Flower's pickup loop, woken by :func:`exchange` instead of sleeping 0.1 s between scans."""
+    """Flower's pickup loop, woken by :func:`exchange` instead of sleeping 0.1 s between scans, and looking only at
+    the nodes :func:`exchange` pushed to.
+
+    Flower scans every node of the federation each time, and each node's look-up (``get_message_ins``) walks every
+    stored message: with 10,000 nodes and a round's 50 messages in store that is half a million checks per scan, for
+    the 50 nodes that have a message. As in Flower, a node gets at most one message per scan (its context is updated
+    by one message at a time); a node that got one is looked at again in the next scan, for a second message."""
     while not f_stop.is_set():
         _messages_pushed.clear()  # before scanning: a push during the scan sets it again and is not missed
-        for node_id in nodes_mapping.keys():
+        if _targeted.is_set():
+            with _pushed_lock:
+                nodes = [n for n in _pushed_nodes if n in nodes_mapping]
+                _pushed_nodes.clear()
+        else:
+            nodes = list(nodes_mapping.keys())
+        again = []
+        for node_id in nodes:
             for message in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(message)
+                again.append(node_id)
+        if again and _targeted.is_set():
+            with _pushed_lock:
+                _pushed_nodes.update(again)
         _messages_pushed.wait(_FALLBACK_S)
 
 
@@ -353,6 +381,9 @@ def exchange(
         answered = {r.metadata.reply_to_message_id for r in replies}
         return replies, [m.metadata.message_id for m in messages if m.metadata.message_id not in answered]
     pending = set(grid.push_messages(messages))
+    with _pushed_lock:  # after the push: the pickup loop finds each of these nodes' messages stored
+        _pushed_nodes.update(m.metadata.dst_node_id for m in messages)
+    _targeted.set()
     _messages_pushed.set()
     deadline = None if timeout is None else time.monotonic() + timeout
     replies = []

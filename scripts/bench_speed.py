@@ -3,10 +3,12 @@
 start-up and memory. Prints Markdown tables (the README's speed table comes from this script).
 
     .venv/bin/python scripts/bench_speed.py --mnist ../shared/data/mnist        # real MNIST (paper_mnist) + digits
+    .venv/bin/python scripts/bench_speed.py --cifar10 ../shared/data/cifar10 --no-digits   # paper_cifar10 only
     .venv/bin/python scripts/bench_speed.py --rounds 8 --modes fd --no-ray      # a quicker look
 
-For each data set (``experiment=paper_mnist`` with ``dataset.path`` when ``--mnist`` is given, and
-``experiment=paper_digits``) and each Hessian mode (fo, fd, hvp) it runs ``--rounds`` training rounds of
+For each data set (``experiment=paper_mnist`` with ``dataset.path`` when ``--mnist`` is given,
+``experiment=paper_cifar10`` when ``--cifar10`` is, and ``experiment=paper_digits`` unless ``--no-digits``) and each
+Hessian mode (fo, fd, hvp) it runs ``--rounds`` training rounds of
 
 * the plain loop (``scripts/plain_loop.py``: clients one after another, deepcopy per step, DataLoader batches,
   finite differences through ``load_state_dict``), on the same client tensors perfedavg builds, with 1 and with
@@ -202,7 +204,9 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mnist", help="a local MNIST copy (dataset.path); without it only digits is measured")
+    parser.add_argument("--mnist", help="a local MNIST copy (dataset.path): measure experiment=paper_mnist")
+    parser.add_argument("--cifar10", help="a local CIFAR-10 copy (dataset.path): measure experiment=paper_cifar10")
+    parser.add_argument("--no-digits", action="store_true", help="skip the offline paper_digits setting")
     parser.add_argument("--rounds", type=int, default=12, help="training rounds per measurement (default 12)")
     parser.add_argument("--modes", default="fo,fd,hvp", help="Hessian modes (default fo,fd,hvp)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
@@ -218,22 +222,24 @@ def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # A cache of our own, so the first data check below is a cold decode, measured; every run after it is warm.
         os.environ["PERFEDAVG_CACHE_DIR"] = str(Path(tmp) / "decoded")
-        if args.mnist:
+        for name, path, images in (("MNIST", args.mnist, "60,000"), ("CIFAR-10", args.cifar10, "50,000")):
+            if not path:
+                continue
+            setting = [
+                "experiment=paper_mnist" if name == "MNIST" else "experiment=paper_cifar10",
+                f"dataset.path={path}",
+            ]
             t = time.perf_counter()
-            prepare(compose(["experiment=paper_mnist", f"dataset.path={args.mnist}"]))
+            prepare(compose(setting))
             print(
-                f"\nMNIST, first data check on this machine (prepare(): loads the parquet files, decodes all 60,000 "
+                f"\n{name}, first data check on this machine (prepare(): loads the parquet files, decodes all {images} "
                 f"images, partitions, stores them): {time.perf_counter() - t:.1f} s"
             )
+            bench(f"real {name}, the paper's setting", setting, modes, args.rounds, not args.no_ray, Path(tmp))
+        if not args.no_digits:
             bench(
-                "real MNIST, the paper's setting",
-                ["experiment=paper_mnist", f"dataset.path={args.mnist}"],
-                modes,
-                args.rounds,
-                not args.no_ray,
-                Path(tmp),
+                "digits (offline analogue)", ["experiment=paper_digits"], modes, args.rounds, not args.no_ray, Path(tmp)
             )
-        bench("digits (offline analogue)", ["experiment=paper_digits"], modes, args.rounds, not args.no_ray, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -332,3 +332,70 @@ def test_the_engines_node_mapping_is_used_only_when_it_knows_every_node() -> Non
         assert sim_engine.node_partitions([]) is None
     finally:
         sim_engine._node_partitions.clear()
+
+
+class CountingState:
+    """A link state holding messages per node, counting the nodes the pickup loop asks about."""
+
+    def __init__(self) -> None:
+        self.inbox: dict[int, list] = {}
+        self.asked: list[int] = []
+
+    def get_message_ins(self, node_id: int, limit: int | None) -> list:
+        self.asked.append(node_id)
+        box = self.inbox.get(node_id, [])
+        got, self.inbox[node_id] = box[:limit], box[limit:]
+        return got
+
+
+class PushingGrid:
+    """A grid whose pushes land in a CountingState and whose replies never come (exchange times out at once)."""
+
+    def __init__(self, state: CountingState) -> None:
+        self.state = state
+
+    def push_messages(self, messages) -> list[str]:  # noqa: ANN001
+        for m in messages:
+            self.state.inbox.setdefault(m.metadata.dst_node_id, []).append(m)
+        return [f"id-{m.metadata.dst_node_id}" for m in messages]
+
+    def pull_messages(self, ids) -> list:  # noqa: ANN001
+        return []
+
+
+def test_the_pickup_loop_looks_only_at_the_nodes_the_server_pushed_to() -> None:
+    """With 5,000 nodes, the event-driven pickup loop asks the link state about the nodes exchange() pushed to (each
+    look-up walks every stored message: asking every node cost seconds a round at 10,000 clients), still hands over
+    every message, one per node per scan as Flower does, and scans every node for a server that pushes otherwise."""
+    import threading
+    import time
+    from queue import Queue
+    from types import SimpleNamespace
+
+    from perfedavg import sim_engine
+
+    nodes = {node: node - 100 for node in range(100, 5_100)}
+    state, queue, stop = CountingState(), Queue(), threading.Event()
+    sim_engine._targeted.clear()
+    loop = threading.Thread(target=sim_engine._add_messages_to_queue, args=(state, queue, nodes, stop), daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(state.asked) < len(nodes) and time.monotonic() < deadline:  # not targeted yet: Flower's full scan
+            time.sleep(0.01)
+        assert set(state.asked) == set(nodes)
+        message = lambda node: SimpleNamespace(metadata=SimpleNamespace(dst_node_id=node))  # noqa: E731
+        pushed = [message(n) for n in (150, 4_000, 4_000, 777)]  # node 4,000 gets two messages
+        sim_engine.exchange(PushingGrid(state), pushed, timeout=0.0)
+        got = [queue.get(timeout=5).metadata.dst_node_id for _ in pushed]
+        assert sorted(got) == [150, 777, 4_000, 4_000]
+        state.asked.clear()
+        time.sleep(0.35)  # three more fallback periods without a push
+        assert set(state.asked) <= {150, 777, 4_000}  # no full scan once the server pushes through exchange()
+        assert queue.empty()
+    finally:
+        stop.set()
+        sim_engine._messages_pushed.set()
+        loop.join(timeout=5)
+        sim_engine._targeted.clear()
+        sim_engine._pushed_nodes.clear()
