@@ -2,6 +2,7 @@
 """Summarise a sweep: a Markdown table and accuracy-vs-round plots from the runs' TensorBoard event files.
 
     python scripts/report.py SWEEP_DIR
+    python scripts/report.py SWEEP_DIR [SWEEP_DIR ...] --out scripts/results/NAME.md   # committed results
 
 Every directory under SWEEP_DIR with a ``.hydra/config.yaml`` and event files is one run; runs are grouped by
 method (algorithm and Hessian mode) and summarised over their seeds. Writes into SWEEP_DIR:
@@ -12,7 +13,12 @@ method (algorithm and Hessian mode) and summarised over their seeds. Writes into
   standard deviation;
 - when the runs logged curvature diagnostics (``diagnostics.every``, ``reproduce.sh`` with ``DIAGNOSTICS=N``): a
   table of them per method and ``curvature.png``, one line per run (runs that stopped early dashed: their last
-  rounds are often the instructive ones).
+  rounds are often the instructive ones);
+- ``runs.csv``: one row per finished run (method, seed, step sizes, final values), the per-seed numbers behind the
+  tables, so a later comparison can be checked against them.
+
+With ``--out FILE`` the same report also goes to FILE (under a comment naming the command and commit), its plots
+and CSV beside it as ``<FILE's stem>_<name>``; several sweep directories then give one section each.
 """
 
 from __future__ import annotations
@@ -329,20 +335,36 @@ def describe(run: Run) -> str:
     return f"model={c['model']['name']}, dataset={c['dataset']['name']}, partition={part}, {setting}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (e.g. from scripts/reproduce.sh)")
-    args = parser.parse_args(argv)
-    sweep_dir: Path = args.sweep_dir
-    if not sweep_dir.is_dir():
-        print(f"report: error: SWEEP_DIR={sweep_dir} is not a directory", file=sys.stderr)
-        return 2
+#: runs.csv's columns after method and seed: the step sizes, then the final values (classification or regression).
+CSV_KEYS = ("alpha", "beta", "lam", "adapt_steps")
+
+
+def runs_csv(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
+    """One line per run (methods in table order, then seeds): method, seed, α, β, λ (where read), adapt_steps,
+    rounds, the final values of ``metrics`` (full precision) and the run's directory name."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["method", "seed", *CSV_KEYS, "rounds", *(tag for tag, _ in metrics), "run"])
+    for method in ordered(list(by_method)):
+        for run in sorted(by_method[method], key=lambda r: r.seed):
+            c = run.config
+            lam = c["algorithm"]["lam"] if c["algorithm"]["name"] in READS_LAM else ""
+            row = [method, run.seed, c["alpha"], c["beta"], lam, c["adapt_steps"], last_round(run)]
+            writer.writerow([*row, *(repr(final_value(run, tag)) for tag, _ in metrics), run.path.name])
+    return out.getvalue()
+
+
+def sweep_report(sweep_dir: Path, files: Path, prefix: str, heading: str) -> tuple[list[str], list[Path], int] | None:
+    """The report of one sweep as Markdown lines (plots and CSV written into ``files`` with names starting with
+    ``prefix``), the run directories skipped, and how many lines make its summary; None without finished runs."""
     runs, empty = find_runs(sweep_dir)
     stopped = [r for r in runs if not finished(r)]
     runs = [r for r in runs if finished(r)]
     if not runs:
-        print(f"report: error: no finished runs with TensorBoard event files under {sweep_dir}", file=sys.stderr)
-        return 2
+        return None
     metrics = CLASSIFICATION if all(t in runs[0].curves for t, _ in CLASSIFICATION) else REGRESSION
     usable = [r for r in runs if all(t in r.curves for t, _ in metrics)]
     skipped = [r.path for r in runs if r not in usable] + empty
@@ -350,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in usable:
         by_method[run.method].append(run)
     text = [
-        f"# Sweep report: {sweep_dir.name}",
+        f"{heading} {sweep_dir.name}",
         "",
         f"Setting: {describe(usable[0])}.",
         "Final values are at each run's last evaluated round; mean ± sample standard deviation over seeds.",
@@ -365,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if against_fo and against_fo.count("\n") > 1:
         text += [against_fo, ""]
     for tag, title in metrics:
-        png = sweep_dir / f"{tag.split('/')[1]}.png"
+        png = files / f"{prefix}{tag.split('/')[1]}.png"
         plot(by_method, tag, title, png)
         text.append(f"![{title}]({png.name})")
     diagnosed: dict[str, list[Run]] = defaultdict(list)
@@ -373,19 +395,64 @@ def main(argv: list[str] | None = None) -> int:
         if DIAGNOSTICS[0][0] in run.curves:
             diagnosed[run.method].append(run)
     if diagnosed:
-        plot_curvature(diagnosed, sweep_dir / "curvature.png")
+        plot_curvature(diagnosed, files / f"{prefix}curvature.png")
         text += ["", "Curvature diagnostics (medians over diagnosed rounds and runs):", "", curvature_table(diagnosed)]
-        text += ["", "![curvature diagnostics](curvature.png)"]
+        text += ["", f"![curvature diagnostics]({prefix}curvature.png)"]
+    csv_file = files / f"{prefix}runs.csv"
+    csv_file.write_text(runs_csv(by_method, metrics))
+    text += ["", f"Per run (seed by seed): [{csv_file.name}]({csv_file.name})."]
     if stopped:
         text += ["", f"Stopped before their last round ({len(stopped)}; not in the table):", ""]
         text += [f"- {r.path.name} ({r.method}, seed {r.seed}): {stop_reason(r)}" for r in stopped]
     if skipped:
         text += ["", f"Skipped {len(skipped)} run(s) without the metrics: " + ", ".join(str(p) for p in skipped)]
-    (sweep_dir / "report.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text[: 9 if comparison else 7]))
-    if skipped:
-        print(f"report: skipped {len(skipped)} run(s) without {metrics[0][0]} (unfinished or failed)", file=sys.stderr)
-    print(f"report: wrote {sweep_dir / 'report.md'} and the plots next to it", file=sys.stderr)
+    return text, skipped, 9 if comparison else 7
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", help="multirun directories (e.g. from reproduce.sh)")
+    parser.add_argument("--out", type=Path, help="also write the report here, its plots and CSV beside it")
+    args = parser.parse_args(argv)
+    if len(args.sweep_dirs) > 1 and not args.out:
+        print(
+            "report: error: several sweep directories need --out (the file that holds their sections)", file=sys.stderr
+        )
+        return 2
+    for sweep_dir in args.sweep_dirs:
+        if not sweep_dir.is_dir():
+            print(f"report: error: SWEEP_DIR={sweep_dir} is not a directory", file=sys.stderr)
+            return 2
+    sections = []
+    for sweep_dir in args.sweep_dirs:
+        made = sweep_report(sweep_dir, sweep_dir, "", "# Sweep report:")
+        if made is None:
+            print(f"report: error: no finished runs with TensorBoard event files under {sweep_dir}", file=sys.stderr)
+            return 2
+        text, skipped, summary = made
+        (sweep_dir / "report.md").write_text("\n".join(text) + "\n")
+        if not args.out:
+            print("\n".join(text[:summary]))
+        if skipped:
+            print(
+                f"report: skipped {len(skipped)} run(s) without their metrics (unfinished or failed)", file=sys.stderr
+            )
+        print(f"report: wrote {sweep_dir / 'report.md'} and the plots next to it", file=sys.stderr)
+        sections.append(sweep_dir)
+    if args.out:
+        from results_file import recording
+
+        several = len(sections) > 1
+        stem = args.out.stem
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with recording(str(args.out)):
+            for k, sweep_dir in enumerate(sections):
+                prefix = f"{stem}_{k + 1}_" if several else f"{stem}_"
+                text, _, _ = sweep_report(
+                    sweep_dir, args.out.parent, prefix, "## Sweep:" if several else "# Sweep report:"
+                )
+                print("\n".join(text) + "\n")
+        print(f"report: wrote {args.out} and its plots and CSV beside it", file=sys.stderr)
     return 0
 
 

@@ -127,6 +127,24 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         data = (sweep / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert "(personalized_acc.png)" in report
+    # runs.csv: the per-seed numbers behind the tables, exactly the runs' own final values
+    import csv
+
+    rows = list(csv.DictReader((sweep / "runs.csv").open()))
+    assert len(rows) == 6 and [r["method"] for r in rows[::2]] == ["FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, hvp)"]
+    for row in rows:
+        metrics = json.loads((sweep / row["run"] / "metrics.json").read_text())["final"]
+        assert float(row["eval/personalized_acc"]) == pytest.approx(metrics["eval/personalized_acc"], rel=1e-6)  # float32
+        assert (row["seed"], row["alpha"], row["beta"], row["rounds"]) == (row["run"][-1], "0.05", "0.02", "3")
+    # --out: the same report as a committed results file, its plots and CSV beside it, under its provenance
+    results = tmp_path / "results" / "smoke_sweep.md"
+    out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--out", str(results)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    written = results.read_text()
+    renamed = report.strip().replace("](", "](smoke_sweep_").replace("[runs.csv]", "[smoke_sweep_runs.csv]")
+    assert written.startswith("<!-- written by: ") and renamed in written
+    for name in ("smoke_sweep_personalized_acc.png", "smoke_sweep_curvature.png", "smoke_sweep_runs.csv"):
+        assert (results.parent / name).stat().st_size > 100
 
 
 def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
