@@ -134,7 +134,8 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     assert len(rows) == 6 and [r["method"] for r in rows[::2]] == ["FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, hvp)"]
     for row in rows:
         metrics = json.loads((sweep / row["run"] / "metrics.json").read_text())["final"]
-        assert float(row["eval/personalized_acc"]) == pytest.approx(metrics["eval/personalized_acc"], rel=1e-6)  # float32
+        final = metrics["eval/personalized_acc"]
+        assert float(row["eval/personalized_acc"]) == pytest.approx(final, rel=1e-6)  # the event files hold float32
         assert (row["seed"], row["alpha"], row["beta"], row["rounds"]) == (row["run"][-1], "0.05", "0.02", "3")
     # --out: the same report as a committed results file, its plots and CSV beside it, under its provenance
     results = tmp_path / "results" / "smoke_sweep.md"
