@@ -9,7 +9,8 @@ Every run under the OUT_DIRs (``OUT_DIR/<level>/runs/<run>/``, found by their ``
 ``partition.alpha``, the Dirichlet concentration α_D: large is near-IID, small is extreme). Per cell and method it
 gives the final personalized test accuracy (mean ± sample std over seeds) and, on the same seeds, the difference to
 FedAvg and HF (hvp) − FO: the mean, its 95 % interval (t distribution) and the paired t-test's p. Runs that stopped
-before their last round (diverged) are listed per cell and left out of the numbers; a pair needs both runs.
+before their last round (diverged) are listed per cell and left out of the numbers; a pair needs both runs. How
+skewed the users' label mixes are is measured on the data of the cell's lowest seed (:func:`label_skew`).
 
 The figure has two panels against the level (log scale, most heterogeneous on the right): the personalized-accuracy
 gain of each method over FedAvg, and HF − FO, one line per data set (and method), error bars the 95 % intervals.
@@ -100,6 +101,29 @@ def collect(out_dirs: list[Path], key: str) -> list[Cell]:
     return sorted(cells.values(), key=lambda c: (c.dataset, -c.level))
 
 
+def label_skew(run: report.Run) -> tuple[float, float] | None:
+    """How heterogeneous a run's users are: the mean over users of the share of a user's most frequent training
+    label, and the mean number of labels that make up 90 % of a user's training examples (the run's own seed and
+    data; None if its data cannot be loaded here). 1/num_classes and num_classes for identical label mixes."""
+    import torch
+
+    from perfedavg.data import data_params, load_client
+
+    cfg = run.config
+    try:
+        params = data_params(cfg)
+        clients = [load_client(params, i, int(cfg["num_clients"]), int(cfg["seed"])) for i in range(cfg["num_clients"])]
+    except Exception:  # noqa: BLE001 - a data set not at hand here: the column says so
+        return None
+    top, cover = [], []
+    for client in clients:
+        counts = torch.bincount(client.y_train.long()).sort(descending=True).values.double()
+        shares = counts / counts.sum()
+        top.append(float(shares[0]))
+        cover.append(int((shares.cumsum(0) < 0.9).sum()) + 1)
+    return float(np.mean(top)), float(np.mean(cover))
+
+
 def difference(cell: Cell, method: str, baseline: str) -> Difference:
     base = {r.seed: report.final_value(r, TAG) for r in cell.runs.get(baseline, [])}
     return Difference([report.final_value(r, TAG) - base[r.seed] for r in cell.runs.get(method, []) if r.seed in base])
@@ -112,11 +136,15 @@ def _title(dataset: str) -> str:
 def summary_table(cells: list[Cell], key: str) -> str:
     """One row per cell: FedAvg's accuracy, each other method's gain over it, and HF − FO."""
     methods = report.ordered(sorted({m for c in cells for m in c.runs if m != FEDAVG}))
-    head = ["data set", key, "FedAvg", *[f"{m} − FedAvg" for m in methods], "HF (hvp) − FO", "stopped runs"]
+    head = ["data set", key, "users' top label / labels for 90 %", "FedAvg", *[f"{m} − FedAvg" for m in methods]]
+    head += ["HF (hvp) − FO", "stopped runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         fedavg = [report.final_value(r, TAG) for r in c.runs.get(FEDAVG, [])]
-        cells_ = [_title(c.dataset), f"{c.level:g}", report.mean_std(fedavg) if fedavg else "–"]
+        any_run = next(r for runs in c.runs.values() for r in sorted(runs, key=lambda r: r.seed))
+        skew = label_skew(any_run)
+        cells_ = [_title(c.dataset), f"{c.level:g}", f"{skew[0]:.2f} / {skew[1]:.1f}" if skew else "–"]
+        cells_.append(report.mean_std(fedavg) if fedavg else "–")
         cells_ += [difference(c, m, FEDAVG).cell() for m in methods]
         cells_.append(difference(c, HF, FO).cell())
         cells_.append(", ".join(f"{r.method} seed {r.seed}" for r in c.stopped) or "none")

@@ -124,12 +124,15 @@ def test_heterogeneity_sh_tunes_and_runs_each_level_and_reports_them_side_by_sid
             finals.setdefault((level, method), {})[saved["seed"]] = final
     text = (out_dir / "report.md").read_text()
     assert (out_dir / "heterogeneity.png").stat().st_size > 10_000
+    top_share = {}
     for level in (10.0, 0.1):
         fedavg = list(finals[(level, "fedavg")].values())
         mean_std = f"{np.mean(fedavg):.4f} ± {np.std(fedavg, ddof=1):.4f}"
         diff = np.mean([finals[(level, "fo")][s] - finals[(level, "fedavg")][s] for s in (0, 1)])
         row = next(line for line in text.splitlines() if line.startswith(f"| digits | {level:g} |"))
         assert f"| {mean_std} | {diff:+.4f} [" in row, row
+        top_share[level] = float(row.split(" | ")[2].split(" / ")[0])
+    assert 0.1 <= top_share[10.0] < top_share[0.1] <= 1.0  # digits has 10 labels; α_D = 0.1 skews them most
     # the report alone, again: the same table
     again = run([sys.executable, str(ROOT / "scripts" / "heterogeneity_report.py"), str(out_dir)], tmp_path, {})
     assert again.returncode == 0 and again.stdout.split("| digits | 10 |")[1].split("\n")[0] in text
