@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTING = ["model=mlp", "dataset=synthetic", "partition=natural", "local_steps=10", "batch_size=40"]
 
 #: Runs the CLI in a child process and reports its own peak memory on the way out (also when the run fails).
@@ -70,7 +71,9 @@ def measure(size: int, backend: str, args: argparse.Namespace, root: Path) -> di
         f"hydra.run.dir={run_dir}",
     ]
     started = time.time()
-    done = subprocess.run([sys.executable, "-c", RUNNER, *overrides], capture_output=True, text=True)
+    # cwd: the checkout this script is in, so that the child (``python -c``, whose sys.path starts with its working
+    # directory) measures this checkout's perfedavg, not one that happens to be in the caller's directory
+    done = subprocess.run([sys.executable, "-c", RUNNER, *overrides], capture_output=True, text=True, cwd=ROOT)
     wall = time.time() - started
     peak = [ln.split()[1] for ln in done.stderr.splitlines() if ln.startswith("PEAK_RSS_KB")]
     if done.returncode != 0 or not (run_dir / "metrics.json").exists():
@@ -119,7 +122,12 @@ def plot(rows: list[dict], out: Path) -> None:
         ok = [r for r in rows if r["backend"] == backend and "failed" not in r]
         sizes = [r["size"] for r in ok]
         for ax, key in zip(axes, ("startup_s", "round_s", "peak_mb"), strict=True):
-            ax.plot(sizes, [r[key] for r in ok], marker="o", label=backend)
+            (line,) = ax.plot(sizes, [r[key] for r in ok], marker="o", label=backend)
+        axes[1].plot(sizes, [r["work_s"] for r in ok], marker="x", linestyle="--", color=line.get_color(),
+                     label=f"{backend}: the clients' own work (summed)")  # fmt: skip
+    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.set_ylim(bottom=0)
     for ax, title in zip(axes, ("start-up (s)", "round time (s)", "driver peak memory (MB)"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("clients in the federation (same number sampled)")
