@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.out:
-        args.out.write_text(f"# Cost against federation size\n\n{text}\n\n![cost against size]({args.out.stem}.png)\n")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from results_file import provenance
+
+        body = f"# Cost against federation size\n\n{text}\n\n![cost against size]({args.out.stem}.png)\n"
+        args.out.write_text(provenance() + body)
         plot(rows, args.out.with_suffix(".png"))
     return 0
 

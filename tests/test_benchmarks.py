@@ -27,3 +27,11 @@ def test_bench_scale_measures_each_size_and_backend_it_is_given(tmp_path: Path) 
     assert (tmp_path / "scale.png").stat().st_size > 10_000
     bad = subprocess.run([*args[:2], "--sizes", "4,x"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--sizes=4,x" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_pickup_finds_every_message_both_ways() -> None:
+    """The pickup benchmark's two ways find the same messages (it asserts so) and it prints a row per size."""
+    args = [sys.executable, str(ROOT / "scripts" / "bench_pickup.py"), "--sizes", "20,200", "--messages", "10"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| 20 | " in done.stdout and "| 200 | " in done.stdout and " ms |" in done.stdout
