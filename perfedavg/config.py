@@ -200,6 +200,24 @@ class Config:
     resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 
 
+#: Overrides that say where or how a run executes, not what it computes: left out of the HPARAMS record, of a sweep
+#: run's name (conf/config.yaml's hydra.job.config.override_dirname.exclude_keys) and of a tuned experiment's setting.
+EXECUTION_KEYS = frozenset(
+    {
+        "dataset.path",
+        "dataset.cache_dir",
+        "resume",
+        "verbose",
+        "backend",
+        "ray_address",
+        "client_cpus",
+        "client_gpus",
+        "device",
+        "round_timeout_s",
+    }
+)
+
+
 def method_name(algorithm: str, hessian_mode: str) -> str:
     """The method a run compares in the result tables: Per-FedAvg's Hessian mode (``fo``, ``fd``, ``hvp``, ``exact``,
     ``diag``), or the algorithm's name for the others (``fedavg``, ``pfedme``, ``ditto``: they ignore the mode)."""

@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from perfedavg import algorithms, checkpoint, diagnostics, sim_engine, step_estimate, task
-from perfedavg.config import READ_ONLY_WITH, clients_per_round, swept_keys
+from perfedavg.config import EXECUTION_KEYS, READ_ONLY_WITH, clients_per_round, swept_keys
 from perfedavg.state_records import pack_state, unpack_state
 from perfedavg.stopping import STOP, FederationInterrupted
 
@@ -497,22 +497,8 @@ def done_line(summary: Mapping[str, Any]) -> str:
     return f"done in {summary['wall_s']:.1f} s: {shown}"
 
 
-#: Overrides that say where or how a run executes, not what it computes: left out of the HPARAMS record (the same
-#: keys the sweep run names leave out, conf/config.yaml).
-NOT_HPARAMS = frozenset(
-    {
-        "dataset.path",
-        "dataset.cache_dir",
-        "resume",
-        "verbose",
-        "backend",
-        "ray_address",
-        "client_cpus",
-        "client_gpus",
-        "device",
-        "round_timeout_s",
-    }
-)
+#: Left out of the HPARAMS record: where or how a run executes, not what it computes (perfedavg.config).
+NOT_HPARAMS = EXECUTION_KEYS
 
 #: Config groups whose choice is recorded under the group's name (the chosen config's ``name``/``mode``).
 _GROUP_HPARAMS = {"model": "name", "dataset": "name", "partition": "name", "algorithm": "name", "hessian": "mode"}

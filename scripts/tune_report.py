@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import recording  # noqa: E402
 
+from perfedavg.config import EXECUTION_KEYS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Methods that take another method's tuned values: the same algorithm with another estimate of the Hessian term.
 SHARED = {"exact": "hvp"}
@@ -53,20 +55,8 @@ TITLES = {
 #: Keys some studies search beside α and β: the override → (its step_sizes entry, its column title). λ for pFedMe
 #: and Ditto (conf/hydra/sweeper/step_sizes_lam.yaml), adapt_steps for fedavg_ft (step_sizes_adapt.yaml).
 EXTRA = {"algorithm.lam": ("lam", "λ"), "adapt_steps": ("adapt_steps", "adapt_steps")}
-#: Overrides that say where or how a run computes, not what: never part of a tuned experiment's setting (the same
-#: keys the sweeps leave out of run names, conf/config.yaml's hydra.job.config.override_dirname.exclude_keys).
-NOT_SETTINGS = (
-    "dataset.path",
-    "dataset.cache_dir",
-    "resume",
-    "verbose",
-    "backend",
-    "ray_address",
-    "client_cpus",
-    "client_gpus",
-    "device",
-    "round_timeout_s",
-)
+#: Overrides that say where or how a run computes, not what: never part of a tuned experiment's setting.
+NOT_SETTINGS = EXECUTION_KEYS
 #: Config groups a setting may choose (``partition=iid``): written as the tuned experiment's defaults overrides.
 SETTING_GROUPS = ("model", "partition", "dataset")
 #: Keys tune.sh sets per method or per stage: a setting cannot fix them.
