@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from perfedavg import task
-from perfedavg.config import to_container, validate
+from perfedavg.config import ConfigError, to_container, validate
 from perfedavg.data import check_dataset, data_params
 from perfedavg.runner import compose
 
@@ -46,10 +47,30 @@ def test_offline_experiments_compose_and_their_data_fits(experiment: str) -> Non
     assert c["model"]["name"] == "mlp" and c["local_steps"] == 10 and round(c["fraction"] * c["num_clients"]) == 10
 
 
-def test_every_experiment_composes_with_every_method() -> None:
+METHOD_OVERRIDES = {
+    "fedavg": ["algorithm=fedavg"],
+    "fo": ["hessian=fo"],
+    "fd": ["hessian=fd"],
+    "hvp": ["hessian=hvp"],
+    "exact": ["hessian=exact"],
+    "pfedme": ["algorithm=pfedme"],
+    "ditto": ["algorithm=ditto"],
+    "fedavg_ft": ["algorithm=fedavg_ft"],
+    "fedavg_matched": ["algorithm=fedavg_matched"],
+}
+
+
+def test_every_experiment_composes_with_every_method_it_has_step_sizes_for() -> None:
+    """A plain experiment takes every method of reproduce.sh; a tuned one every method of its step-size table, and
+    refuses the others by name (their step sizes were never tuned for it)."""
     for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
-        for method in (["algorithm=fedavg"], ["hessian=fo"], ["hessian=fd"], ["hessian=hvp"]):
-            validate(compose([f"experiment={path.stem}", *method]))
+        table = (yaml.safe_load(path.read_text()) or {}).get("step_sizes")
+        methods = list(table) if table else ["fedavg", "fo", "fd", "hvp"]
+        for method in methods:
+            validate(compose([f"experiment={path.stem}", *METHOD_OVERRIDES[method]]))
+        for method in sorted(set(METHOD_OVERRIDES) - set(methods)) if table else []:
+            with pytest.raises(ConfigError, match=f"step_sizes has no entry for method {method}"):
+                validate(compose([f"experiment={path.stem}", *METHOD_OVERRIDES[method]]))
 
 
 def run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
