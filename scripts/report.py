@@ -371,8 +371,9 @@ def sweep_report(sweep_dir: Path, files: Path, prefix: str, heading: str) -> tup
     by_method: dict[str, list[Run]] = defaultdict(list)
     for run in usable:
         by_method[run.method].append(run)
+    name = sweep_dir.name if sweep_dir.name != "runs" else f"{sweep_dir.parent.parent.name}/{sweep_dir.parent.name}"
     text = [
-        f"{heading} {sweep_dir.name}",
+        f"{heading} {name}",  # heterogeneity.sh's OUT_DIR/<level>/runs: named by data set and level
         "",
         f"Setting: {describe(usable[0])}.",
         "Final values are at each run's last evaluated round; mean ± sample standard deviation over seeds.",
@@ -413,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", type=Path, nargs="+", help="multirun directories (e.g. from reproduce.sh)")
     parser.add_argument("--out", type=Path, help="also write the report here, its plots and CSV beside it")
+    parser.add_argument("--title", default="Sweep reports", help="--out's heading when it holds several sweeps")
     args = parser.parse_args(argv)
     if len(args.sweep_dirs) > 1 and not args.out:
         print(
@@ -446,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         stem = args.out.stem
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with recording(str(args.out)):
+            if several:
+                print(f"# {args.title}\n")
             for k, sweep_dir in enumerate(sections):
                 prefix = f"{stem}_{k + 1}_" if several else f"{stem}_"
                 text, _, _ = sweep_report(
