@@ -357,7 +357,9 @@ def runs_csv(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) ->
     return out.getvalue()
 
 
-def sweep_report(sweep_dir: Path, files: Path, prefix: str, heading: str) -> tuple[list[str], list[Path], int] | None:
+def sweep_report(
+    sweep_dir: Path, files: Path, prefix: str, heading: str, against: Sequence[str] = ()
+) -> tuple[list[str], list[Path], int] | None:
     """The report of one sweep as Markdown lines (plots and CSV written into ``files`` with names starting with
     ``prefix``), the run directories skipped, and how many lines make its summary; None without finished runs."""
     runs, empty = find_runs(sweep_dir)
@@ -387,6 +389,10 @@ def sweep_report(sweep_dir: Path, files: Path, prefix: str, heading: str) -> tup
     against_fo = paired(by_method, *metrics[1], baseline=FO)  # the paper's HF ≥ FO, seed by seed
     if against_fo and against_fo.count("\n") > 1:
         text += [against_fo, ""]
+    for baseline in against:  # --against: the methods listed after it, seed by seed
+        more = paired(by_method, *metrics[1], baseline=baseline)
+        if more and more.count("\n") > 1:
+            text += [more, ""]
     for tag, title in metrics:
         png = files / f"{prefix}{tag.split('/')[1]}.png"
         plot(by_method, tag, title, png)
@@ -415,6 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dirs", type=Path, nargs="+", help="multirun directories (e.g. from reproduce.sh)")
     parser.add_argument("--out", type=Path, help="also write the report here, its plots and CSV beside it")
     parser.add_argument("--title", default="Sweep reports", help="--out's heading when it holds several sweeps")
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="also compare the methods listed after METHOD with it, seed by seed (e.g. 'FedAvg (fine-tuned)')",
+    )
     args = parser.parse_args(argv)
     if len(args.sweep_dirs) > 1 and not args.out:
         print(
@@ -427,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     sections = []
     for sweep_dir in args.sweep_dirs:
-        made = sweep_report(sweep_dir, sweep_dir, "", "# Sweep report:")
+        made = sweep_report(sweep_dir, sweep_dir, "", "# Sweep report:", args.against)
         if made is None:
             print(f"report: error: no finished runs with TensorBoard event files under {sweep_dir}", file=sys.stderr)
             return 2
@@ -453,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, sweep_dir in enumerate(sections):
                 prefix = f"{stem}_{k + 1}_" if several else f"{stem}_"
                 text, _, _ = sweep_report(
-                    sweep_dir, args.out.parent, prefix, "## Sweep:" if several else "# Sweep report:"
+                    sweep_dir, args.out.parent, prefix, "## Sweep:" if several else "# Sweep report:", args.against
                 )
                 print("\n".join(text) + "\n")
         print(f"report: wrote {args.out} and its plots and CSV beside it", file=sys.stderr)
