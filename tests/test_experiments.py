@@ -167,6 +167,10 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     assert written.startswith("<!-- written by: ") and renamed in written
     for name in ("smoke_sweep_personalized_acc.png", "smoke_sweep_curvature.png", "smoke_sweep_runs.csv"):
         assert (results.parent / name).stat().st_size > 100
+    # --against: a paired table against any method (here HF against FO once more: the same rows again)
+    args = [sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--against", "Per-FedAvg (FO)"]
+    assert run(args, tmp_path).returncode == 0
+    assert (sweep / "report.md").read_text().count(vs_fo + row) == 2
 
 
 def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
