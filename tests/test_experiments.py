@@ -138,8 +138,8 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     row = paired_row("perfedavg-hvp", "fedavg-fo")
     assert row in report, (row, report)
     vs_fo = "vs Per-FedAvg (FO), same seeds | 95 % interval | p (paired t) | ahead on |\n|---|---|---|---|---|\n"
-    row = paired_row("perfedavg-hvp", "perfedavg-fo")
-    assert vs_fo + row in report, (row, report)  # HF against FO seed by seed: the HF rows only
+    hf_row = paired_row("perfedavg-hvp", "perfedavg-fo")
+    assert vs_fo + hf_row in report, (hf_row, report)  # HF against FO seed by seed: the HF rows only
     # the diagnostics section: the Per-FedAvg runs logged round 2's diagnostics, FedAvg none
     assert "Curvature diagnostics" in report
     assert re.search(r"\| Per-FedAvg \(HF, hvp\) \| 2 \| 1 \| [0-9.e+-]+ \| [0-9.e+-]+ \|", report), report
@@ -170,7 +170,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     # --against: a paired table against any method (here HF against FO once more: the same rows again)
     args = [sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--against", "Per-FedAvg (FO)"]
     assert run(args, tmp_path).returncode == 0
-    assert (sweep / "report.md").read_text().count(vs_fo + row) == 2
+    assert (sweep / "report.md").read_text().count(vs_fo + hf_row) == 2
 
 
 def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
