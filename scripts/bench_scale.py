@@ -111,6 +111,40 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def against_smallest(rows: list[dict]) -> str:
+    """Per backend, each size against the smallest one measured: the targets of a size-independent federation
+    (start-up ≤ 15 s more, round within 10 %, driver memory ≤ 1.5×), met or by how much not, and the parts of the
+    round: the clients' own work and the rest (in-process, where clients run one after another, the rest is what
+    the orchestration costs)."""
+    lines = [
+        "| backend | clients | start-up: more than the smallest (≤ 15 s) | round: × the smallest (≤ 1.10) "
+        "| clients' work: × the smallest | round − clients' work (s) | memory: × the smallest (≤ 1.5) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend in sorted({r["backend"] for r in rows}):
+        ok = sorted((r for r in rows if r["backend"] == backend and "failed" not in r), key=lambda r: r["size"])
+        if len(ok) < 2:
+            continue
+        base = ok[0]
+
+        def rest(r: dict) -> str:  # under Ray the clients run in parallel actors: their summed work overlaps
+            return f"{r['round_s'] - r['work_s']:.2f}" if r["backend"] == "inprocess" else "–"
+
+        for r in ok[1:]:
+            startup = r["startup_s"] - base["startup_s"]
+            ratio, work, memory = (
+                r["round_s"] / base["round_s"],
+                r["work_s"] / base["work_s"],
+                r["peak_mb"] / base["peak_mb"],
+            )
+            mark = lambda good: "" if good else " (not met)"  # noqa: E731
+            lines.append(
+                f"| {backend} | {r['size']:,} vs {base['size']:,} | {startup:+.1f} s{mark(startup <= 15)} | "
+                f"{ratio:.2f}{mark(ratio <= 1.10)} | {work:.2f} | {rest(r)} vs {rest(base)} | {memory:.2f}{mark(memory <= 1.5)} |"
+            )
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -174,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {machine}. Command: `python scripts/bench_scale.py {' '.join(argv or sys.argv[1:])}`.",
             "",
             table(rows),
+            "",
+            "Against the smallest federation of each backend (the targets in brackets). A round's clients' work "
+            "includes their data: in a large federation nearly every sampled client is new each round and builds "
+            "its data on first use, which a 50-client federation does only in round 1.",
+            "",
+            against_smallest(rows),
         ]
     )
     print(text)
