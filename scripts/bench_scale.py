@@ -140,7 +140,8 @@ def against_smallest(rows: list[dict]) -> str:
             mark = lambda good: "" if good else " (not met)"  # noqa: E731
             lines.append(
                 f"| {backend} | {r['size']:,} vs {base['size']:,} | {startup:+.1f} s{mark(startup <= 15)} | "
-                f"{ratio:.2f}{mark(ratio <= 1.10)} | {work:.2f} | {rest(r)} vs {rest(base)} | {memory:.2f}{mark(memory <= 1.5)} |"
+                f"{ratio:.2f}{mark(ratio <= 1.10)} | {work:.2f} | {rest(r)} vs {rest(base)} | "
+                f"{memory:.2f}{mark(memory <= 1.5)} |"
             )
     return "\n".join(lines)
 
