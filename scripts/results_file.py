@@ -51,8 +51,9 @@ def recording(path: str | None) -> Iterator[None]:
         yield
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    header = provenance()  # before the file is truncated: rewriting a committed result is not a change of the code
     with open(path, "w") as f:
-        f.write(provenance())
+        f.write(header)
         original = sys.stdout
         sys.stdout = _Tee(original, f)  # type: ignore[assignment]
         try:
