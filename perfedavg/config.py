@@ -163,6 +163,7 @@ class StepSizes:
     beta: float = MISSING
     lam: float | None = None  # algorithm.lam, for the methods that read it (pfedme, ditto)
     adapt_steps: int | None = None  # for the method that tunes it (fedavg_ft)
+    inner_steps: int | None = None  # algorithm.inner_steps (pFedMe's K), for the method that tunes it (pfedme)
 
 
 @dataclass
@@ -227,7 +228,8 @@ def method_name(algorithm: str, hessian_mode: str) -> str:
 def _per_method(key: str, *, _root_: DictConfig) -> float:
     """``${per_method:alpha}``: ``step_sizes[<this run's method>].<key>`` (see :func:`method_name`). ``lam`` of a
     method that does not read λ is the schema's default (unread; e.g. Per-FedAvg in a tuned experiment with pFedMe),
-    and so is ``adapt_steps`` of a method whose entry does not tune it (all but fedavg_ft)."""
+    and so are ``adapt_steps`` and ``inner_steps`` of a method whose entry does not tune them (all but fedavg_ft and
+    pfedme; a pFedMe entry tuned before K was searched keeps the schema's K too)."""
     method = method_name(str(_root_.algorithm.name), str(_root_.hessian.mode))
     table = _root_.get("step_sizes") or {}
     if method not in table:
@@ -238,6 +240,8 @@ def _per_method(key: str, *, _root_: DictConfig) -> float:
         return AlgorithmConf.lam
     if value is None and key == "adapt_steps":  # tuned for fedavg_ft only; the others keep the schema's
         return Config.adapt_steps
+    if value is None and key == "inner_steps":  # tuned for pfedme only
+        return AlgorithmConf.inner_steps
     if value is None:
         raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes.{method} has no {key}")
     return value

@@ -9,7 +9,8 @@
 # Methods: FedAvg (β, and the α of its personalization step before evaluation), Per-FedAvg FO (hessian=fo),
 # Per-FedAvg HF with the paper's finite difference (hessian=fd) and with an exact Hessian-vector product
 # (hessian=hvp), and on request (METHODS) pFedMe and Ditto, whose λ (algorithm.lam) is searched too
-# (conf/hydra/sweeper/step_sizes_lam.yaml; pFedMe's K and server β stay at conf/algorithm/pfedme.yaml's), and the
+# (conf/hydra/sweeper/step_sizes_lam.yaml; for pFedMe also K, algorithm.inner_steps: step_sizes_pfedme.yaml; its
+# server β stays at conf/algorithm/pfedme.yaml's), and the
 # FedAvg baselines fedavg_ft (adapt_steps searched too: step_sizes_adapt.yaml) and fedavg_matched, each tuned
 # on its own: at large α the two estimates behave differently (measured on paper_mnist:
 # with fd's best values hvp diverged at round 13). hessian=exact takes hvp's values (the same product, exactly).
@@ -60,7 +61,8 @@ method_args() {  # the overrides that select a method
 }
 search_space() {  # the sweeper config: step sizes, and λ or adapt_steps where the method tunes them
   case $1 in
-    pfedme | ditto) echo step_sizes_lam ;;
+    pfedme) echo step_sizes_pfedme ;;
+    ditto) echo step_sizes_lam ;;
     fedavg_ft) echo step_sizes_adapt ;;
     *) echo step_sizes ;;
   esac
@@ -98,7 +100,7 @@ if [ "$confirm" -gt 0 ]; then
     read -r -a choice <<< "$(method_args "$method")"
     run_dir=$tune_dir/$method/confirm-$trial
     echo "[tune] $method: confirming α=$alpha β=$beta $extra → $run_dir (log: $run_dir.log)" >&2
-    # $extra: empty, or algorithm.lam=… / adapt_steps=… for the methods that tune them (unquoted: one word or none)
+    # $extra: empty, or algorithm.lam=… (algorithm.inner_steps=…) / adapt_steps=… for the methods that tune them (unquoted)
     ( .venv/bin/perfedavg "experiment=$experiment" "${choice[@]}" "alpha=$alpha" "beta=$beta" $extra "${validation[@]}" \
         resume=auto "hydra.run.dir=$run_dir" "$@" >"$run_dir.log" 2>&1 \
         && echo "[tune] $method: confirm-$trial finished" >&2 \

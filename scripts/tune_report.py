@@ -54,13 +54,19 @@ TITLES = {
 }
 #: Keys some studies search beside α and β: the override → (its step_sizes entry, its column title). λ for pFedMe
 #: and Ditto (conf/hydra/sweeper/step_sizes_lam.yaml), adapt_steps for fedavg_ft (step_sizes_adapt.yaml).
-EXTRA = {"algorithm.lam": ("lam", "λ"), "adapt_steps": ("adapt_steps", "adapt_steps")}
+EXTRA = {
+    "algorithm.lam": ("lam", "λ"),
+    "algorithm.inner_steps": ("inner_steps", "K"),
+    "adapt_steps": ("adapt_steps", "adapt_steps"),
+}
+#: The EXTRA entries that are integers.
+INTEGER_EXTRA = ("adapt_steps", "inner_steps")
 #: Overrides that say where or how a run computes, not what: never part of a tuned experiment's setting.
 NOT_SETTINGS = EXECUTION_KEYS
 #: Config groups a setting may choose (``partition=iid``): written as the tuned experiment's defaults overrides.
 SETTING_GROUPS = ("model", "partition", "dataset")
 #: Keys tune.sh sets per method or per stage: a setting cannot fix them.
-TUNED_KEYS = ("algorithm", "hessian", "alpha", "beta", "algorithm.lam", "adapt_steps", "seed", "eval_split")
+TUNED_KEYS = ("algorithm", "hessian", "alpha", "beta", *EXTRA, "seed", "eval_split")
 
 
 def settings(overrides: list[str]) -> dict[str, str]:
@@ -143,7 +149,7 @@ def read_trials(study: Path, prefix: str = "trial") -> list[Trial]:
 def chosen_table(choices: dict[str, Trial]) -> dict[str, dict[str, float]]:
     table = {m: {"alpha": float(f"{t.alpha:.3g}"), "beta": float(f"{t.beta:.3g}")} for m, t in choices.items()}
     for method, trial in choices.items():
-        table[method] |= {k: int(v) if k == "adapt_steps" else float(f"{v:.3g}") for k, v in trial.extra.items()}
+        table[method] |= {k: int(v) if k in INTEGER_EXTRA else float(f"{v:.3g}") for k, v in trial.extra.items()}
     for method, source in SHARED.items():
         if source in table and method not in table:
             table[method] = dict(table[source])
@@ -196,7 +202,9 @@ def tuned_yaml(
         "alpha: ${per_method:alpha}",
         "beta: ${per_method:beta}",
         *(["adapt_steps: ${per_method:adapt_steps}"] if any("adapt_steps" in v for v in table.values()) else []),
-        *(["algorithm:", "  lam: ${per_method:lam}"] if any("lam" in v for v in table.values()) else []),
+        *(["algorithm:"] if any("lam" in v or "inner_steps" in v for v in table.values()) else []),
+        *(["  lam: ${per_method:lam}"] if any("lam" in v for v in table.values()) else []),
+        *(["  inner_steps: ${per_method:inner_steps}"] if any("inner_steps" in v for v in table.values()) else []),
         "",
     ]
     return "\n".join(lines)
@@ -220,7 +228,7 @@ def merge_into(
     fresh = yaml.safe_load("\n".join(["defaults:", f"  - {experiment}", *groups, *body])) or {}
     theirs = {k: v for k, v in loaded.items() if k not in ("step_sizes", "alpha", "beta", "adapt_steps")}
     if isinstance(theirs.get("algorithm"), dict):
-        theirs["algorithm"] = {k: v for k, v in theirs["algorithm"].items() if k != "lam"} or None
+        theirs["algorithm"] = {k: v for k, v in theirs["algorithm"].items() if k not in ("lam", "inner_steps")} or None
         if theirs["algorithm"] is None:
             del theirs["algorithm"]
     if theirs != fresh:
@@ -352,7 +360,11 @@ def report(
         f"Protocol: each client holds out dataset.val_fraction={given.get('dataset.val_fraction', '?')} of its "
         f"training split; runs evaluate on it (eval_split={given.get('eval_split', '?')}), never on test data; "
         f"seed {given.get('seed', '?')}. One Optuna study (TPE) per method over α, β log-uniform"
-        + (" (and λ or adapt_steps, for the methods that tune them)" if any(t.extra for t in choices.values()) else "")
+        + (
+            " (and λ, K or adapt_steps, for the methods that tune them)"
+            if any(t.extra for t in choices.values())
+            else ""
+        )
         + "; objective: the final personalized validation "
         + ("accuracy (maximized)." if maximize else "loss (minimized)."),
         "",
@@ -360,10 +372,11 @@ def report(
         "",
         f"Chosen per method ({rule}, 3 significant digits" + (f"; {shared}" if shared else "") + "):",
         "",
-        "| method | α | β | λ | adapt_steps |",
-        "|---|---|---|---|---|",
+        "| method | α | β | λ | K | adapt_steps |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {m} | {v['alpha']} | {v['beta']} | {v.get('lam', '–')} | {v.get('adapt_steps', '–')} |"
+            f"| {m} | {v['alpha']} | {v['beta']} | {v.get('lam', '–')} | {v.get('inner_steps', '–')} | "
+            f"{v.get('adapt_steps', '–')} |"
             for m, v in table.items()
         ],
         "",

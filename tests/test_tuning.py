@@ -247,17 +247,19 @@ def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_pa
     tune = tmp_path / "tune"
     fake_trial(tune / "fo", 0, {"alpha": 0.01, "beta": 0.02}, 0.7)
     fake_trial(tune / "pfedme", 0, {"alpha": 0.03, "beta": 0.04, "algorithm.lam": 5.0}, 0.6)
-    fake_trial(tune / "pfedme", 1, {"alpha": 0.05, "beta": 0.06, "algorithm.lam": 0.5}, 0.8)
+    fake_trial(tune / "pfedme", 1, {"alpha": 0.05, "beta": 0.06, "algorithm.lam": 0.5, "algorithm.inner_steps": 3}, 0.8)
     fake_trial(tune / "fedavg_ft", 0, {"alpha": 0.07, "beta": 0.08, "adapt_steps": 4}, 0.9)
     text, table = tune_report.report(tune, "smoke", ["fo", "pfedme", "fedavg_ft"], top=5)
     assert table == {
         "fo": {"alpha": 0.01, "beta": 0.02},
-        "pfedme": {"alpha": 0.05, "beta": 0.06, "lam": 0.5},
+        "pfedme": {"alpha": 0.05, "beta": 0.06, "lam": 0.5, "inner_steps": 3},
         "fedavg_ft": {"alpha": 0.07, "beta": 0.08, "adapt_steps": 4},
     }
-    assert "| 1 | 0.05 | 0.06 | 0.5 | 0.8000 |" in text and "α = 0.05, β = 0.06, λ = 0.5" in text
-    assert "| fedavg_ft | 0.07 | 0.08 | – | 4 |" in text
-    assert tune_report.candidates(tune, ["pfedme"], 1) == ["pfedme trial1 0.05 0.06 algorithm.lam=0.5"]
+    assert "| 1 | 0.05 | 0.06 | 0.5 | 3 | 0.8000 |" in text and "α = 0.05, β = 0.06, λ = 0.5, K = 3" in text
+    assert "| fedavg_ft | 0.07 | 0.08 | – | – | 4 |" in text and "| pfedme | 0.05 | 0.06 | 0.5 | 3 | – |" in text
+    assert tune_report.candidates(tune, ["pfedme"], 1) == [
+        "pfedme trial1 0.05 0.06 algorithm.lam=0.5 algorithm.inner_steps=3"
+    ]
 
     conf = tmp_path / "conf"
     shutil.copytree(runner.CONF_DIR, conf)
@@ -266,11 +268,11 @@ def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_pa
     got = {}
     for method in (["hessian=fo"], ["algorithm=pfedme"], ["algorithm=fedavg_ft"]):
         c = prepare(compose(["experiment=smoke_tuned", *method]))
-        got[method[0]] = (c["alpha"], c["beta"], c["algorithm"]["lam"], c["adapt_steps"])
+        got[method[0]] = (c["alpha"], c["beta"], c["algorithm"]["lam"], c["adapt_steps"], c["algorithm"]["inner_steps"])
     assert got == {
-        "hessian=fo": (0.01, 0.02, 15.0, 1),
-        "algorithm=pfedme": (0.05, 0.06, 0.5, 1),
-        "algorithm=fedavg_ft": (0.07, 0.08, 15.0, 4),
+        "hessian=fo": (0.01, 0.02, 15.0, 1, 5),
+        "algorithm=pfedme": (0.05, 0.06, 0.5, 1, 3),
+        "algorithm=fedavg_ft": (0.07, 0.08, 15.0, 4, 5),
     }
     with pytest.raises(ConfigError, match=r"step_sizes has no entry for method ditto"):
         validate(compose(["experiment=smoke_tuned", "algorithm=ditto"]))
