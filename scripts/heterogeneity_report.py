@@ -9,11 +9,14 @@ Every run under the OUT_DIRs (``OUT_DIR/<level>/runs/<run>/``, found by their ``
 ``partition.alpha``, the Dirichlet concentration α_D: large is near-IID, small is extreme). Per cell and method it
 gives the final personalized test accuracy (mean ± sample std over seeds) and, on the same seeds, the difference to
 FedAvg and HF (hvp) − FO: the mean, its 95 % interval (t distribution) and the paired t-test's p. Runs that stopped
-before their last round (diverged) are listed per cell and left out of the numbers; a pair needs both runs. How
+before their last round (diverged) are listed per cell and left out of the numbers; a pair needs both runs. Runs
+that finished at chance level (:func:`is_collapsed`: a divergence whose values stayed finite) stay in the numbers, as
+the method's outcome on that seed, and are listed beside the stopped ones. How
 skewed the users' label mixes are is measured on the data of the cell's lowest seed (:func:`label_skew`).
 
 The figure has two panels against the level (log scale, most heterogeneous on the right): the personalized-accuracy
-gain of each method over FedAvg, and HF − FO, one line per data set (and method), error bars the 95 % intervals.
+gain of each method over FedAvg, and HF − FO, one line per data set (and method), error bars the 95 % intervals. A
+point leaves out the seeds where either method collapsed (an open marker says how many; the table keeps them).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import report  # noqa: E402  (scripts/report.py: reading runs, method names, the
 from results_file import recording  # noqa: E402
 
 TAG = "eval/personalized_acc"
+LOSS = "eval/personalized_loss"
 FEDAVG = "FedAvg"
 FO = report.FO
 HF = "Per-FedAvg (HF, hvp)"
@@ -45,6 +49,29 @@ class Cell:
     level: float
     runs: dict[str, list[report.Run]] = field(default_factory=lambda: defaultdict(list))  # method → finished runs
     stopped: list[report.Run] = field(default_factory=list)
+
+    @property
+    def collapsed(self) -> list[report.Run]:
+        """The finished runs that ended at chance level (in the numbers, listed beside the stopped ones)."""
+        return [r for runs in self.runs.values() for r in sorted(runs, key=lambda r: r.seed) if is_collapsed(r)]
+
+
+def is_collapsed(run: report.Run) -> bool:
+    """Whether a finished run's final personalized accuracy is at most 1.5 / num_classes (for 10 classes: 0.15),
+    i.e. its model ended no better than about chance: it diverged, but its values stayed finite (a loss of 1e17
+    is finite), so the federation did not stop it."""
+    num_classes = int(run.config["dataset"].get("num_classes") or 0)
+    return num_classes > 1 and report.final_value(run, TAG) <= 1.5 / num_classes
+
+
+def _failed_runs(cell: Cell) -> str:
+    """``Per-FedAvg (HF, hvp) seed 2 stopped, seed 3 collapsed``, or ``none``."""
+    named = [(r.method, r.seed, "stopped") for r in cell.stopped]
+    named += [(r.method, r.seed, "collapsed") for r in cell.collapsed]
+    by_method: dict[str, list[str]] = defaultdict(list)
+    for method, seed, how in sorted(named, key=lambda x: (x[0], x[1])):
+        by_method[method].append(f"seed {seed} {how}")
+    return "; ".join(f"{method} {', '.join(items)}" for method, items in by_method.items()) or "none"
 
 
 @dataclass
@@ -124,9 +151,12 @@ def label_skew(run: report.Run) -> tuple[float, float] | None:
     return float(np.mean(top)), float(np.mean(cover))
 
 
-def difference(cell: Cell, method: str, baseline: str) -> Difference:
-    base = {r.seed: report.final_value(r, TAG) for r in cell.runs.get(baseline, [])}
-    return Difference([report.final_value(r, TAG) - base[r.seed] for r in cell.runs.get(method, []) if r.seed in base])
+def difference(cell: Cell, method: str, baseline: str, stable_only: bool = False) -> Difference:
+    """``method`` − ``baseline`` on their common seeds; ``stable_only``: without the seeds where either collapsed."""
+    keep = (lambda r: not is_collapsed(r)) if stable_only else (lambda r: True)
+    base = {r.seed: report.final_value(r, TAG) for r in cell.runs.get(baseline, []) if keep(r)}
+    runs = [r for r in cell.runs.get(method, []) if keep(r) and r.seed in base]
+    return Difference([report.final_value(r, TAG) - base[r.seed] for r in runs])
 
 
 def _title(dataset: str) -> str:
@@ -137,7 +167,7 @@ def summary_table(cells: list[Cell], key: str) -> str:
     """One row per cell: FedAvg's accuracy, each other method's gain over it, and HF − FO."""
     methods = report.ordered(sorted({m for c in cells for m in c.runs if m != FEDAVG}))
     head = ["data set", key, "users' top label / labels for 90 %", "FedAvg", *[f"{m} − FedAvg" for m in methods]]
-    head += ["HF (hvp) − FO", "stopped runs"]
+    head += ["HF (hvp) − FO", "stopped or collapsed runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         fedavg = [report.final_value(r, TAG) for r in c.runs.get(FEDAVG, [])]
@@ -147,7 +177,7 @@ def summary_table(cells: list[Cell], key: str) -> str:
         cells_.append(report.mean_std(fedavg) if fedavg else "–")
         cells_ += [difference(c, m, FEDAVG).cell() for m in methods]
         cells_.append(difference(c, HF, FO).cell())
-        cells_.append(", ".join(f"{r.method} seed {r.seed}" for r in c.stopped) or "none")
+        cells_.append(_failed_runs(c))
         lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines)
 
@@ -158,6 +188,13 @@ def cell_section(cell: Cell, key: str) -> str:
     if cell.stopped:
         lines += ["", "Stopped before their last round (not in the numbers):", ""]
         lines += [f"- {r.path.name} ({r.method}, seed {r.seed}): {report.stop_reason(r)}" for r in cell.stopped]
+    if cell.collapsed:
+        lines += ["", "Finished at chance level (collapsed; in the numbers above):", ""]
+        lines += [
+            f"- {r.path.name} ({r.method}, seed {r.seed}): final personalized accuracy {report.final_value(r, TAG):.4f}"
+            + (f", loss {report.final_value(r, LOSS):.3g}" if LOSS in r.curves else "")
+            for r in cell.collapsed
+        ]
     return "\n".join(lines)
 
 
@@ -177,16 +214,22 @@ def plot(cells: list[Cell], key: str, out: Path) -> None:
     spread = {d: 1.0 + 0.04 * (i - (len(datasets) - 1) / 2) for i, d in enumerate(datasets)}  # no overlapping bars
 
     def draw(ax, dataset: str, method: str, baseline: str, colour, marker: str, style: str) -> None:
-        points = [(c.level, difference(c, method, baseline)) for c in cells if c.dataset == dataset]
-        points = [(lv, d) for lv, d in points if d.n]
+        here = [c for c in cells if c.dataset == dataset]
+        points = [(c, difference(c, method, baseline, stable_only=True)) for c in here]
+        points = [(c, d) for c, d in points if d.n]
         if not points:
             return
-        levels = np.array([lv * spread[dataset] for lv, _ in points])
+        levels = np.array([c.level * spread[dataset] for c, _ in points])
         means = np.array([d.mean() for _, d in points])
         bounds = np.array([d.interval() for _, d in points])
         err = np.abs(np.nan_to_num(np.stack([means - bounds[:, 0], bounds[:, 1] - means]), nan=0.0))
         label = f"{_title(dataset)}: {method}" + ("" if baseline == FEDAVG else f" − {baseline}")
         ax.errorbar(levels, means, yerr=err, color=colour, marker=marker, linestyle=style, capsize=3, label=label)
+        for (cell, stable), x, y in zip(points, levels, means):  # seeds left out: an open marker, the count beside it
+            left_out = difference(cell, method, baseline).n - stable.n
+            if left_out:
+                ax.plot([x], [y], marker=marker, color=colour, markerfacecolor="white", markersize=9, linestyle="")
+                ax.annotate(f"{left_out} collapsed", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=7)
 
     for i, dataset in enumerate(datasets):
         for j, method in enumerate(methods):
@@ -203,7 +246,11 @@ def plot(cells: list[Cell], key: str, out: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Final personalized test accuracy against heterogeneity: mean difference, bars 95 % intervals")
+    fig.suptitle(
+        "Final personalized test accuracy against heterogeneity: mean difference, bars 95 % intervals\n"
+        "(open marker: seeds where a run collapsed to chance level left out of that point)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -237,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         print("# Heterogeneity: the methods against the degree of heterogeneity")
         print()
         first = next(r for c in cells for rs in c.runs.values() for r in rs)
+        setting = report.describe(first)
+        datasets = sorted({c.dataset for c in cells})
+        if len(datasets) > 1:  # the row names the data set
+            setting = setting.replace(f"dataset={first.config['dataset']['name']}", f"dataset={' or '.join(datasets)}")
         print(
-            f"Setting: {report.describe(first)}; the level is {args.key}. Final personalized test accuracy; "
+            f"Setting: {setting}; the level is {args.key}. Final personalized test accuracy; "
             f"differences on the same seeds ({', '.join(map(str, seeds))}), with the 95 % interval of their mean, "
             "the paired t-test's p and on how many seeds the first is ahead."
         )

@@ -144,3 +144,34 @@ def test_heterogeneity_report_refuses_a_directory_without_runs(tmp_path: Path) -
     assert out.returncode == 2 and "not a directory" in out.stderr and "Traceback" not in out.stderr
     out = run([sys.executable, script, str(tmp_path)], tmp_path, {})
     assert out.returncode == 2 and "no finished test runs" in out.stderr and "Traceback" not in out.stderr
+
+
+def _fake_run(method: str, seed: int, final: float, level: float = 0.1) -> object:
+    import report
+
+    config = {"dataset": {"name": "digits", "num_classes": 10}, "partition": {"alpha": level}, "num_rounds": 3}
+    config |= {"algorithm": {"name": "fedavg"}, "alpha": 0.05, "beta": 0.1, "adapt_steps": 1}
+    rounds = np.array([1.0, 2.0, 3.0])
+    curves = {"eval/personalized_acc": (rounds, np.array([0.5, 0.6, final])), "eval/global_acc": (rounds, rounds / 4)}
+    return report.Run(Path(f"{method}-seed{seed}"), method, seed, config, curves)
+
+
+def test_runs_that_end_at_chance_level_are_named_kept_in_the_table_and_left_out_of_the_figure(tmp_path: Path) -> None:
+    """A run can diverge with finite values (loss 1e17, accuracy 0.10): the federation does not stop it, so the report
+    must say so. It stays in the table's numbers (it is the method's outcome on that seed) and is left out of the
+    figure's point, which says how many seeds it left out."""
+    import heterogeneity_report as hr
+
+    cell = hr.Cell("digits", 0.1)
+    finals = {"FedAvg": [0.90, 0.91, 0.92], "Per-FedAvg (FO)": [0.92, 0.93, 0.94], hr.HF: [0.95, 0.10, 0.96]}
+    for method, values in finals.items():
+        cell.runs[method] = [_fake_run(method, seed, v) for seed, v in enumerate(values)]
+    assert [(r.method, r.seed) for r in cell.collapsed] == [(hr.HF, 1)]
+    assert not hr.is_collapsed(_fake_run("FedAvg", 0, 0.151)) and hr.is_collapsed(_fake_run("FedAvg", 0, 0.15))
+    table = hr.summary_table([cell], "partition.alpha")
+    assert table.splitlines()[-1].endswith("| Per-FedAvg (HF, hvp) seed 1 collapsed |")
+    assert hr.difference(cell, hr.HF, hr.FO).values == pytest.approx([0.03, -0.83, 0.02])
+    assert hr.difference(cell, hr.HF, hr.FO, stable_only=True).values == pytest.approx([0.03, 0.02])
+    assert "Finished at chance level" in hr.cell_section(cell, "partition.alpha")
+    hr.plot([cell], "partition.alpha", tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
