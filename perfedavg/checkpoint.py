@@ -170,14 +170,11 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _unread(key: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
-    """True if neither run reads ``key`` (:data:`perfedavg.config.READ_ONLY_WITH`: e.g. ``algorithm.lam`` of a
+    """True if neither run reads ``key`` (:func:`perfedavg.config.reads_key`: e.g. ``algorithm.lam`` of a
     Per-FedAvg run, which a checkpoint older than that key lacks)."""
-    from perfedavg.config import READ_ONLY_WITH
+    from perfedavg.config import reads_key
 
-    if key not in READ_ONLY_WITH:
-        return False
-    choice, allowed = READ_ONLY_WITH[key]
-    return all(str(cfg.get(choice)) not in allowed for cfg in (saved, current))
+    return not any(reads_key(cfg, key) for cfg in (saved, current))
 
 
 def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from perfedavg.config import (
     to_container,
     validate,
 )
+from perfedavg.errors import exit_on_user_error
 from perfedavg.preparation import (
     CONF_DIR,
     check_composes,
@@ -56,8 +57,6 @@ class _JobTag(logging.Filter):
 
 
 def _job(cfg: DictConfig) -> float | None:
-    from perfedavg.curvature import HessianTooLargeError
-    from perfedavg.data import DataError
     from perfedavg.federation import FederationError, done_line
     from perfedavg.runner import run
 
@@ -68,16 +67,14 @@ def _job(cfg: DictConfig) -> float | None:
             log.removeFilter(existing)
         log.addFilter(_JobTag(run_dir.name))
     try:
-        if cfg.resume == AUTO_RESUME:
-            finished = _auto_resume(cfg, run_dir)
-            if finished is not None:
-                return finished
-        elif not cfg.resume:
-            check_not_a_run(run_dir, hydra_cfg.mode == RunMode.MULTIRUN)
-        summary = run(cfg, run_dir)
-    except (ConfigError, DataError, HessianTooLargeError) as e:
-        print(f"perfedavg: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with exit_on_user_error():
+            if cfg.resume == AUTO_RESUME:
+                finished = _auto_resume(cfg, run_dir)
+                if finished is not None:
+                    return finished
+            elif not cfg.resume:
+                check_not_a_run(run_dir, hydra_cfg.mode == RunMode.MULTIRUN)
+            summary = run(cfg, run_dir)
     except FederationError as e:
         log.error("federation stopped: %s (logs so far are in %s)", e, run_dir)
         if hydra_cfg.mode == RunMode.MULTIRUN:  # the launcher records this job as failed (Optuna's sweeper goes on)
@@ -213,7 +210,7 @@ def main() -> None:
 
 def _main() -> None:
     held = contextlib.ExitStack()  # the chosen run directory's lock, from before Hydra writes until the run ends
-    try:
+    with exit_on_user_error():
         check_conf_dir()
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         check_overrides(sys.argv[1:], str(CONF_DIR))
@@ -232,16 +229,15 @@ def _main() -> None:
         # refused because another holds it changes nothing there. (Hydra's own dated directories are new.)
         if chosen_dir:
             held.enter_context(run_lock.hold(target))
-    except (ConfigError, run_lock.RunDirectoryInUse) as e:
-        print(f"perfedavg: error: {e}", file=sys.stderr)
-        sys.exit(2)
     with held:
         hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(_job)()
 
 
 # Hydra's launchers may run jobs in worker processes that import this module to call ``_job``: the schema and the
-# resolvers the sweep directory names use (``run_name``) must be registered there too.
-register_schema()
+# resolvers the sweep directory names use (``run_name``) must be registered there too (an installed algorithm plugin
+# that cannot be loaded is named in one line).
+with exit_on_user_error():
+    register_schema()
 
 if __name__ == "__main__":
     main()

@@ -8,10 +8,11 @@ composition with the key named. :func:`validate` then checks ranges and combinat
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -19,8 +20,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from perfedavg import algorithms
+from perfedavg.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """One or more configuration values are out of range or incompatible."""
 
 
@@ -30,15 +34,6 @@ class HessianMode(StrEnum):
     fd = "fd"
     diag = "diag"
     fo = "fo"
-
-
-class AlgorithmName(StrEnum):
-    perfedavg = "perfedavg"
-    fedavg = "fedavg"
-    pfedme = "pfedme"  # Dinh, Tran, Nguyen, NeurIPS 2020
-    ditto = "ditto"  # Li, Hu, Beirami, Smith, ICML 2021 (a personal model per client, kept across rounds)
-    fedavg_ft = "fedavg_ft"  # FedAvg with adapt_steps tuned (a baseline: perfedavg.algorithms.fedavg)
-    fedavg_matched = "fedavg_matched"  # FedAvg on 3 × batch_size examples a step (compute-matched baseline)
 
 
 class ModelName(StrEnum):
@@ -114,14 +109,6 @@ class HessianConf:
 
 
 @dataclass
-class AlgorithmConf:
-    name: AlgorithmName = MISSING
-    lam: float = 15.0  # pfedme, ditto: λ, the pull between a client's personal model and the global one
-    inner_steps: int = 5  # pfedme: K, gradient steps on each Moreau subproblem
-    server_mix: float = 1.0  # pfedme: the server's β, w ← (1 − β) w + β · mean of the clients' (1: the average)
-
-
-@dataclass
 class DatasetConf:
     name: DatasetName = MISSING
     task: Task = MISSING
@@ -158,19 +145,14 @@ class DiagnosticsConf:
 
 
 @dataclass
-class StepSizes:
-    alpha: float = MISSING
-    beta: float = MISSING
-    lam: float | None = None  # algorithm.lam, for the methods that read it (pfedme, ditto)
-    adapt_steps: int | None = None  # for the method that tunes it (fedavg_ft)
-    inner_steps: int | None = None  # algorithm.inner_steps (pFedMe's K), for the method that tunes it (pfedme)
-
-
-@dataclass
 class Config:
+    """The run config's schema. ``algorithm`` (its ``name`` and its own keys) is typed by :func:`schema` from the
+    algorithms' declarations (:mod:`perfedavg.algorithms.declaration`); ``step_sizes`` maps a method to its tuned
+    values of the keys its search space holds (:func:`step_size_problems` checks them)."""
+
     model: ModelConf = MISSING
     hessian: HessianConf = MISSING
-    algorithm: AlgorithmConf = MISSING
+    algorithm: Any = MISSING
     dataset: DatasetConf = MISSING
     partition: PartitionConf = MISSING
     num_rounds: int = 20
@@ -196,7 +178,7 @@ class Config:
     backend: Backend = Backend.ray
     ray_address: str | None = None  # null: this run's own local Ray; auto or HOST:PORT: join a running Ray cluster
     # Per-method α, β (e.g. tuned: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
-    step_sizes: dict[str, StepSizes] | None = None
+    step_sizes: dict[str, dict[str, Any]] | None = None
     diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)  # perfedavg.diagnostics (Per-FedAvg)
     resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 
@@ -219,32 +201,62 @@ EXECUTION_KEYS = frozenset(
 )
 
 
+@functools.cache
+def algorithm_schema() -> type:
+    """``AlgorithmConf``: the ``algorithm`` node's schema, made from the declarations: ``name`` (one of the declared
+    algorithms) and every key some algorithm declares, typed (int or float) and ``None`` where the chosen algorithm
+    does not set it (a key the chosen one does not read is refused on the command line: :func:`ineffective_overrides`).
+    """
+    keys: dict[str, bool] = {}  # name → integer (in every declaration that has it)
+    for d in algorithms.declarations().values():
+        for k in d.keys:
+            keys[k.name] = keys.get(k.name, True) and k.integer
+    fields_ = [("name", str, MISSING)] + [(k, (int if integer else float) | None, None) for k, integer in keys.items()]
+    return make_dataclass("AlgorithmConf", fields_)
+
+
+@functools.cache
+def schema() -> type:
+    """:class:`Config` with its ``algorithm`` node typed by :func:`algorithm_schema` (registered as ``base_config``)."""
+    return make_dataclass("Config", [("algorithm", algorithm_schema(), MISSING)], bases=(Config,))
+
+
+def plugin_declarations() -> dict[str, Any]:
+    """The declarations of the algorithms installed packages add (not in ``conf/algorithm/``)."""
+    built_in = {cls.declaration.name for cls in algorithms.BUILT_IN}
+    return {n: d for n, d in algorithms.declarations().items() if n not in built_in}
+
+
 def method_name(algorithm: str, hessian_mode: str) -> str:
     """The method a run compares in the result tables: Per-FedAvg's Hessian mode (``fo``, ``fd``, ``hvp``, ``exact``,
-    ``diag``), or the algorithm's name for the others (``fedavg``, ``pfedme``, ``ditto``: they ignore the mode)."""
-    return str(hessian_mode) if algorithm == AlgorithmName.perfedavg.value else str(algorithm)
+    ``diag``), or the algorithm's name for the others (``fedavg``, ``pfedme``, ``ditto``: they ignore the mode); from
+    the declarations (:meth:`~perfedavg.algorithms.declaration.Declaration.methods`)."""
+    return str(hessian_mode) if algorithms.declaration(str(algorithm)).uses_hessian else str(algorithm)
 
 
-def _per_method(key: str, *, _root_: DictConfig) -> float:
-    """``${per_method:alpha}``: ``step_sizes[<this run's method>].<key>`` (see :func:`method_name`). ``lam`` of a
-    method that does not read λ is the schema's default (unread; e.g. Per-FedAvg in a tuned experiment with pFedMe),
-    and so are ``adapt_steps`` and ``inner_steps`` of a method whose entry does not tune them (all but fedavg_ft and
-    pfedme; a pFedMe entry tuned before K was searched keeps the schema's K too)."""
+def _per_method(key: str, *, _root_: DictConfig) -> Any:
+    """``${per_method:alpha}``: ``step_sizes[<this run's method>].<key>`` (see :func:`method_name`). A key the
+    method's entry does not hold takes its default: the schema's for a shared key (``adapt_steps`` of a method whose
+    search does not tune it), the algorithm's declared one for ``lam``, ``inner_steps``…, and ``None`` where the
+    run's algorithm does not read the key at all (unread: e.g. ``lam`` of Per-FedAvg in a tuned experiment with
+    pFedMe)."""
     method = method_name(str(_root_.algorithm.name), str(_root_.hessian.mode))
     table = _root_.get("step_sizes") or {}
     if method not in table:
         have = ", ".join(table) or "none"
         raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes has no entry for method {method} (has: {have})")
     value = table[method].get(key)
-    if value is None and key == "lam" and str(_root_.algorithm.name) not in READ_ONLY_WITH["algorithm.lam"][1]:
-        return AlgorithmConf.lam
-    if value is None and key == "adapt_steps":  # tuned for fedavg_ft only; the others keep the schema's
-        return Config.adapt_steps
-    if value is None and key == "inner_steps":  # tuned for pfedme only
-        return AlgorithmConf.inner_steps
-    if value is None:
+    if value is not None:
+        return value
+    name = str(_root_.algorithm.name)
+    declared = algorithms.declaration(name).key(key)
+    if declared is not None:
+        return declared.default
+    if key in algorithms.declaration(name).search_space() or key in ("alpha", "beta") and key in algorithms.reads(name):
         raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes.{method} has no {key}")
-    return value
+    if key in Config.__dataclass_fields__:  # a shared key this method does not tune (or read): the schema's default
+        return Config.__dataclass_fields__[key].default
+    return None
 
 
 #: Longest run-directory name :func:`short_name` leaves as it is (file systems allow 255 bytes per name).
@@ -286,7 +298,10 @@ def run_name(override_dirname: str, task_overrides: Any) -> str:
 def register_schema() -> None:
     """Register :class:`Config` as ``base_config`` so ``conf/config.yaml`` can extend it, and the resolvers its
     configs use (``per_method`` for per-method step sizes, ``short_name`` for sweep run names)."""
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=schema())
+    for name, declared in plugin_declarations().items():  # a plugin's group option (`algorithm=NAME`) from its keys
+        store.store(group="algorithm", name=name, node={"name": name, **declared.defaults()})
     if not OmegaConf.has_resolver("per_method"):
         OmegaConf.register_new_resolver("per_method", _per_method)
     if not OmegaConf.has_resolver("short_name"):
@@ -361,14 +376,33 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _algorithm_problems(cfg: DictConfig) -> list[str]:
-    algo, name = cfg.algorithm, AlgorithmName(cfg.algorithm.name)
+    """The algorithm's name and the values of its own keys, checked against its declaration; and ``step_sizes``."""
+    name = str(cfg.algorithm.name)
+    known = algorithms.declarations()
+    if name not in known:
+        return [f"algorithm.name={name}: not an algorithm; allowed: {', '.join(known)}"]
     problems = []
-    if name is AlgorithmName.pfedme:
-        _positive("algorithm.lam", algo.lam, problems)
-        _positive("algorithm.inner_steps", algo.inner_steps, problems, integer=True)
-        _positive("algorithm.server_mix", algo.server_mix, problems)
-    if name is AlgorithmName.ditto and not (math.isfinite(algo.lam) and algo.lam >= 0):
-        problems.append(f"algorithm.lam={algo.lam}: must be ≥ 0 (0: local training alone; larger: closer to global)")
+    for key in known[name].keys:
+        value = cfg.algorithm.get(key.name)
+        if value is not None and (problem := key.problem(value)) is not None:
+            problems.append(problem)
+    return problems + step_size_problems(cfg.get("step_sizes") or {})
+
+
+def step_size_problems(table: Any) -> list[str]:
+    """``step_sizes`` (a tuned experiment's per-method values): each entry must name a method and hold only keys that
+    method's search space has (:meth:`~perfedavg.algorithms.declaration.Declaration.search_space`)."""
+    methods, problems = algorithms.methods(), []
+    for method, entry in table.items():
+        if method not in methods:
+            problems.append(f"step_sizes.{method}: not a method; allowed: {', '.join(methods)}")
+            continue
+        allowed = [k.removeprefix("algorithm.") for k in methods[method][1].search_space()]
+        problems += [
+            f"step_sizes.{method}.{k}: not a key the method tunes; allowed: {', '.join(allowed)}"
+            for k in entry or {}
+            if k not in allowed
+        ]
     return problems
 
 
@@ -465,11 +499,18 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
         key, value = override.split("=", 1)
         if key in GROUPS:
             options = sorted(p.stem for p in (Path(conf_dir) / key).glob("*.yaml"))
+            options += sorted(plugin_declarations()) if key == "algorithm" else []
             for choice in value.split(","):
                 if choice not in options and not (key == "experiment" and choice == "null"):
                     raise ConfigError(f"{key}={choice}: not an option of '{key}'; allowed: {', '.join(options)}")
             continue
-        node: Any = Config
+        if key.split(".")[0] == "step_sizes":
+            method, _, entry_key = key.removeprefix("step_sizes").lstrip(".").partition(".")
+            problems = step_size_problems({method: {entry_key.split(".")[0]: None} if entry_key else {}})
+            if problems:
+                raise ConfigError(f"{key}={value}: {problems[0].split(': ', 1)[1]}")
+            continue
+        node: Any = schema()
         for depth, part in enumerate(key.split(".")):
             names = [f.name for f in fields(node)] if is_dataclass(node) else []
             if part not in names:
@@ -500,7 +541,8 @@ def clients_per_round(num_clients: int, fraction: float) -> int:
 #: ``ray_address`` values: ``auto`` or ``HOST:PORT`` (a Ray head's GCS address, as ``ray start --head`` prints it).
 RAY_ADDRESS = re.compile(r"auto|[A-Za-z0-9.\-]+:[0-9]{1,5}")
 
-#: Keys read only under some choice of a group: key → (the choice's key, the values under which the key is read).
+#: Keys read only under some choice of a group other than ``algorithm``: key → (the choice's key, the values under
+#: which the key is read). Which algorithm reads a key is its declaration's to say (:func:`algorithm_readers`).
 READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     **{
         f"dataset.{k}": ("dataset.name", ("mnist", "fashion_mnist", "cifar10"))
@@ -517,29 +559,69 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "model.hidden": ("model.name", ("mlp",)),
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
-    "diagnostics.every": ("algorithm.name", ("perfedavg",)),
-    "adapt_steps": ("algorithm.name", ("perfedavg", "fedavg", "fedavg_ft", "fedavg_matched")),
-    "algorithm.lam": ("algorithm.name", ("pfedme", "ditto")),
-    "algorithm.inner_steps": ("algorithm.name", ("pfedme",)),
-    "algorithm.server_mix": ("algorithm.name", ("pfedme",)),
     "ray_address": ("backend", ("ray",)),
 }
 
 
+def algorithm_readers(key: str) -> tuple[str, ...] | None:
+    """The algorithms that read ``key``, from their declarations: ``algorithm.<k>`` by those that declare ``k``, the
+    algorithm-dependent shared keys (α, β, ``adapt_steps``, ``delta``, ``diagnostics.every``) by those whose
+    :meth:`~perfedavg.algorithms.base.Algorithm.reads` has them, ``hessian.*`` by those that use the Hessian mode;
+    ``None`` for a key every algorithm reads."""
+    from perfedavg.algorithms.declaration import ALGORITHM_DEPENDENT_KEYS
+
+    names = algorithms.declarations()
+    if key.startswith("algorithm.") and key != "algorithm.name":
+        return tuple(n for n, d in names.items() if d.key(key.removeprefix("algorithm.")) is not None)
+    if key in ALGORITHM_DEPENDENT_KEYS:
+        return tuple(n for n in names if key in algorithms.reads(n))
+    if key.startswith("hessian."):
+        return tuple(n for n, d in names.items() if d.uses_hessian)
+    return None
+
+
+def _select(cfg: Any, key: str) -> Any:
+    """``cfg``'s value at the dotted ``key``: a DictConfig, a nested mapping, or a flattened one (``{"a.b": …}``)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.select(cfg, key)
+    if key in cfg:
+        return cfg[key]
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    return node
+
+
+def unread_reasons(cfg: Any, key: str) -> list[str]:
+    """Why a run of ``cfg`` does not read ``key``: one ``group=choice; read only with group=…`` per choice that
+    rules it out (none: the run reads it)."""
+    reasons = []
+    readers = algorithm_readers(key)
+    actual = str(_select(cfg, "algorithm.name"))
+    if readers is not None and actual not in readers:
+        reasons.append(f"algorithm={actual}; it is read only with algorithm={' or '.join(readers) or '(none)'}")
+    if key in READ_ONLY_WITH:
+        choice, allowed = READ_ONLY_WITH[key]
+        actual = str(_select(cfg, choice))
+        if actual not in allowed:
+            group = choice.split(".")[0]
+            reasons.append(f"{group}={actual}; it is read only with {group}={' or '.join(allowed)}")
+    return reasons
+
+
+def reads_key(cfg: Any, key: str) -> bool:
+    """True if a run of ``cfg`` reads ``key`` (see :func:`unread_reasons`)."""
+    return not unread_reasons(cfg, key)
+
+
 def ineffective_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """One line per ``key=value`` among ``overrides`` that the composed ``cfg`` never reads (e.g. ``dataset.path``
-    with a generated data set), naming the choice that would read it."""
+    with a generated data set, ``algorithm.lam`` with Per-FedAvg), naming the choice that would read it."""
     problems = []
     for override in overrides:
         key, _, value = override.partition("=")
-        if key not in READ_ONLY_WITH:
-            continue
-        choice, allowed = READ_ONLY_WITH[key]
-        actual = str(OmegaConf.select(cfg, choice))
-        if actual not in allowed:
-            group = choice.split(".")[0]
-            problems.append(
-                f"{key}={value}: has no effect with {group}={actual}; it is read only with "
-                f"{group}={' or '.join(allowed)} (remove it, or choose one of those)"
-            )
+        problems += [
+            f"{key}={value}: has no effect with {reason} (remove it, or choose one of those)"
+            for reason in unread_reasons(cfg, key)
+        ]
     return problems

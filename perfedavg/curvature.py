@@ -28,7 +28,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from perfedavg.errors import UserError
+
 Batch = tuple[Tensor, Tensor]
+#: A state dict: a model's weights by parameter name, as the server aggregates them.
+Weights = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: The curvature modes of :func:`correction`, in the order the docs list them.
@@ -484,7 +488,7 @@ def top_eigenvalues(
 # --------------------------------------------------------------------------------------------------------------
 
 
-class HessianTooLargeError(ValueError):
+class HessianTooLargeError(UserError, ValueError):
     """The full Hessian would not fit in the memory budget; raised before anything large is allocated."""
 
 

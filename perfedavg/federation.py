@@ -24,7 +24,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from perfedavg import algorithms, checkpoint, diagnostics, sim_engine, step_estimate, task
-from perfedavg.config import EXECUTION_KEYS, READ_ONLY_WITH, clients_per_round, swept_keys
+from perfedavg.config import EXECUTION_KEYS, clients_per_round, reads_key, swept_keys
+from perfedavg.curvature import Weights
 from perfedavg.state_records import pack_state, unpack_state
 from perfedavg.stopping import STOP, FederationInterrupted
 
@@ -50,9 +51,6 @@ def is_simulation(grid: Grid) -> bool:
 def node_wait_s(grid: Grid) -> float:
     """:data:`SIMULATION_NODE_WAIT_S` for Flower's in-memory (simulation) grid, else :data:`DEPLOYMENT_NODE_WAIT_S`."""
     return SIMULATION_NODE_WAIT_S if is_simulation(grid) else DEPLOYMENT_NODE_WAIT_S
-
-
-Weights = dict[str, torch.Tensor]
 
 
 class FederationError(RuntimeError):
@@ -400,7 +398,8 @@ class Federation:
         timeline["first_round_start"] = time.time()
         weights, first = self._initial_state()
         total = int(cfg["num_rounds"])
-        if cfg["hessian"]["mode"] == "exact" and cfg["algorithm"]["name"] == "perfedavg" and first <= total:
+        uses_hessian = algorithms.declaration(cfg["algorithm"]["name"]).uses_hessian
+        if cfg["hessian"]["mode"] == "exact" and uses_hessian and first <= total:
             step_s = step_estimate.measure_local_step_s(cfg)
             line = step_estimate.slow_round_line(cfg, step_s, total - first + 1)
             if line:
@@ -515,6 +514,7 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
         "alpha",
         "beta",
         "delta",
+        "adapt_steps",
         "local_steps",
         "batch_size",
         "num_clients",
@@ -524,10 +524,12 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
         "aggregation",
         "eval_split",
     ):
-        params[key] = cfg[key]
-    for key in ("lam", "inner_steps", "server_mix"):  # the keys the run's algorithm reads (config.READ_ONLY_WITH)
-        if cfg["algorithm"]["name"] in READ_ONLY_WITH[f"algorithm.{key}"][1]:
-            params[f"algorithm.{key}"] = cfg["algorithm"][key]
+        if reads_key(cfg, key):  # only what the run reads (e.g. no delta without hessian=fd, no β for Local)
+            params[key] = cfg[key]
+    spec = task.local_spec(cfg)  # the algorithm's own keys, as its declaration lists them (defaults filled in)
+    params |= {f"algorithm.{key}": value for key, value in spec.options.items()}
+    if not algorithms.declaration(cfg["algorithm"]["name"]).uses_hessian:
+        params.pop("hessian")
     chosen: list[str] = []
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perfedavg.config import ConfigError
+from perfedavg.errors import exit_on_user_error
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -115,14 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     if "-h" in argv or "--help" in argv:
         print(f"usage: perfedavg-flwr-run [flwr run's arguments]\n\n{__doc__}\nflwr run's arguments: `flwr run --help`")
         return
-    from perfedavg.curvature import HessianTooLargeError
-    from perfedavg.data import DataError
-
-    try:
+    with exit_on_user_error():
         check_run(argv)
-    except (ConfigError, DataError, HessianTooLargeError) as e:
-        print(f"perfedavg: error: {e}", file=sys.stderr)
-        sys.exit(2)
     if "--stream" not in argv:
         argv.append("--stream")
     proc = subprocess.Popen([_flwr(), "run", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

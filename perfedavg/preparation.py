@@ -68,7 +68,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Validate everything that can be checked without Flower; return the resolved config as plain data."""
     import torch
 
-    from perfedavg import curvature, task
+    from perfedavg import algorithms, curvature, task
     from perfedavg.data import check_dataset, data_fingerprint, data_params
 
     validate(cfg)
@@ -80,7 +80,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if resolved["resume"]:
         check_resumable(resolved)
     check_client_states_fit(resolved)
-    if resolved["hessian"]["mode"] == "exact" and resolved["algorithm"]["name"] == "perfedavg":
+    if resolved["hessian"]["mode"] == "exact" and algorithms.declaration(resolved["algorithm"]["name"]).uses_hessian:
         model = task.build_model(resolved["model"], resolved["seed"])
         p, clients, budget = curvature.parameter_layout(model).size, task.concurrent_clients(resolved), None
         try:
@@ -308,7 +308,13 @@ def check_composes(argv: list[str]) -> DictConfig:
         overrides = [value if j == i else o for j, o in enumerate(base) if (value if j == i else o)]
         try:
             cfg = compose(overrides)
-        except (HydraException, OmegaConfBaseException) as e:
+        except (HydraException, OmegaConfBaseException, AssertionError) as e:
+            tuned = [o for o in overrides if o.startswith("step_sizes.")]
+            if tuned and not isinstance(e, HydraException):  # OmegaConf cannot set a key below an unset table
+                raise ConfigError(
+                    f"{tuned[0]}: this config has no step_sizes table (a tuned experiment has one, e.g. "
+                    f"experiment=paper_mnist_tuned); without one, set alpha= and beta= directly"
+                ) from None
             raise ConfigError(composition_error(e)) from None
         problems = [] if swept_choice else ineffective_overrides(cfg, overrides)
         if problems:

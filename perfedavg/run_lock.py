@@ -21,12 +21,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from perfedavg.errors import UserError
+
 LOCK_FILE = ".perfedavg.lock"
 
 log = logging.getLogger("perfedavg")
 
 
-class RunDirectoryInUse(RuntimeError):
+class RunDirectoryInUse(UserError, RuntimeError):
     """Another live run holds the directory."""
 
 

@@ -15,9 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from perfedavg import sim_engine
-from perfedavg.config import ConfigError
-from perfedavg.curvature import HessianTooLargeError
-from perfedavg.data import DataError
+from perfedavg.errors import UserError
 from perfedavg.federation import done_line, run_and_record
 from perfedavg.preparation import prepare_overrides
 
@@ -62,7 +60,7 @@ def flwr_main(grid: Grid, context: Context) -> None:
 
     try:
         cfg = prepare_overrides(str(context.run_config.get("overrides", "")).split())
-    except (ConfigError, DataError, HessianTooLargeError) as e:  # Flower adds a traceback, marks the run failed
+    except UserError as e:  # Flower adds a traceback, marks the run failed
         log.error("perfedavg: error: %s", e)
         raise
     run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")

@@ -77,9 +77,15 @@ def hessian_budget_gb(cfg: Mapping[str, Any]) -> float:
 
 
 def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
-    """What each client of run config ``cfg`` does in a round (its exact-Hessian budget shared as above)."""
+    """What each client of run config ``cfg`` does in a round (its exact-Hessian budget shared as above); the
+    algorithm's own keys (``algorithm.*``) as its declaration lists them, a key left unset at its declared default."""
+    from perfedavg import algorithms
+
+    name = cfg["algorithm"]["name"]
+    declared = algorithms.declaration(name)
+    given = cfg["algorithm"]
     return LocalSpec(
-        algorithm=cfg["algorithm"]["name"],
+        algorithm=name,
         hessian=cfg["hessian"]["mode"],
         alpha=cfg["alpha"],
         beta=cfg["beta"],
@@ -88,7 +94,5 @@ def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
         batch_size=cfg["batch_size"],
         max_memory_gb=hessian_budget_gb(cfg) if cfg["hessian"]["mode"] == "exact" else None,
         adapt_steps=cfg["adapt_steps"],
-        lam=cfg["algorithm"]["lam"],
-        inner_steps=cfg["algorithm"]["inner_steps"],
-        server_mix=cfg["algorithm"]["server_mix"],
+        options={k.name: k.default if given.get(k.name) is None else given[k.name] for k in declared.keys},
     )

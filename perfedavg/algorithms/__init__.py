@@ -1,18 +1,24 @@
 """The federated algorithms, one module each (pure torch; no Flower), behind one interface
-(:class:`~perfedavg.algorithms.base.Algorithm`): FedAvg and its fine-tuned and compute-matched baselines
-(:mod:`~perfedavg.algorithms.fedavg`), Per-FedAvg (:mod:`~perfedavg.algorithms.per_fedavg`), pFedMe
-(:mod:`~perfedavg.algorithms.pfedme`; Dinh, Tran, Nguyen, NeurIPS 2020) and Ditto (:mod:`~perfedavg.algorithms.ditto`;
-Li, Hu, Beirami, Smith, ICML 2021).
+(:class:`~perfedavg.algorithms.base.Algorithm`), each with its :class:`~perfedavg.algorithms.declaration.Declaration`:
+FedAvg and its fine-tuned and compute-matched baselines (:mod:`~perfedavg.algorithms.fedavg`), Per-FedAvg
+(:mod:`~perfedavg.algorithms.per_fedavg`), pFedMe (:mod:`~perfedavg.algorithms.pfedme`), Ditto
+(:mod:`~perfedavg.algorithms.ditto`) and Local training (:mod:`~perfedavg.algorithms.local`).
 
-Adding a method: a module with an :class:`~perfedavg.algorithms.base.Algorithm` subclass, an entry in
-:data:`ALGORITHMS`, its name in :class:`perfedavg.config.AlgorithmName` and a ``conf/algorithm/<name>.yaml``; the
-federation loop and the ClientApp stay as they are.
+Adding a method: a module with an :class:`~perfedavg.algorithms.base.Algorithm` subclass that declares itself, its
+class in :data:`BUILT_IN` and a ``conf/algorithm/<name>.yaml``; config validation, resume, HPARAMS, the tuner and the
+reports read the declaration. An installed package adds one without touching this package: an entry point in the
+group :data:`ENTRY_POINT_GROUP` naming its class (``name = "my_package.my_module:MyAlgorithm"``); its config group
+option is made from its declaration (docs/algorithms.md, "Adding a method").
+
+Importing this package does not import PyTorch (the command line validates a config with the declarations alone).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+import functools
+import logging
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from perfedavg.algorithms.base import (
     Algorithm,
@@ -23,36 +29,119 @@ from perfedavg.algorithms.base import (
     personalized_evaluation,
     sample_batch,
 )
+from perfedavg.algorithms.declaration import Declaration
 from perfedavg.algorithms.ditto import Ditto
 from perfedavg.algorithms.fedavg import FedAvg, FedAvgFineTuned, FedAvgMatched
+from perfedavg.algorithms.local import Local
 from perfedavg.algorithms.per_fedavg import PerFedAvg
 from perfedavg.algorithms.pfedme import PFedMe
-from perfedavg.curvature import LossFn
+from perfedavg.errors import UserError
 
-#: Every algorithm by its run-config name (``algorithm=…``).
-ALGORITHMS: dict[str, Algorithm] = {
-    a.name: a for a in (PerFedAvg(), FedAvg(), PFedMe(), Ditto(), FedAvgFineTuned(), FedAvgMatched())
-}
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from perfedavg.curvature import LossFn
+
+#: The algorithms this package ships, in the order tables and docs list them.
+BUILT_IN: tuple[type[Algorithm], ...] = (PerFedAvg, FedAvg, PFedMe, Ditto, FedAvgFineTuned, FedAvgMatched, Local)
+
+#: The entry-point group through which an installed package adds an algorithm (its value: ``module:Class``).
+ENTRY_POINT_GROUP = "perfedavg.algorithms"
+
+log = logging.getLogger("perfedavg")
 
 __all__ = [
-    "ALGORITHMS",
+    "BUILT_IN",
+    "ENTRY_POINT_GROUP",
     "Algorithm",
+    "Declaration",
     "LocalResult",
     "LocalSpec",
+    "classes",
+    "declaration",
+    "declarations",
     "evaluate",
     "get",
     "local_update",
+    "method_overrides",
+    "methods",
     "personalize",
     "personalized_evaluation",
+    "reads",
     "sample_batch",
 ]
 
 
+class PluginError(UserError, ValueError):
+    """An installed algorithm plugin cannot be used (it does not load, or its declaration clashes)."""
+
+
+@functools.cache
+def classes() -> dict[str, type[Algorithm]]:
+    """Every algorithm class by its name: the built-in ones, then those installed packages register under
+    :data:`ENTRY_POINT_GROUP`. A plugin that fails to load, or that reuses a name, is an error naming it."""
+    found: dict[str, type[Algorithm]] = {cls.declaration.name: cls for cls in BUILT_IN}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"{ENTRY_POINT_GROUP} entry point {point.name} = {point.value}"
+        try:
+            cls = point.load()
+        except Exception as e:  # noqa: BLE001 - any import error of a third-party package
+            raise PluginError(f"{where}: cannot be loaded: {type(e).__name__}: {e}") from None
+        if not (
+            isinstance(cls, type)
+            and issubclass(cls, Algorithm)
+            and isinstance(cls.__dict__.get("declaration"), Declaration)
+        ):
+            raise PluginError(f"{where}: is not an Algorithm subclass with its own `declaration`")
+        name = cls.declaration.name
+        if name in found:
+            raise PluginError(f"{where}: declares algorithm {name!r}, which {found[name].__module__} already is")
+        found[name] = cls
+    return found
+
+
+def declarations() -> dict[str, Declaration]:
+    """Every algorithm's declaration by name (built-in first, then plugins)."""
+    return {name: cls.declaration for name, cls in classes().items()}
+
+
+def declaration(name: str) -> Declaration:
+    """The declaration of algorithm ``name``; a ValueError naming the allowed ones otherwise."""
+    return _class(name).declaration
+
+
+def reads(name: str) -> frozenset[str]:
+    """The algorithm-dependent shared keys algorithm ``name`` reads (:meth:`Algorithm.reads`)."""
+    return _class(name).reads()
+
+
+def methods() -> dict[str, tuple[str, Declaration]]:
+    """Every method of the result tables: ``{method: (algorithm, declaration)}`` (Per-FedAvg's Hessian modes and
+    every other algorithm by its name; :meth:`Declaration.methods`)."""
+    return {m: (name, d) for name, d in declarations().items() for m in d.methods()}
+
+
+def method_overrides(method: str) -> list[str]:
+    """The overrides that choose ``method`` (``hvp``: ``algorithm=perfedavg hessian=hvp``; ``ditto``:
+    ``algorithm=ditto hessian=fo``, its Hessian mode unread)."""
+    table = methods()
+    if method not in table:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(table)}")
+    name, d = table[method]
+    return [f"algorithm={name}", f"hessian={method if d.uses_hessian else 'fo'}"]
+
+
+def _class(name: str) -> type[Algorithm]:
+    found = classes()
+    if name not in found:
+        raise ValueError(f"algorithm {name!r} is not one of: {', '.join(found)}")
+    return found[name]
+
+
 def get(name: str) -> Algorithm:
     """The algorithm called ``name``; a ValueError naming the allowed ones otherwise."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"algorithm {name!r} is not one of: {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[name]
+    return _class(name)()
 
 
 def local_update(

@@ -17,21 +17,26 @@ model) keeps one flat vector ``[P]`` per client across rounds.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor, nn
+from perfedavg.algorithms.declaration import Declaration
+from perfedavg.lazy_import import lazy_import
 
-from perfedavg import curvature
-from perfedavg.curvature import Batch, LossFn
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
-#: A state dict: the global model as the server aggregates it.
-Weights = dict[str, Tensor]
+    from perfedavg import curvature
+    from perfedavg.curvature import Batch, LossFn, Weights
+else:  # imported on first use: a declaration is read without PyTorch (perfedavg.lazy_import); torch itself is
+    # imported in the functions that name it
+    curvature = lazy_import("perfedavg.curvature")
 
 #: ``(batch, at=w) -> (loss, gradient [P])``: a model's minibatch loss and its gradient at flat parameters ``w``.
-LossAndGradient = Callable[..., tuple[Tensor, Tensor]]
+LossAndGradient = Callable[..., "tuple[Tensor, Tensor]"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,13 @@ class LocalSpec:
     local_steps: int = 5
     batch_size: int = 16
     max_memory_gb: float | None = None
-    adapt_steps: int = 1  # FedAvg and Per-FedAvg: α-steps on the training split before evaluation
-    lam: float = 15.0  # pFedMe and Ditto: λ, the pull between the personal and the global model
-    inner_steps: int = 5  # pFedMe: K, gradient steps per Moreau subproblem
-    server_mix: float = 1.0  # pFedMe: the server's β (1: the plain average)
+    adapt_steps: int = 1  # the base class's personalization: α-steps on the training split before evaluation
+    #: The algorithm's own keys (``algorithm.*``, its :class:`~perfedavg.algorithms.declaration.Declaration`'s),
+    #: e.g. ``{"lam": 0.5}`` for Ditto; a key left out takes its declared default (:meth:`Algorithm.option`).
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,6 @@ class LocalResult:
 
     weights: Tensor
     train_loss: float  # mean over local steps of the minibatch loss the algorithm reports (see each algorithm)
-    compute_s: float  # wall time of the whole local update
     curvature_s: float  # of which spent in the curvature correction (0 for fo and the other algorithms)
     num_examples: int  # size of the client's training split
     diagnostics: dict[str, float] = field(default_factory=dict)  # at the first meta-step, when asked for
@@ -73,6 +80,8 @@ class LocalResult:
 
 def sample_batch(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> Batch:
     """A minibatch of ``min(batch_size, n)`` distinct examples drawn uniformly with ``generator``."""
+    import torch
+
     n = int(x.shape[0])
     idx = torch.randperm(n, generator=generator)[: min(batch_size, n)].to(x.device)
     return x.index_select(0, idx), y.index_select(0, idx)  # = x[idx], y[idx]; a plain gather is cheaper
@@ -87,13 +96,15 @@ def loss_and_gradient_of(model: nn.Module, loss_fn: LossFn) -> tuple[LossAndGrad
     return (lambda batch, at: curvature.loss_and_gradient(model, loss_fn, batch, at=at)), None
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, classification: bool) -> dict[str, float]:
     """``{"loss": mean loss, "acc": accuracy}`` on ``(x, y)`` (``acc`` only for classification), in eval mode."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:
-        out = model(x)
+        with torch.no_grad():
+            out = model(x)
         metrics = {"loss": float(loss_fn(out, y))}
         if classification:
             metrics["acc"] = float((out.argmax(dim=1) == y).float().mean())
@@ -177,14 +188,40 @@ def personalized_evaluation(
 class Algorithm:
     """One federated algorithm: a client's local update, the server's update, and personalize-then-evaluate.
 
-    Subclasses set :attr:`name` and implement :meth:`local_update`; the defaults are FedAvg's server (the average is
-    the next global model) and the α-step personalization before evaluation. A *stateful* algorithm keeps one flat
-    vector ``[P]`` per client across rounds: it receives it as ``state`` (:meth:`initial_state` the first time) and
-    returns the new one in :attr:`LocalResult.state`; the federation stores it in Flower's ``Context.state`` and in
-    its checkpoints."""
+    Subclasses set :attr:`declaration` (what the rest of the program needs to know:
+    :class:`~perfedavg.algorithms.declaration.Declaration`) and implement :meth:`local_update`; the defaults are
+    FedAvg's server (the average is the next global model) and the α-step personalization before evaluation (which
+    reads ``adapt_steps``: :meth:`reads`). A *stateful* algorithm keeps one flat vector ``[P]`` per client across
+    rounds: it receives it as ``state`` (:meth:`initial_state` the first time) and returns the new one in
+    :attr:`LocalResult.state`; the federation stores it in Flower's ``Context.state`` and in its checkpoints."""
 
-    name: ClassVar[str]
-    stateful: ClassVar[bool] = False
+    declaration: ClassVar[Declaration]
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    @property
+    def stateful(self) -> bool:
+        return self.declaration.stateful
+
+    @classmethod
+    def reads(cls) -> frozenset[str]:
+        """The algorithm-dependent shared keys it reads (:data:`~perfedavg.algorithms.declaration.
+        ALGORITHM_DEPENDENT_KEYS`): its declaration's, ``adapt_steps`` where it keeps the base class's
+        :meth:`evaluate`, and ``delta`` where it uses the Hessian mode (read with ``hessian=fd``)."""
+        implied = {"adapt_steps"} if cls.evaluate is Algorithm.evaluate else set()
+        implied |= {"delta"} if cls.declaration.uses_hessian else set()
+        return frozenset(cls.declaration.reads | implied)
+
+    def option(self, spec: LocalSpec, key: str) -> Any:
+        """The value of its key ``algorithm.<key>`` in ``spec`` (its declared default where ``spec`` has none)."""
+        if key in spec.options:
+            return spec.options[key]
+        declared = self.declaration.key(key)
+        if declared is None:
+            raise KeyError(f"algorithm {self.name} declares no key {key!r}")
+        return declared.default
 
     def local_update(
         self,

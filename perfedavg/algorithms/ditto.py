@@ -16,13 +16,8 @@ State per client: one vector of P floats (4·P bytes in float32). Every function
 
 from __future__ import annotations
 
-import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import Tensor, nn
-
-from perfedavg import curvature
 from perfedavg.algorithms.base import (
     Algorithm,
     LocalResult,
@@ -31,8 +26,18 @@ from perfedavg.algorithms.base import (
     loss_and_gradient_of,
     sample_batch,
 )
+from perfedavg.algorithms.declaration import Declaration, Key, Search
 from perfedavg.algorithms.fedavg import sgd
-from perfedavg.curvature import Batch, LossFn
+from perfedavg.lazy_import import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from perfedavg import curvature
+    from perfedavg.curvature import Batch, LossFn
+else:  # loaded on first use (perfedavg.lazy_import)
+    curvature = lazy_import("perfedavg.curvature")
 
 
 def personal_step(v: Tensor, gradient: Tensor, global_weights: Tensor, lam: float, eta: float) -> Tensor:
@@ -72,17 +77,20 @@ def personal_update(
     return v, sum(losses) / max(1, len(losses))
 
 
-def state_bytes(num_parameters: int, element_size: int = 4) -> int:
-    """Memory of one client's Ditto state: its personal model (``num_parameters`` elements)."""
-    return num_parameters * element_size
-
-
 class Ditto(Algorithm):
     """Ditto as the module above defines it: FedAvg's local SGD for the global model, then the personal steps; the
     personal model is the client's state across rounds."""
 
-    name: ClassVar[str] = "ditto"
-    stateful: ClassVar[bool] = True
+    declaration: ClassVar[Declaration] = Declaration(
+        name="ditto",
+        title="Ditto",
+        keys=(
+            Key("lam", 0.1, "0: local training alone; larger: closer to global", strict=False,
+                search=Search(0.01, 30, log=True), symbol="λ"),
+        ),
+        stateful=True,
+        reference="Li, Hu, Beirami, Smith, ICML 2021",
+    )  # fmt: skip
 
     def local_update(
         self,
@@ -100,18 +108,16 @@ class Ditto(Algorithm):
         gradients."""
         if state is None:
             raise ValueError("ditto: a client's local update needs its personal model (state)")
-        start = time.perf_counter()
         w0 = curvature.flat_parameters(model)
         w, loss = sgd(model, loss_fn, x, y, w0, spec.beta, spec, generator)
         v, _ = personal_update(  # pulled toward the global model received, w0
-            model, loss_fn, x, y, state, w0, lam=spec.lam, eta=spec.alpha, steps=spec.local_steps,
+            model, loss_fn, x, y, state, w0, lam=self.option(spec, "lam"), eta=spec.alpha, steps=spec.local_steps,
             batch_size=spec.batch_size, generator=generator,
         )  # fmt: skip
         curvature.set_flat_parameters(model, w)
         return LocalResult(
             weights=w,
             train_loss=loss,
-            compute_s=time.perf_counter() - start,
             curvature_s=0.0,
             num_examples=len(x),
             state=v,

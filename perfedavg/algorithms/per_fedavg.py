@@ -14,21 +14,34 @@ The Hessian term is selected by ``hessian`` (exact, hvp, fd, diag, fo). Personal
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import Tensor, nn
-
-from perfedavg import curvature, diagnostics
 from perfedavg.algorithms.base import Algorithm, LocalResult, LocalSpec, loss_and_gradient_of, sample_batch
-from perfedavg.curvature import Batch, LossFn
+from perfedavg.algorithms.declaration import Declaration
+from perfedavg.lazy_import import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from perfedavg import curvature, diagnostics
+    from perfedavg.curvature import Batch, LossFn
+else:  # loaded on first use (perfedavg.lazy_import)
+    curvature = lazy_import("perfedavg.curvature")
+    diagnostics = lazy_import("perfedavg.diagnostics")
 
 
 class PerFedAvg(Algorithm):
     """Per-FedAvg's local steps. Cost per step: 2 gradients + one correction (hvp ≈ 2 gradients, fd 2, diag ~3,
-    exact ~P HVPs; measured in README "Curvature modes")."""
+    exact ~P HVPs; measured in docs/curvature.md)."""
 
-    name: ClassVar[str] = "perfedavg"
+    declaration: ClassVar[Declaration] = Declaration(
+        name="perfedavg",
+        title="Per-FedAvg",
+        reads=frozenset({"alpha", "beta", "diagnostics.every"}),
+        uses_hessian=True,
+        reference="Fallah, Mokhtari, Ozdaglar, NeurIPS 2020",
+    )
 
     def local_update(
         self,
@@ -46,7 +59,6 @@ class PerFedAvg(Algorithm):
         :func:`perfedavg.diagnostics.meta_step_diagnostics` at the first meta-step (its D″, g and w), into
         ``LocalResult.diagnostics``; the weights are the same bit for bit."""
         curvature.check_mode(spec.hessian)
-        start = time.perf_counter()
         curvature_s = 0.0
         w = curvature.flat_parameters(model)
         # fo, hvp and fd run in the model itself (same arithmetic, less overhead); exact and diag through curvature.
@@ -73,7 +85,6 @@ class PerFedAvg(Algorithm):
         return LocalResult(
             weights=w,
             train_loss=sum(losses) / max(1, len(losses)),
-            compute_s=time.perf_counter() - start,
             curvature_s=curvature_s,
             num_examples=int(x.shape[0]),
             diagnostics=found,

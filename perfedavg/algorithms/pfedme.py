@@ -15,24 +15,28 @@ Every function works on flat parameter vectors ``[P]`` (the layout of :func:`per
 
 from __future__ import annotations
 
-import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import Tensor, nn
-
-from perfedavg import curvature
 from perfedavg.algorithms.base import (
     Algorithm,
     LocalResult,
     LocalSpec,
     LossAndGradient,
-    Weights,
     global_and_personal,
     loss_and_gradient_of,
     sample_batch,
 )
-from perfedavg.curvature import Batch, LossFn
+from perfedavg.algorithms.declaration import Declaration, Key, Search
+from perfedavg.lazy_import import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from perfedavg import curvature
+    from perfedavg.curvature import Batch, LossFn, Weights
+else:  # loaded on first use (perfedavg.lazy_import)
+    curvature = lazy_import("perfedavg.curvature")
 
 
 def moreau_point(
@@ -103,7 +107,19 @@ def personalized_weights(
 class PFedMe(Algorithm):
     """pFedMe as the module above defines it."""
 
-    name: ClassVar[str] = "pfedme"
+    declaration: ClassVar[Declaration] = Declaration(
+        name="pfedme",
+        title="pFedMe",
+        keys=(
+            Key("lam", 15.0, "λ, the pull between the personal and the global model (the paper: 15 on MNIST)",
+                search=Search(0.01, 30, log=True), symbol="λ"),
+            Key("inner_steps", 5, "K, gradient steps on each Moreau subproblem (the paper: 5)", integer=True,
+                search=Search(1, 10, integer=True), symbol="K"),
+            Key("server_mix", 1.0, "the server's β: w ← (1 − β) w + β · mean of the clients' (1: the average)",
+                symbol="β_s"),
+        ),
+        reference="Dinh, Tran, Nguyen, NeurIPS 2020",
+    )  # fmt: skip
 
     def local_update(
         self,
@@ -117,30 +133,31 @@ class PFedMe(Algorithm):
         state: Tensor | None = None,
         diagnose: bool = False,
     ) -> LocalResult:
-        start = time.perf_counter()
         w, loss = local_update(
             model,
             loss_fn,
             x,
             y,
-            lam=spec.lam,
+            lam=self.option(spec, "lam"),
             eta_p=spec.alpha,
-            inner_steps=spec.inner_steps,
+            inner_steps=self.option(spec, "inner_steps"),
             eta=spec.beta,
             local_steps=spec.local_steps,
             batch_size=spec.batch_size,
             generator=generator,
         )
-        return LocalResult(
-            weights=w, train_loss=loss, compute_s=time.perf_counter() - start, curvature_s=0.0, num_examples=len(x)
-        )
+        return LocalResult(weights=w, train_loss=loss, curvature_s=0.0, num_examples=len(x))
 
     def server_update(self, previous: Weights, averaged: Weights, spec: LocalSpec) -> Weights:
-        """``(1 − β) w_global + β · mean_i w_i`` per tensor, β = ``spec.server_mix`` (float64 sums, as the average)."""
-        if spec.server_mix == 1.0:
+        """``(1 − β) w_global + β · mean_i w_i`` per tensor, β = ``algorithm.server_mix`` (float64 sums, as the
+        average)."""
+        import torch
+
+        beta = self.option(spec, "server_mix")
+        if beta == 1.0:
             return averaged
         return {
-            name: server_mix(previous[name].to(torch.float64), averaged[name].to(torch.float64), spec.server_mix).to(
+            name: server_mix(previous[name].to(torch.float64), averaged[name].to(torch.float64), beta).to(
                 averaged[name].dtype
             )
             for name in averaged
@@ -159,6 +176,11 @@ class PFedMe(Algorithm):
     ) -> dict[str, float]:
         """The global model, and θ̂ of it on the client's training split (:func:`personalized_weights`)."""
         theta = personalized_weights(
-            model, loss_fn, *train, lam=spec.lam, eta_p=spec.alpha, inner_steps=spec.inner_steps
+            model,
+            loss_fn,
+            *train,
+            lam=self.option(spec, "lam"),
+            eta_p=spec.alpha,
+            inner_steps=self.option(spec, "inner_steps"),
         )
         return global_and_personal(model, loss_fn, theta, *held_out, classification)

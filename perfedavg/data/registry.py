@@ -17,6 +17,7 @@ from typing import Any
 from perfedavg.data import digits, hub, regression, synthetic
 from perfedavg.data.partition import GENERATED_DATASETS, LABEL_PARTITIONS, NATURAL
 from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
+from perfedavg.errors import UserError
 
 log = logging.getLogger("perfedavg")
 
@@ -24,7 +25,7 @@ log = logging.getLogger("perfedavg")
 MIN_EXAMPLES_PER_CLIENT = 10
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data set cannot serve the requested federation (e.g. more clients than it has examples for)."""
 
 
