@@ -223,7 +223,7 @@ def schema() -> type:
 
 def plugin_declarations() -> dict[str, Any]:
     """The declarations of the algorithms installed packages add (not in ``conf/algorithm/``)."""
-    built_in = {cls.declaration.name for cls in algorithms.BUILT_IN}
+    built_in = {cls.declaration.name for cls in algorithms.built_in()}
     return {n: d for n, d in algorithms.declarations().items() if n not in built_in}
 
 
@@ -231,7 +231,7 @@ def method_name(algorithm: str, hessian_mode: str) -> str:
     """The method a run compares in the result tables: Per-FedAvg's Hessian mode (``fo``, ``fd``, ``hvp``, ``exact``,
     ``diag``), or the algorithm's name for the others (``fedavg``, ``pfedme``, ``ditto``: they ignore the mode); from
     the declarations (:meth:`~perfedavg.algorithms.declaration.Declaration.methods`)."""
-    return str(hessian_mode) if algorithms.declaration(str(algorithm)).uses_hessian else str(algorithm)
+    return algorithms.method_of(algorithm, hessian_mode)
 
 
 def _per_method(key: str, *, _root_: DictConfig) -> Any:
@@ -598,7 +598,7 @@ def unread_reasons(cfg: Any, key: str) -> list[str]:
     reasons = []
     readers = algorithm_readers(key)
     actual = str(_select(cfg, "algorithm.name"))
-    if readers is not None and actual not in readers:
+    if readers is not None and actual in algorithms.declarations() and actual not in readers:
         reasons.append(f"algorithm={actual}; it is read only with algorithm={' or '.join(readers) or '(none)'}")
     if key in READ_ONLY_WITH:
         choice, allowed = READ_ONLY_WITH[key]

@@ -33,29 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from perfedavg import algorithms
+from perfedavg.config import reads_key
+
 #: (metric tag, column title), in table order; regression runs have losses instead of accuracies.
 CLASSIFICATION = [("eval/global_acc", "global accuracy"), ("eval/personalized_acc", "personalized accuracy")]
 REGRESSION = [("eval/global_loss", "global loss"), ("eval/personalized_loss", "personalized loss")]
-#: Display order of the methods; others follow alphabetically.
-FO = "Per-FedAvg (FO)"
-ORDER = [
-    "FedAvg",
-    "FedAvg (fine-tuned)",
-    "FedAvg (compute-matched)",
-    FO,
-    "Per-FedAvg (HF, fd)",
-    "Per-FedAvg (HF, hvp)",
-    "pFedMe",
-    "Ditto",
-]
-#: The other algorithms' display names (they ignore the Hessian mode).
-ALGORITHM_TITLES = {
-    "fedavg": "FedAvg",
-    "fedavg_ft": "FedAvg (fine-tuned)",
-    "fedavg_matched": "FedAvg (compute-matched)",
-    "pfedme": "pFedMe",
-    "ditto": "Ditto",
-}
+FO = algorithms.method_title("fo")
+#: The table order: the methods as the algorithms' declarations list them (the baselines, Per-FedAvg's FO and HF,
+#: the other personalized methods); Per-FedAvg's dense modes (exact, diag: checks of the estimates) sort after.
+ORDER = [algorithms.method_title(m) for m in algorithms.methods() if m not in ("exact", "diag")]
 
 
 @dataclass
@@ -68,19 +55,9 @@ class Run:
 
 
 def method_of(config: dict) -> str:
-    """Per-FedAvg with its correction: FO (first order) or HF (Hessian-free: fd, hvp), else the mode; the other
-    algorithms by name (FedAvg, pFedMe, Ditto)."""
-    name = config["algorithm"]["name"]
-    if name != "perfedavg":
-        return ALGORITHM_TITLES.get(name, name)
-    mode = config["hessian"]["mode"]
-    return (
-        "Per-FedAvg (FO)"
-        if mode == "fo"
-        else f"Per-FedAvg (HF, {mode})"
-        if mode in ("fd", "hvp")
-        else f"Per-FedAvg ({mode})"
-    )
+    """The run's method as tables name it: Per-FedAvg with its correction (FO, HF for fd and hvp, else the mode), the
+    other algorithms by their declared titles (FedAvg, pFedMe, Ditto, …)."""
+    return algorithms.method_title(algorithms.method_of(config["algorithm"]["name"], config["hessian"]["mode"]))
 
 
 def read_run(run_dir: Path) -> Run | None:
@@ -151,8 +128,14 @@ def ordered(methods: list[str]) -> list[str]:
     return [m for m in ORDER if m in methods] + sorted(m for m in methods if m not in ORDER)
 
 
-#: Algorithms that read λ (``algorithm.lam``): the table gets a λ column when one of them is in it.
-READS_LAM = ("pfedme", "ditto")
+#: Algorithms that read λ (``algorithm.lam``, from their declarations): the table gets a λ column when one is in it.
+READS_LAM = tuple(name for name, d in algorithms.declarations().items() if d.key("lam") is not None)
+
+
+def step_cell(runs: list[Run], key: str) -> str:
+    """The runs' values of ``key`` (``1e-2/3e-2``), or ``–`` where their algorithm does not read it (Local's β)."""
+    values = sorted({float(r.config[key]) for r in runs if reads_key(r.config, key)})
+    return "/".join(f"{v:g}" for v in values) or "–"
 
 
 def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
@@ -167,7 +150,7 @@ def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> st
         rounds = sorted({int(r.curves[metrics[0][0]][0][-1]) for r in runs})
         seeds = ",".join(str(s) for s in sorted(r.seed for r in runs))
         cells = [method, f"{len(runs)} ({seeds})", "/".join(map(str, rounds))]
-        cells += ["/".join(f"{v:g}" for v in sorted({float(r.config[k]) for r in runs})) for k in ("alpha", "beta")]
+        cells += [step_cell(runs, k) for k in ("alpha", "beta")]
         if with_lam:
             lams = sorted(
                 {float(r.config["algorithm"]["lam"]) for r in runs if r.config["algorithm"]["name"] in READS_LAM}

@@ -14,11 +14,11 @@
 # BACKEND=ray runs each simulation through Flower's Ray engine instead; every run then starts its own Ray instance
 # (ray.init(address="local")), so parallel runs do not share a cluster (give them JOBS × client_cpus ≤ CPUs).
 # Environment: JOBS (parallel runs), SEEDS (default 0,1,2,3,4), METHODS (default fedavg,fo,fd,hvp: which to run, e.g.
-# METHODS=fo,hvp for a paired HF-vs-FO test; pfedme, ditto, fedavg_ft and fedavg_matched add those algorithms,
-# docs/algorithms.md), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
+# METHODS=fo,hvp for a paired HF-vs-FO test; any method of `python -m perfedavg.algorithms methods` — pfedme, ditto,
+# fedavg_ft, fedavg_matched, local, installed plugins — adds it, docs/algorithms.md), SWEEP_DIR (default multirun/EXPERIMENT-<time>),
 # BACKEND (inprocess or ray; default inprocess), DIAGNOSTICS (default 0: off; N: the Per-FedAvg runs log curvature
-# diagnostics every N rounds, diagnostics.every=N, which leaves their results unchanged; scripts/diagnostics_report.py
-# plots them).
+# diagnostics every N rounds, diagnostics.every=N, which leaves their results unchanged; TensorBoard's curvature/
+# group shows them).
 # A run that stops (e.g. diverges to a non-finite model) does not stop the others: the report lists it as skipped
 # and the script exits 1 at the end.
 # Cut off? Run the same command again with SWEEP_DIR=<the sweep's directory>: every run has resume=auto, so finished
@@ -34,22 +34,24 @@ fi
 experiment=$1
 shift
 methods=${METHODS:-fedavg,fo,fd,hvp}
-hessians=()  # Per-FedAvg's Hessian modes
-others=()    # the other algorithms (they ignore the Hessian mode)
+bash scripts/setup.sh
+declare -A modes_of  # algorithm → its Hessian modes to run, comma-separated (fo for an algorithm that reads none)
+algorithms=()        # in METHODS's order
 for method in ${methods//,/ }; do
-  case $method in
-    fedavg | pfedme | ditto | fedavg_ft | fedavg_matched) others+=("$method") ;;
-    fo | fd | hvp) hessians+=("$method") ;;
-    *) echo "reproduce.sh: METHODS=$methods: unknown method '$method'" \
-         "(allowed: fedavg, fo, fd, hvp, pfedme, ditto, fedavg_ft, fedavg_matched)" >&2; exit 2 ;;
-  esac
+  if ! choice=$(.venv/bin/python -m perfedavg.algorithms overrides "$method" 2>&1); then  # names the allowed ones
+    echo "reproduce.sh: METHODS=$methods: ${choice#perfedavg: error: }" >&2
+    exit 2
+  fi
+  algorithm=${choice%% *} mode=${choice##*hessian=}
+  algorithm=${algorithm#algorithm=}
+  if [ -z "${modes_of[$algorithm]+set}" ]; then algorithms+=("$algorithm"); modes_of[$algorithm]=$mode
+  else modes_of[$algorithm]+=",$mode"; fi
 done
-n_methods=$(( ${#hessians[@]} + ${#others[@]} ))
+n_methods=$(echo "${methods//,/ }" | wc -w)
 if [ "$n_methods" -eq 0 ]; then
-  echo "reproduce.sh: METHODS is empty (allowed: fedavg, fo, fd, hvp, pfedme, ditto, fedavg_ft, fedavg_matched)" >&2
+  echo "reproduce.sh: METHODS is empty (allowed: $(.venv/bin/python -m perfedavg.algorithms methods | tr '\n' ' '))" >&2
   exit 2
 fi
-bash scripts/setup.sh
 jobs=${JOBS:-$(nproc)}
 seeds=${SEEDS:-0,1,2,3,4}
 sweep_dir=${SWEEP_DIR:-multirun/$experiment-$(date +%Y%m%d-%H%M%S)}
@@ -63,16 +65,14 @@ start=$(date +%s)
 echo "[reproduce] $experiment: $((n_methods * n_seeds)) runs ($n_seeds seeds × $n_methods methods: $methods)," \
   "$jobs at a time → $sweep_dir" >&2
 failed=0  # a run that stops (e.g. diverges) fails its multirun after the others finish; the sweep goes on
-if [ ${#hessians[@]} -gt 0 ]; then
-  swept=$(IFS=,; echo "${hessians[*]}")
-  echo "[reproduce] Per-FedAvg with hessian=$swept" >&2
-  diagnose=()
-  if [ "${DIAGNOSTICS:-0}" != 0 ]; then diagnose=("diagnostics.every=$DIAGNOSTICS"); fi
-  .venv/bin/perfedavg -m "${common[@]}" algorithm=perfedavg "hessian=$swept" "${diagnose[@]}" "$@" || failed=1
-fi
-for algorithm in "${others[@]}"; do
-  echo "[reproduce] $algorithm" >&2
-  .venv/bin/perfedavg -m "${common[@]}" "algorithm=$algorithm" hessian=fo "$@" || failed=1
+for algorithm in "${algorithms[@]}"; do
+  echo "[reproduce] $algorithm with hessian=${modes_of[$algorithm]}" >&2
+  diagnose=()  # curvature diagnostics, for the algorithms that read diagnostics.every
+  if [ "${DIAGNOSTICS:-0}" != 0 ] && .venv/bin/python -m perfedavg.algorithms reads "$algorithm" | grep -qw diagnostics.every; then
+    diagnose=("diagnostics.every=$DIAGNOSTICS")
+  fi
+  .venv/bin/perfedavg -m "${common[@]}" "algorithm=$algorithm" "hessian=${modes_of[$algorithm]}" "${diagnose[@]}" "$@" \
+    || failed=1
 done
 echo "[reproduce] all runs done in $(( $(date +%s) - start )) s; writing the report" >&2
 .venv/bin/python scripts/report.py "$sweep_dir"

@@ -8,16 +8,16 @@
 #
 # Methods: FedAvg (β, and the α of its personalization step before evaluation), Per-FedAvg FO (hessian=fo),
 # Per-FedAvg HF with the paper's finite difference (hessian=fd) and with an exact Hessian-vector product
-# (hessian=hvp), and on request (METHODS) pFedMe and Ditto, whose λ (algorithm.lam) is searched too
-# (conf/hydra/sweeper/step_sizes_lam.yaml; for pFedMe also K, algorithm.inner_steps: step_sizes_pfedme.yaml; its
-# server β stays at conf/algorithm/pfedme.yaml's), and the
-# FedAvg baselines fedavg_ft (adapt_steps searched too: step_sizes_adapt.yaml) and fedavg_matched, each tuned
-# on its own: at large α the two estimates behave differently (measured on paper_mnist:
-# with fd's best values hvp diverged at round 13). hessian=exact takes hvp's values (the same product, exactly).
+# (hessian=hvp), and on request (METHODS) any other method (`python -m perfedavg.algorithms methods`: pFedMe, Ditto,
+# the FedAvg baselines fedavg_ft and fedavg_matched, Local, installed plugins), each tuned on its own: at large α
+# the two estimates behave differently (measured on paper_mnist: with fd's best values hvp diverged at round 13).
+# hessian=exact takes hvp's values (the same product, exactly). What a method's study searches is its algorithm's
+# declared search space (`python -m perfedavg.algorithms search METHOD`: α and β log-uniform in [3e-4, 0.3], and
+# e.g. λ for pFedMe and Ditto, pFedMe's K, fedavg_ft's adapt_steps), given to the Optuna sweeper as overrides.
 # Protocol: each client holds out VAL_FRACTION of its training split (dataset.val_fraction) and evaluation reports on
 # it (eval_split=val), so tuning never sees test data; seed 0; runs in-process, JOBS at a time.
 #   1. Search: one Optuna study per method (hydra-optuna-sweeper, TPE, sampler seed 0;
-#      conf/hydra/sweeper/step_sizes.yaml): TRIALS runs of ROUNDS rounds, α and β log-uniform in [3e-4, 0.3],
+#      conf/hydra/sweeper/step_sizes.yaml): TRIALS runs of ROUNDS rounds over the method's search space,
 #      objective the final personalized validation accuracy (the loss, minimized, for regression).
 #   2. Confirm: the best CONFIRM trials of each method run again over the experiment's own num_rounds; the chosen
 #      values are the best confirmed run's (a trial that diverges later is not chosen). CONFIRM=0 skips this.
@@ -49,23 +49,11 @@ tune_dir=${TUNE_DIR:-multirun/tune-$experiment}
 # Accuracy is maximized; for a regression experiment the objective is the personalized loss, minimized.
 direction=$(.venv/bin/python -c 'import sys; from perfedavg.runner import compose
 print("maximize" if compose(sys.argv[1:]).dataset.task == "classification" else "minimize")' "experiment=$experiment" "$@")
-method_args() {  # the overrides that select a method
-  case $1 in
-    fedavg) echo "algorithm=fedavg hessian=fo" ;;
-    fo | fd | hvp | exact | diag) echo "algorithm=perfedavg hessian=$1" ;;
-    pfedme | ditto | fedavg_ft | fedavg_matched) echo "algorithm=$1 hessian=fo" ;;
-    *) echo "tune: error: METHODS: unknown method '$1'; allowed: fedavg fo fd hvp exact diag pfedme ditto" \
-         "fedavg_ft fedavg_matched" >&2
-      return 2 ;;
-  esac
+method_args() {  # the overrides that select a method (its algorithm's declaration says which)
+  .venv/bin/python -m perfedavg.algorithms overrides "$1"
 }
-search_space() {  # the sweeper config: step sizes, and λ or adapt_steps where the method tunes them
-  case $1 in
-    pfedme) echo step_sizes_pfedme ;;
-    ditto) echo step_sizes_lam ;;
-    fedavg_ft) echo step_sizes_adapt ;;
-    *) echo step_sizes ;;
-  esac
+search_space() {  # the method's search space as Optuna sweeper overrides, one a line
+  .venv/bin/python -m perfedavg.algorithms search "$1"
 }
 for method in $methods; do method_args "$method" >/dev/null || exit 2; done
 # The setting written into the tuned experiment, and MERGE's target, are checked now rather than after the tuning.
@@ -76,6 +64,7 @@ start=$(date +%s)
 echo "[tune] 1/2 search: one study per method ($methods)" >&2
 for method in $methods; do
   read -r -a choice <<< "$(method_args "$method")"
+  mapfile -t space < <(search_space "$method")
   study=$tune_dir/$method
   if [ -f "$study/optimization_results.yaml" ]; then
     echo "[tune] $method: finished study kept ($study)" >&2
@@ -84,7 +73,7 @@ for method in $methods; do
   rm -rf "$study"
   echo "[tune] $method: $trials trials × $rounds rounds, $jobs at a time → $study" >&2
   .venv/bin/perfedavg -m "experiment=$experiment" "${choice[@]}" "num_rounds=$rounds" "eval_every=$rounds" \
-    "${validation[@]}" "hydra/sweeper=$(search_space "$method")" "hydra.sweeper.direction=$direction" \
+    "${validation[@]}" hydra/sweeper=step_sizes "${space[@]}" "hydra.sweeper.direction=$direction" \
     "hydra.sweeper.n_trials=$trials" "hydra.sweeper.n_jobs=$jobs" hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
     "hydra.sweep.dir=$study" 'hydra.sweep.subdir=trial${hydra.job.num}' "$@"
 done
@@ -96,12 +85,12 @@ if [ "$confirm" -gt 0 ]; then
   candidates=$(.venv/bin/python scripts/tune_report.py "$tune_dir" --experiment "$experiment" --methods $methods \
     --candidates "$confirm")
   running=0
-  while read -r method trial alpha beta extra; do
+  while read -r method trial values; do
     read -r -a choice <<< "$(method_args "$method")"
+    read -r -a chosen <<< "$values"  # alpha=… beta=… (and algorithm.lam=…, adapt_steps=…: the searched keys)
     run_dir=$tune_dir/$method/confirm-$trial
-    echo "[tune] $method: confirming α=$alpha β=$beta $extra → $run_dir (log: $run_dir.log)" >&2
-    # $extra: empty, or algorithm.lam=… (algorithm.inner_steps=…) / adapt_steps=… for the methods that tune them (unquoted)
-    ( .venv/bin/perfedavg "experiment=$experiment" "${choice[@]}" "alpha=$alpha" "beta=$beta" $extra "${validation[@]}" \
+    echo "[tune] $method: confirming $values → $run_dir (log: $run_dir.log)" >&2
+    ( .venv/bin/perfedavg "experiment=$experiment" "${choice[@]}" "${chosen[@]}" "${validation[@]}" \
         resume=auto "hydra.run.dir=$run_dir" "$@" >"$run_dir.log" 2>&1 \
         && echo "[tune] $method: confirm-$trial finished" >&2 \
         || echo "[tune] $method: confirm-$trial stopped (see $run_dir.log)" >&2 ) &

@@ -37,36 +37,40 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import recording  # noqa: E402
 
+from perfedavg import algorithms  # noqa: E402
 from perfedavg.config import EXECUTION_KEYS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Methods that take another method's tuned values: the same algorithm with another estimate of the Hessian term.
 SHARED = {"exact": "hvp"}
-TITLES = {
-    "fedavg": "FedAvg",
-    "fo": "Per-FedAvg (FO)",
-    "fd": "Per-FedAvg (HF, fd)",
-    "hvp": "Per-FedAvg (HF, hvp)",
-    "pfedme": "pFedMe",
-    "ditto": "Ditto",
-    "fedavg_ft": "FedAvg (fine-tuned)",
-    "fedavg_matched": "FedAvg (compute-matched)",
-}
-#: Keys some studies search beside α and β: the override → (its step_sizes entry, its column title). λ for pFedMe
-#: and Ditto (conf/hydra/sweeper/step_sizes_lam.yaml), adapt_steps for fedavg_ft (step_sizes_adapt.yaml).
-EXTRA = {
-    "algorithm.lam": ("lam", "λ"),
-    "algorithm.inner_steps": ("inner_steps", "K"),
-    "adapt_steps": ("adapt_steps", "adapt_steps"),
-}
-#: The EXTRA entries that are integers.
-INTEGER_EXTRA = ("adapt_steps", "inner_steps")
+
+
+def _searched() -> dict[str, tuple[str, str, bool]]:
+    """Every key some method's search space holds (the algorithms' declarations), in table order (α, β, the
+    algorithms' own keys, the shared ones): override → (its step_sizes entry, its column title, integer)."""
+    found: dict[str, tuple[str, str, bool]] = {
+        "alpha": ("alpha", "α", False),
+        "beta": ("beta", "β", False),
+    }
+    shared: dict[str, tuple[str, str, bool]] = {}
+    for declared in algorithms.declarations().values():
+        for key, search in declared.search_space().items():
+            own = declared.key(key.removeprefix("algorithm.")) if key.startswith("algorithm.") else None
+            entry = key.removeprefix("algorithm.")
+            target = found if own is not None else shared
+            target.setdefault(key, (entry, (own.symbol or entry) if own else entry, search.integer))
+    return found | {k: v for k, v in shared.items() if k not in found}
+
+
+#: Keys the studies search: override → (its step_sizes entry, its column title, integer); α and β, λ and K for
+#: pFedMe, λ for Ditto, adapt_steps for fedavg_ft (from each algorithm's declared search space).
+SEARCHED = _searched()
 #: Overrides that say where or how a run computes, not what: never part of a tuned experiment's setting.
 NOT_SETTINGS = EXECUTION_KEYS
 #: Config groups a setting may choose (``partition=iid``): written as the tuned experiment's defaults overrides.
 SETTING_GROUPS = ("model", "partition", "dataset")
 #: Keys tune.sh sets per method or per stage: a setting cannot fix them.
-TUNED_KEYS = ("algorithm", "hessian", "alpha", "beta", *EXTRA, "seed", "eval_split")
+TUNED_KEYS = ("algorithm", "hessian", *SEARCHED, "seed", "eval_split")
 
 
 def settings(overrides: list[str]) -> dict[str, str]:
@@ -95,23 +99,19 @@ def setting_text(setting: dict[str, str]) -> str:
 @dataclass
 class Trial:
     number: int
-    alpha: float
-    beta: float
     objective: float | None  # None: the run failed (no final metrics)
     maximize: bool  # the objective is an accuracy (classification), not a loss (regression)
     wall_s: float | None
     overrides: dict[str, str]
-    extra: dict[str, float] = field(default_factory=dict)  # the :data:`EXTRA` keys this study searched, by entry
+    searched: dict[str, float] = field(default_factory=dict)  # the :data:`SEARCHED` keys this study varied
 
     def values(self) -> str:
         """``α = …, β = …`` (and ``λ = …`` etc.), 3 significant digits."""
-        titles = {entry: title for entry, title in EXTRA.values()}
-        extra = "".join(f", {titles[k]} = {v:.3g}" for k, v in self.extra.items())
-        return f"α = {self.alpha:.3g}, β = {self.beta:.3g}{extra}"
+        return ", ".join(f"{SEARCHED[k][1]} = {v:.3g}" for k, v in self.searched.items())
 
     def cells(self) -> str:
-        """The table cells ``α | β`` (and one per searched :data:`EXTRA` key)."""
-        return " | ".join([f"{self.alpha:.3g}", f"{self.beta:.3g}", *(f"{v:.3g}" for v in self.extra.values())])
+        """The table cells ``α | β`` (one per searched key)."""
+        return " | ".join(f"{v:.3g}" for v in self.searched.values())
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
@@ -140,16 +140,18 @@ def read_trials(study: Path, prefix: str = "trial") -> list[Trial]:
             objective = final["eval/personalized_acc" if maximize else "eval/personalized_loss"]
             wall = summary.get("wall_s")
         number = int(run_dir.name.removeprefix(prefix))
-        alpha, beta = float(given["alpha"]), float(given["beta"])
-        extra = {entry: float(given[key]) for key, (entry, _) in EXTRA.items() if key in given}
-        trials.append(Trial(number, alpha, beta, objective, maximize, wall, given, extra))
+        searched = {key: float(given[key]) for key in SEARCHED if key in given}
+        trials.append(Trial(number, objective, maximize, wall, given, searched))
     return trials
 
 
 def chosen_table(choices: dict[str, Trial]) -> dict[str, dict[str, float]]:
-    table = {m: {"alpha": float(f"{t.alpha:.3g}"), "beta": float(f"{t.beta:.3g}")} for m, t in choices.items()}
+    """Each method's step_sizes entry: its searched values, 3 significant digits (integers as they are)."""
+    table: dict[str, dict[str, float]] = {}
     for method, trial in choices.items():
-        table[method] |= {k: int(v) if k in INTEGER_EXTRA else float(f"{v:.3g}") for k, v in trial.extra.items()}
+        table[method] = {
+            SEARCHED[k][0]: int(v) if SEARCHED[k][2] else float(f"{v:.3g}") for k, v in trial.searched.items()
+        }
     for method, source in SHARED.items():
         if source in table and method not in table:
             table[method] = dict(table[source])
@@ -199,15 +201,22 @@ def tuned_yaml(
         *body,
         "step_sizes:",
         *[f"  {m}: {{{', '.join(f'{k}: {x}' for k, x in v.items())}}}" for m, v in table.items()],
-        "alpha: ${per_method:alpha}",
-        "beta: ${per_method:beta}",
-        *(["adapt_steps: ${per_method:adapt_steps}"] if any("adapt_steps" in v for v in table.values()) else []),
-        *(["algorithm:"] if any("lam" in v or "inner_steps" in v for v in table.values()) else []),
-        *(["  lam: ${per_method:lam}"] if any("lam" in v for v in table.values()) else []),
-        *(["  inner_steps: ${per_method:inner_steps}"] if any("inner_steps" in v for v in table.values()) else []),
+        *_resolver_lines(table),
         "",
     ]
     return "\n".join(lines)
+
+
+def _resolver_lines(table: dict[str, dict[str, float]]) -> list[str]:
+    """``alpha: ${per_method:alpha}`` for every shared key an entry holds (α and β always), and under ``algorithm:``
+    one line per algorithm key an entry holds (``lam: ${per_method:lam}``)."""
+    held = {k for v in table.values() for k in v}
+    top = ["alpha", "beta"] + [
+        e for key, (e, _, _) in SEARCHED.items() if not key.startswith(("algorithm.", "alpha", "beta")) and e in held
+    ]
+    own = [e for key, (e, _, _) in SEARCHED.items() if key.startswith("algorithm.") and e in held]
+    lines = [f"{k}: ${{per_method:{k}}}" for k in top]
+    return lines + (["algorithm:", *[f"  {k}: ${{per_method:{k}}}" for k in own]] if own else [])
 
 
 def merge_into(
@@ -226,9 +235,11 @@ def merge_into(
         raise ValueError(f"--merge: {existing} is not a tuned {experiment} (its defaults: {defaults})")
     groups, body = _setting_lines(setting)
     fresh = yaml.safe_load("\n".join(["defaults:", f"  - {experiment}", *groups, *body])) or {}
-    theirs = {k: v for k, v in loaded.items() if k not in ("step_sizes", "alpha", "beta", "adapt_steps")}
+    top = {e for key, (e, _, _) in SEARCHED.items() if not key.startswith("algorithm.")}
+    own = {e for key, (e, _, _) in SEARCHED.items() if key.startswith("algorithm.")}
+    theirs = {k: v for k, v in loaded.items() if k != "step_sizes" and k not in top}
     if isinstance(theirs.get("algorithm"), dict):
-        theirs["algorithm"] = {k: v for k, v in theirs["algorithm"].items() if k not in ("lam", "inner_steps")} or None
+        theirs["algorithm"] = {k: v for k, v in theirs["algorithm"].items() if k not in own} or None
         if theirs["algorithm"] is None:
             del theirs["algorithm"]
     if theirs != fresh:
@@ -260,24 +271,22 @@ def ranked(trials: list[Trial]) -> list[Trial]:
 
 
 def candidates(tune_dir: Path, methods: list[str], k: int) -> list[str]:
-    """``method trial<N> alpha beta`` for each method's ``k`` best finished trials (full precision)."""
+    """``method trial<N> key=value …`` (every searched key) for each method's ``k`` best finished trials (full
+    precision)."""
     lines = []
     for method in methods:
         best_k = ranked(read_trials(tune_dir / method))[:k]
         if not best_k:
             raise ValueError(f"no finished trial under {tune_dir / method}")
         lines += [
-            f"{method} trial{t.number} {t.overrides['alpha']} {t.overrides['beta']}"
-            + "".join(f" {key}={t.overrides[key]}" for key in EXTRA if key in t.overrides)
-            for t in best_k
+            f"{method} trial{t.number} " + " ".join(f"{key}={t.overrides[key]}" for key in t.searched) for t in best_k
         ]
     return lines
 
 
 def _header(trials: list[Trial], *columns: str) -> list[str]:
-    """A trial table's header: trial, α, β (λ where the trials have it), then ``columns``."""
-    titles = {entry: title for entry, title in EXTRA.values()}
-    names = ["trial", "α", "β", *(titles[k] for k in (trials[0].extra if trials else {})), *columns]
+    """A trial table's header: trial, the searched keys (α, β, λ where the trials have it), then ``columns``."""
+    names = ["trial", *(SEARCHED[k][1] for k in (trials[0].searched if trials else {})), *columns]
     return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
@@ -322,21 +331,22 @@ def report(
         choices[method] = pick = (confirmed_ranked or done)[0]
         confirmed_any |= bool(confirmed)
         failed = [t for t in trials if t.objective is None]
-        failed_at = ", ".join(f"({t.alpha:.3g}, {t.beta:.3g})" for t in failed)
+        failed_at = ", ".join("(" + ", ".join(f"{v:.3g}" for v in t.searched.values()) + ")" for t in failed)
+        failed_keys = ", ".join(SEARCHED[k][1] for k in trials[0].searched)
         walls = [t.wall_s for t in done if t.wall_s]
         confirm_walls = [t.wall_s for t in confirmed if t.wall_s]
         given = trials[0].overrides
         first_overrides = first_overrides or given
         budget.append(
-            f"{TITLES.get(method, method)}: {len(trials)} trials × {given.get('num_rounds', '?')} rounds"
+            f"{algorithms.method_title(method)}: {len(trials)} trials × {given.get('num_rounds', '?')} rounds"
             + (f" + {len(confirmed)} confirmation runs" if confirmed else "")
             + f", runs {sum(walls) + sum(confirm_walls):.0f} s in all"
         )
         lines = [
-            f"### {TITLES.get(method, method)}",
+            f"### {algorithms.method_title(method)}",
             "",
             f"{len(trials)} trials, {len(done)} finished, {len(failed)} failed"
-            + (f" (α, β of the failed: {failed_at})" if failed else "")
+            + (f" ({failed_keys} of the failed: {failed_at})" if failed else "")
             + (f"; median run {sorted(walls)[len(walls) // 2]:.0f} s" if walls else "")
             + f". Chosen: trial {pick.number}"
             + (" (best confirmed)" if confirmed else "")
@@ -362,7 +372,7 @@ def report(
         f"seed {given.get('seed', '?')}. One Optuna study (TPE) per method over α, β log-uniform"
         + (
             " (and λ, K or adapt_steps, for the methods that tune them)"
-            if any(t.extra for t in choices.values())
+            if any(set(t.searched) - {"alpha", "beta"} for t in choices.values())
             else ""
         )
         + "; objective: the final personalized validation "
@@ -372,13 +382,7 @@ def report(
         "",
         f"Chosen per method ({rule}, 3 significant digits" + (f"; {shared}" if shared else "") + "):",
         "",
-        "| method | α | β | λ | K | adapt_steps |",
-        "|---|---|---|---|---|---|",
-        *[
-            f"| {m} | {v['alpha']} | {v['beta']} | {v.get('lam', '–')} | {v.get('inner_steps', '–')} | "
-            f"{v.get('adapt_steps', '–')} |"
-            for m, v in table.items()
-        ],
+        *_chosen_lines(table),
         "",
         f"Best trials per method (top {top}):",
         "",
@@ -386,11 +390,22 @@ def report(
     return "\n".join(head) + "\n" + "\n".join(sections), table
 
 
+def _chosen_lines(table: dict[str, dict[str, float]]) -> list[str]:
+    """The chosen values as a Markdown table: a row per method, a column per searched key any entry holds (α, β, λ,
+    K, adapt_steps, …; ``–`` where the method does not tune it)."""
+    held = {k for v in table.values() for k in v}
+    columns = [(e, title) for e, title, _ in SEARCHED.values() if e in held]
+    lines = ["| method | " + " | ".join(t for _, t in columns) + " |", "|---|" + "---|" * len(columns)]
+    return lines + [f"| {m} | " + " | ".join(str(v.get(e, "–")) for e, _ in columns) + " |" for m, v in table.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tune_dir", type=Path, help="the studies' directory (scripts/tune.sh's TUNE_DIR)")
     parser.add_argument("--experiment", required=True, help="the tuned experiment (conf/experiment/<name>.yaml)")
-    parser.add_argument("--methods", nargs="+", default=["fedavg", "fo", "fd", "hvp"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["fedavg", "fo", "fd", "hvp"], choices=list(algorithms.methods())
+    )
     parser.add_argument("--candidates", type=int, help="print each method's K best trials and write nothing")
     parser.add_argument("--top", type=int, default=5, help="best trials listed per method")
     parser.add_argument("--config-out", type=Path, help="default: conf/experiment/<experiment>_tuned.yaml")

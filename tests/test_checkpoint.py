@@ -29,9 +29,9 @@ def non_time(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-@pytest.mark.parametrize("algorithm", ["perfedavg", "ditto"])
+@pytest.mark.parametrize("algorithm", ["perfedavg", "ditto", "local"])
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path, algorithm: str) -> None:
-    """Also for Ditto, whose clients' personal models (Context.state) die with the process: the resumed run sends
+    """Also for Ditto and Local, whose clients' own models (Context.state) die with the process: the resumed run sends
     each client its state from the checkpoint, and every round, personalized metrics included, comes out the same."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -60,7 +60,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
     saved = checkpoint.load(killed)
     done = saved["round"]
     assert 3 <= done < rounds, f"the run was not interrupted mid-way (checkpoint at round {done})"
-    assert bool(saved.get("client_states")) == (algorithm == "ditto")
+    assert bool(saved.get("client_states")) == (algorithm in ("ditto", "local"))
     assert not (killed / "metrics.json").exists()
 
     out = cli([f"resume={killed}"], tmp_path)  # the original overrides come from the run directory

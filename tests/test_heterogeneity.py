@@ -66,9 +66,9 @@ def test_methods_tuned_later_merge_into_the_tuned_experiment(tmp_path: Path) -> 
 
 
 def _trial(values: dict[str, float], lam: float | None = None) -> tune_report.Trial:
-    extra = {"lam": lam} if lam is not None else {}
-    alpha, beta = values.get("alpha", 0.01), values.get("beta", 0.02)
-    return tune_report.Trial(0, alpha, beta, 0.5, True, 1.0, {}, extra)
+    searched = {"alpha": values.get("alpha", 0.01), "beta": values.get("beta", 0.02)}
+    searched |= {"algorithm.lam": lam} if lam is not None else {}
+    return tune_report.Trial(0, 0.5, True, 1.0, {}, searched)
 
 
 def _resolved(config: Path) -> dict:

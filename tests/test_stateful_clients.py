@@ -49,7 +49,7 @@ def test_dittos_global_model_is_fedavgs_and_its_personal_steps_follow_on_the_sam
     torch.manual_seed(0)
     model, loss_fn = torch.nn.Linear(3, 2).double(), torch.nn.MSELoss()
     x, y = torch.randn(30, 3, dtype=torch.float64), torch.randn(30, 2, dtype=torch.float64)
-    spec = LocalSpec(algorithm="ditto", alpha=0.05, beta=0.1, local_steps=4, batch_size=8, lam=0.5)
+    spec = LocalSpec(algorithm="ditto", alpha=0.05, beta=0.1, local_steps=4, batch_size=8, options={"lam": 0.5})
     w0 = curvature.flat_parameters(model)
     v0 = w0 + 0.3
     result = ditto.Ditto().local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(7), state=v0)
@@ -67,9 +67,12 @@ def test_dittos_global_model_is_fedavgs_and_its_personal_steps_follow_on_the_sam
 
 def test_pfedme_server_update_mixes_the_average_with_the_previous_global_model() -> None:
     previous, averaged = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, -2.0])}
-    mixed = PFedMe().server_update(previous, averaged, LocalSpec(algorithm="pfedme", server_mix=2.0))
+    mixed = PFedMe().server_update(previous, averaged, LocalSpec(algorithm="pfedme", options={"server_mix": 2.0}))
     assert torch.allclose(mixed["w"], torch.tensor([5.0, -6.0]))  # (1 − 2)·previous + 2·average
-    assert PFedMe().server_update(previous, averaged, LocalSpec(server_mix=1.0)) is averaged
+    assert (
+        PFedMe().server_update(previous, averaged, LocalSpec(algorithm="pfedme", options={"server_mix": 1.0}))
+        is averaged
+    )
 
 
 # -- in the federation -------------------------------------------------------------------------------------------------
@@ -169,7 +172,11 @@ def test_ditto_under_ray_with_a_dead_worker_equals_the_in_process_run_with_a_fai
 def test_task_local_spec_carries_the_algorithm_keys() -> None:
     cfg = prepare(compose(["algorithm=pfedme", "algorithm.lam=3", "algorithm.inner_steps=2", "adapt_steps=4"]))
     spec = task.local_spec(cfg)
-    assert (spec.algorithm, spec.lam, spec.inner_steps, spec.server_mix, spec.adapt_steps) == ("pfedme", 3, 2, 1, 4)
+    assert (spec.algorithm, dict(spec.options), spec.adapt_steps) == (
+        "pfedme",
+        {"lam": 3, "inner_steps": 2, "server_mix": 1},
+        4,
+    )
 
 
 def test_the_fedavg_baselines_are_fedavg_and_fedavg_on_three_minibatches_worth_of_examples() -> None:

@@ -144,15 +144,15 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
     conf = tmp_path / "conf"
     shutil.copytree(runner.CONF_DIR, conf)
     tuned, summary, studies = conf / "experiment" / "smoke_tuned.yaml", tmp_path / "tune.md", tmp_path / "tune"
-    env = {"TRIALS": "2", "ROUNDS": "2", "CONFIRM": "1", "JOBS": "2", "METHODS": "fedavg fd ditto"}
+    env = {"TRIALS": "2", "ROUNDS": "2", "CONFIRM": "1", "JOBS": "2", "METHODS": "fedavg fd ditto local"}
     env |= {"TUNE_DIR": str(studies)}
     env |= {"TUNED_CONFIG": str(tuned), "TUNE_REPORT": str(summary)}
     out = run(["bash", str(ROOT / "scripts" / "tune.sh"), "smoke", "num_clients=6"], tmp_path, env)
     assert out.returncode == 0, out.stderr[-3000:]
     table = yaml.safe_load(tuned.read_text())["step_sizes"]
-    assert set(table) == {"fedavg", "fd", "ditto"}
+    assert set(table) == {"fedavg", "fd", "ditto", "local"}
     smoke_rounds = compose(["experiment=smoke"]).num_rounds
-    for method in ("fedavg", "fd", "ditto"):
+    for method in ("fedavg", "fd", "ditto", "local"):
         study = studies / method
         trials = sorted(study.glob("trial*/metrics.json"))
         assert len(trials) == 2
@@ -167,7 +167,8 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
         saved = yaml.safe_load((confirmed / ".hydra" / "config.yaml").read_text())
         assert saved["num_rounds"] == smoke_rounds and saved["eval_split"] == "val"
         assert json.loads((confirmed / "metrics.json").read_text())["final"]["eval/personalized_acc"] >= 0
-        given = {k: float(f"{v:.3g}") for k, v in saved.items() if k in ("alpha", "beta")}
+        searched = ("alpha",) if method == "local" else ("alpha", "beta")  # Local reads no β: its study searches α
+        given = {k: float(f"{v:.3g}") for k, v in saved.items() if k in searched}
         if method == "ditto":  # λ is searched too, and confirmed with the rest
             given["lam"] = float(f"{saved['algorithm']['lam']:.3g}")
             lams = {
@@ -182,7 +183,12 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
     sweep = tmp_path / "sweep"
     args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke_tuned", "num_clients=6", "num_rounds=2"]
     args += ["backend=inprocess", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}"]
-    for method in (["algorithm=fedavg", "hessian=fo"], ["algorithm=perfedavg", "hessian=fd"], ["algorithm=ditto"]):
+    for method in (
+        ["algorithm=fedavg", "hessian=fo"],
+        ["algorithm=perfedavg", "hessian=fd"],
+        ["algorithm=ditto"],
+        ["algorithm=local"],
+    ):
         out = run([*args, *method], tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
         assert out.returncode == 0, out.stderr[-3000:]
     out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep)], tmp_path)
@@ -192,6 +198,7 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
         assert f"| {method} | 1 (0) | 2 | {table[key]['alpha']:g} | {table[key]['beta']:g} | – |" in report, report
     ditto = table["ditto"]
     assert f"| Ditto | 1 (0) | 2 | {ditto['alpha']:g} | {ditto['beta']:g} | {ditto['lam']:g} |" in report, report
+    assert f"| Local | 1 (0) | 2 | {table['local']['alpha']:g} | – | – |" in report, report  # β unread: no value
 
 
 def test_tune_sh_names_the_experiments_and_methods_on_a_wrong_one(tmp_path: Path) -> None:
@@ -240,7 +247,8 @@ def fake_trial(study: Path, number: int, overrides: dict[str, object], accuracy:
 
 def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_path: Path, monkeypatch) -> None:
     """pFedMe's λ and fedavg_ft's adapt_steps, searched beside α and β, are chosen from the best trial, written into
-    the tuned experiment's table, and resolve for their own method only (the others keep the schema's values)."""
+    the tuned experiment's table, and resolve for their own method only (the others keep the schema's value, or
+    none where they do not read the key)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import tune_report
 
@@ -258,7 +266,7 @@ def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_pa
     assert "| 1 | 0.05 | 0.06 | 0.5 | 3 | 0.8000 |" in text and "α = 0.05, β = 0.06, λ = 0.5, K = 3" in text
     assert "| fedavg_ft | 0.07 | 0.08 | – | – | 4 |" in text and "| pfedme | 0.05 | 0.06 | 0.5 | 3 | – |" in text
     assert tune_report.candidates(tune, ["pfedme"], 1) == [
-        "pfedme trial1 0.05 0.06 algorithm.lam=0.5 algorithm.inner_steps=3"
+        "pfedme trial1 alpha=0.05 beta=0.06 algorithm.lam=0.5 algorithm.inner_steps=3"
     ]
 
     conf = tmp_path / "conf"
@@ -270,9 +278,9 @@ def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_pa
         c = prepare(compose(["experiment=smoke_tuned", *method]))
         got[method[0]] = (c["alpha"], c["beta"], c["algorithm"]["lam"], c["adapt_steps"], c["algorithm"]["inner_steps"])
     assert got == {
-        "hessian=fo": (0.01, 0.02, 15.0, 1, 5),
+        "hessian=fo": (0.01, 0.02, None, 1, None),
         "algorithm=pfedme": (0.05, 0.06, 0.5, 1, 3),
-        "algorithm=fedavg_ft": (0.07, 0.08, 15.0, 4, 5),
+        "algorithm=fedavg_ft": (0.07, 0.08, None, 4, None),
     }
     with pytest.raises(ConfigError, match=r"step_sizes has no entry for method ditto"):
         validate(compose(["experiment=smoke_tuned", "algorithm=ditto"]))

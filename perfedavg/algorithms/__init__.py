@@ -4,11 +4,12 @@ FedAvg and its fine-tuned and compute-matched baselines (:mod:`~perfedavg.algori
 (:mod:`~perfedavg.algorithms.per_fedavg`), pFedMe (:mod:`~perfedavg.algorithms.pfedme`), Ditto
 (:mod:`~perfedavg.algorithms.ditto`) and Local training (:mod:`~perfedavg.algorithms.local`).
 
-Adding a method: a module with an :class:`~perfedavg.algorithms.base.Algorithm` subclass that declares itself, its
-class in :data:`BUILT_IN` and a ``conf/algorithm/<name>.yaml``; config validation, resume, HPARAMS, the tuner and the
-reports read the declaration. An installed package adds one without touching this package: an entry point in the
-group :data:`ENTRY_POINT_GROUP` naming its class (``name = "my_package.my_module:MyAlgorithm"``); its config group
-option is made from its declaration (docs/algorithms.md, "Adding a method").
+Adding a method: a module in this package with an :class:`~perfedavg.algorithms.base.Algorithm` subclass that
+declares itself (found by :func:`built_in`), and a ``conf/algorithm/<name>.yaml``; config validation, resume,
+HPARAMS, the tuner and the reports read the declaration. An installed package adds one without touching this
+package: an entry point in the group :data:`ENTRY_POINT_GROUP` naming its class
+(``name = "my_package.my_module:MyAlgorithm"``); its config group option is made from its declaration
+(docs/algorithms.md, "Adding a method").
 
 Importing this package does not import PyTorch (the command line validates a config with the declarations alone).
 """
@@ -16,7 +17,8 @@ Importing this package does not import PyTorch (the command line validates a con
 from __future__ import annotations
 
 import functools
-import logging
+import importlib
+import pkgutil
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -30,11 +32,6 @@ from perfedavg.algorithms.base import (
     sample_batch,
 )
 from perfedavg.algorithms.declaration import Declaration
-from perfedavg.algorithms.ditto import Ditto
-from perfedavg.algorithms.fedavg import FedAvg, FedAvgFineTuned, FedAvgMatched
-from perfedavg.algorithms.local import Local
-from perfedavg.algorithms.per_fedavg import PerFedAvg
-from perfedavg.algorithms.pfedme import PFedMe
 from perfedavg.errors import UserError
 
 if TYPE_CHECKING:
@@ -43,16 +40,13 @@ if TYPE_CHECKING:
 
     from perfedavg.curvature import LossFn
 
-#: The algorithms this package ships, in the order tables and docs list them.
-BUILT_IN: tuple[type[Algorithm], ...] = (PerFedAvg, FedAvg, PFedMe, Ditto, FedAvgFineTuned, FedAvgMatched, Local)
-
 #: The entry-point group through which an installed package adds an algorithm (its value: ``module:Class``).
 ENTRY_POINT_GROUP = "perfedavg.algorithms"
-
-log = logging.getLogger("perfedavg")
+#: Modules of this package that hold no algorithm.
+_NOT_ALGORITHMS = frozenset({"base", "declaration"})
 
 __all__ = [
-    "BUILT_IN",
+    "built_in",
     "ENTRY_POINT_GROUP",
     "Algorithm",
     "Declaration",
@@ -64,7 +58,9 @@ __all__ = [
     "evaluate",
     "get",
     "local_update",
+    "method_of",
     "method_overrides",
+    "method_title",
     "methods",
     "personalize",
     "personalized_evaluation",
@@ -77,22 +73,41 @@ class PluginError(UserError, ValueError):
     """An installed algorithm plugin cannot be used (it does not load, or its declaration clashes)."""
 
 
+def _declares(cls: object) -> bool:
+    """True for an :class:`Algorithm` subclass with a declaration of its own (not only its parent's)."""
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, Algorithm)
+        and isinstance(cls.__dict__.get("declaration"), Declaration)
+    )
+
+
+@functools.cache
+def built_in() -> tuple[type[Algorithm], ...]:
+    """The algorithms this package ships: every class that declares itself in a module of this package (imported
+    without PyTorch), in their declared :attr:`~Declaration.order` (the baselines, Per-FedAvg, the other
+    personalized methods)."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _NOT_ALGORITHMS or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [c for c in vars(module).values() if _declares(c) and c.__module__ == module.__name__]
+    return tuple(sorted(found, key=lambda c: (c.declaration.order, c.declaration.name)))
+
+
 @functools.cache
 def classes() -> dict[str, type[Algorithm]]:
     """Every algorithm class by its name: the built-in ones, then those installed packages register under
     :data:`ENTRY_POINT_GROUP`. A plugin that fails to load, or that reuses a name, is an error naming it."""
-    found: dict[str, type[Algorithm]] = {cls.declaration.name: cls for cls in BUILT_IN}
+    found: dict[str, type[Algorithm]] = {cls.declaration.name: cls for cls in built_in()}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         where = f"{ENTRY_POINT_GROUP} entry point {point.name} = {point.value}"
         try:
             cls = point.load()
         except Exception as e:  # noqa: BLE001 - any import error of a third-party package
             raise PluginError(f"{where}: cannot be loaded: {type(e).__name__}: {e}") from None
-        if not (
-            isinstance(cls, type)
-            and issubclass(cls, Algorithm)
-            and isinstance(cls.__dict__.get("declaration"), Declaration)
-        ):
+        if not _declares(cls):
             raise PluginError(f"{where}: is not an Algorithm subclass with its own `declaration`")
         name = cls.declaration.name
         if name in found:
@@ -120,6 +135,19 @@ def methods() -> dict[str, tuple[str, Declaration]]:
     """Every method of the result tables: ``{method: (algorithm, declaration)}`` (Per-FedAvg's Hessian modes and
     every other algorithm by its name; :meth:`Declaration.methods`)."""
     return {m: (name, d) for name, d in declarations().items() for m in d.methods()}
+
+
+def method_title(method: str) -> str:
+    """How result tables name ``method`` (``fo``: ``Per-FedAvg (FO)``, ``ditto``: ``Ditto``); an unknown one as it
+    is."""
+    found = methods().get(method)
+    return found[1].method_title(method) if found else method
+
+
+def method_of(algorithm: str, hessian_mode: str) -> str:
+    """The method a run of ``algorithm`` with ``hessian_mode`` belongs to: the mode for an algorithm that uses the
+    Hessian, else the algorithm's name."""
+    return str(hessian_mode) if declaration(str(algorithm)).uses_hessian else str(algorithm)
 
 
 def method_overrides(method: str) -> list[str]:

@@ -20,8 +20,11 @@ from typing import Any
 #: ``adapt_steps`` is read by every algorithm that keeps the base class's personalize-then-evaluate.
 ALGORITHM_DEPENDENT_KEYS: tuple[str, ...] = ("alpha", "beta", "adapt_steps", "delta", "diagnostics.every")
 
-#: The Hessian modes of an algorithm that uses one (``hessian=…``); each is a method of its own in the result tables.
-HESSIAN_MODES: tuple[str, ...] = ("exact", "hvp", "fd", "diag", "fo")
+#: The Hessian modes of an algorithm that uses one (``hessian=…``); each is a method of its own in the result tables,
+#: in this order: first order, the Hessian-free estimates (the paper's fd, the exact product), then the dense ones.
+HESSIAN_MODES: tuple[str, ...] = ("fo", "fd", "hvp", "exact", "diag")
+#: The Hessian-free modes: the paper's "HF" variant, estimated (fd) or exact (hvp).
+HESSIAN_FREE_MODES: tuple[str, ...] = ("fd", "hvp")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Declaration:
     stateful: bool = False
     search: dict[str, Search] = field(default_factory=lambda: {"alpha": STEP_SEARCH, "beta": STEP_SEARCH})
     reference: str = ""
+    order: float = 100.0  # where tables and docs list it (the baselines first); ties by name
 
     def __post_init__(self) -> None:
         unknown = set(self.reads) - set(ALGORITHM_DEPENDENT_KEYS)
@@ -126,3 +130,12 @@ class Declaration:
     def methods(self) -> tuple[str, ...]:
         """The methods it gives the result tables: the Hessian modes if it uses one, else its name."""
         return HESSIAN_MODES if self.uses_hessian else (self.name,)
+
+    def method_title(self, method: str) -> str:
+        """How tables name one of its :meth:`methods`: its title, with the Hessian mode where it uses one (``FO``,
+        ``HF, fd`` and ``HF, hvp`` as the Per-FedAvg paper's variants, else the mode)."""
+        if not self.uses_hessian:
+            return self.title
+        if method == "fo":
+            return f"{self.title} (FO)"
+        return f"{self.title} (HF, {method})" if method in HESSIAN_FREE_MODES else f"{self.title} ({method})"

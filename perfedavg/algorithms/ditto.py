@@ -90,6 +90,7 @@ class Ditto(Algorithm):
         ),
         stateful=True,
         reference="Li, Hu, Beirami, Smith, ICML 2021",
+        order=40,
     )  # fmt: skip
 
     def local_update(

@@ -35,6 +35,7 @@ class FedAvg(Algorithm):
         name="fedavg",
         title="FedAvg",
         reference="McMahan, Moore, Ramage, Hampson, Agüera y Arcas, AISTATS 2017",
+        order=10,
     )
 
     def local_update(
@@ -87,6 +88,7 @@ class FedAvgFineTuned(FedAvg):
         title="FedAvg (fine-tuned)",
         search={"alpha": STEP_SEARCH, "beta": STEP_SEARCH, "adapt_steps": Search(1, 10, integer=True)},
         reference="FedAvg with fine-tuning steps tuned as a hyper-parameter (a baseline for Per-FedAvg)",
+        order=11,
     )
 
 
@@ -102,6 +104,7 @@ class FedAvgMatched(FedAvg):
         name="fedavg_matched",
         title="FedAvg (compute-matched)",
         reference="FedAvg on Per-FedAvg's examples per step (a baseline for Per-FedAvg)",
+        order=12,
     )
 
     def local_update(

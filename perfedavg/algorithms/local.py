@@ -38,6 +38,7 @@ class Local(Algorithm):
         stateful=True,
         search={"alpha": STEP_SEARCH},
         reference="each client alone: the lower baseline of personalized FL",
+        order=50,
     )
 
     def local_update(

@@ -41,6 +41,7 @@ class PerFedAvg(Algorithm):
         reads=frozenset({"alpha", "beta", "diagnostics.every"}),
         uses_hessian=True,
         reference="Fallah, Mokhtari, Ozdaglar, NeurIPS 2020",
+        order=20,
     )
 
     def local_update(

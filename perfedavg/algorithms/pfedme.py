@@ -119,6 +119,7 @@ class PFedMe(Algorithm):
                 symbol="β_s"),
         ),
         reference="Dinh, Tran, Nguyen, NeurIPS 2020",
+        order=30,
     )  # fmt: skip
 
     def local_update(
