@@ -249,10 +249,10 @@ def _per_method(key: str, *, _root_: DictConfig) -> Any:
     if value is not None:
         return value
     name = str(_root_.algorithm.name)
-    declared = algorithms.declaration(name).key(key)
+    declared = algorithms.declaration_of(name).key(key)
     if declared is not None:
         return declared.default
-    if key in algorithms.declaration(name).search_space() or key in ("alpha", "beta") and key in algorithms.reads(name):
+    if key in algorithms.declaration_of(name).search_space():  # a shared key its method tunes: the entry must hold it
         raise ConfigError(f"{key}=${{per_method:{key}}}: step_sizes.{method} has no {key}")
     if key in Config.__dataclass_fields__:  # a shared key this method does not tune (or read): the schema's default
         return Config.__dataclass_fields__[key].default

@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-Batch = tuple[Tensor, Tensor]
-
+from perfedavg.curvature import Batch
 
 #: Layers BackPACK's ``DiagHessian`` differentiates exactly (a subset of its extensions: the ones this project
 #: uses or that are parameter-free and elementwise/linear). Anything else in the graph means the fallback.

@@ -398,7 +398,7 @@ class Federation:
         timeline["first_round_start"] = time.time()
         weights, first = self._initial_state()
         total = int(cfg["num_rounds"])
-        uses_hessian = algorithms.declaration(cfg["algorithm"]["name"]).uses_hessian
+        uses_hessian = algorithms.declaration_of(cfg["algorithm"]["name"]).uses_hessian
         if cfg["hessian"]["mode"] == "exact" and uses_hessian and first <= total:
             step_s = step_estimate.measure_local_step_s(cfg)
             line = step_estimate.slow_round_line(cfg, step_s, total - first + 1)
@@ -528,7 +528,7 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
             params[key] = cfg[key]
     spec = task.local_spec(cfg)  # the algorithm's own keys, as its declaration lists them (defaults filled in)
     params |= {f"algorithm.{key}": value for key, value in spec.options.items()}
-    if not algorithms.declaration(cfg["algorithm"]["name"]).uses_hessian:
+    if not algorithms.declaration_of(cfg["algorithm"]["name"]).uses_hessian:
         params.pop("hessian")
     chosen: list[str] = []
     for override in overrides:

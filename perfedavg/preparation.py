@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from perfedavg.config import (
+    GROUPS,
     ConfigError,
     check_overrides,
     needs_hydra_runtime,
@@ -80,7 +81,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if resolved["resume"]:
         check_resumable(resolved)
     check_client_states_fit(resolved)
-    if resolved["hessian"]["mode"] == "exact" and algorithms.declaration(resolved["algorithm"]["name"]).uses_hessian:
+    if resolved["hessian"]["mode"] == "exact" and algorithms.declaration_of(resolved["algorithm"]["name"]).uses_hessian:
         model = task.build_model(resolved["model"], resolved["seed"])
         p, clients, budget = curvature.parameter_layout(model).size, task.concurrent_clients(resolved), None
         try:
@@ -268,10 +269,6 @@ def composition_error(e: Exception) -> str:
     return f"{first.removeprefix('Error merging override ')}: {reason}" if reason else first
 
 
-#: Choosing any of these decides which other keys a run reads (see :data:`perfedavg.config.READ_ONLY_WITH`).
-_CHOICES = ("dataset", "partition", "model", "hessian", "algorithm", "experiment")
-
-
 def check_composes(argv: list[str]) -> DictConfig:
     """Compose the config before Hydra runs, so that a wrong type (``alpha=abc``), an enum value outside the schema
     or a key a run would not read (``dataset.path=…`` with a generated data set) stops with one line and exit 2.
@@ -301,7 +298,7 @@ def check_composes(argv: list[str]) -> DictConfig:
         values = [f"{key}={v}" for v in sweep_values(override) or []]  # none listed (interval): its sweeper checks
         base.append(values[0] if values else "")
         variants += [(i, v) for v in values[1:]]
-    swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in _CHOICES for p in parsed)
+    swept_choice = any(p.is_sweep_override() and p.key_or_group.split(".")[0] in GROUPS for p in parsed)
     first: DictConfig | None = None
     checked_data: set[str] = set()
     for i, value in [(-1, ""), *variants]:

@@ -63,7 +63,7 @@ def flwr_main(grid: Grid, context: Context) -> None:
     except UserError as e:  # Flower adds a traceback, marks the run failed
         log.error("perfedavg: error: %s", e)
         raise
-    run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
     summary = run_and_record(grid, cfg, run_dir)
     log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir.resolve())

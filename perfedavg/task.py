@@ -82,7 +82,7 @@ def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
     from perfedavg import algorithms
 
     name = cfg["algorithm"]["name"]
-    declared = algorithms.declaration(name)
+    declared = algorithms.declaration_of(name)
     given = cfg["algorithm"]
     return LocalSpec(
         algorithm=name,

@@ -1,4 +1,4 @@
-"""What the data and checkpoint checks cost (issue 21): start-up and round time of a real-data run, and the digests.
+"""What the data and checkpoint checks cost: start-up and round time of a real-data run, and the digests.
 
     .venv/bin/python scripts/bench_integrity.py dataset.path=/path/to/mnist
     .venv/bin/python scripts/bench_integrity.py --against /tmp/old dataset.path=/path/to/mnist

@@ -211,3 +211,12 @@ def test_a_plugin_that_cannot_be_loaded_is_named_in_one_line(tmp_path: Path) -> 
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "perfedavg.algorithms entry point half_step = half_step_plugin:HalfStep: cannot be loaded" in out.stderr
     assert "No module named 'no_such_module_here'" in out.stderr
+
+
+def test_the_docs_key_table_is_the_declarations() -> None:
+    """docs/algorithms.md shows what `python -m perfedavg.algorithms table` prints from the declarations."""
+    from perfedavg.algorithms.__main__ import key_table
+
+    text = (ROOT / "docs" / "algorithms.md").read_text()
+    shown = text.split("<!-- keys-table:start -->\n", 1)[1].split("\n<!-- keys-table:end -->", 1)[0]
+    assert shown == key_table()

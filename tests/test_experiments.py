@@ -194,8 +194,8 @@ def test_reproduce_refuses_an_unknown_method_before_it_runs_anything(tmp_path: P
     )
     assert out.returncode == 2 and not (tmp_path / "sweep").exists()
     assert out.stderr.strip() == (
-        "reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp'; allowed: fedavg fedavg_ft fedavg_matched fo fd hvp exact "
-        "diag pfedme ditto local"
+        "reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp'; allowed: fedavg fedavg_ft fedavg_matched fo fd hvp "
+        "exact diag pfedme ditto local"
     )
 
 

@@ -53,7 +53,7 @@ __all__ = [
     "LocalResult",
     "LocalSpec",
     "classes",
-    "declaration",
+    "declaration_of",
     "declarations",
     "evaluate",
     "get",
@@ -121,7 +121,7 @@ def declarations() -> dict[str, Declaration]:
     return {name: cls.declaration for name, cls in classes().items()}
 
 
-def declaration(name: str) -> Declaration:
+def declaration_of(name: str) -> Declaration:
     """The declaration of algorithm ``name``; a ValueError naming the allowed ones otherwise."""
     return _class(name).declaration
 
@@ -147,7 +147,7 @@ def method_title(method: str) -> str:
 def method_of(algorithm: str, hessian_mode: str) -> str:
     """The method a run of ``algorithm`` with ``hessian_mode`` belongs to: the mode for an algorithm that uses the
     Hessian, else the algorithm's name."""
-    return str(hessian_mode) if declaration(str(algorithm)).uses_hessian else str(algorithm)
+    return str(hessian_mode) if declaration_of(str(algorithm)).uses_hessian else str(algorithm)
 
 
 def method_overrides(method: str) -> list[str]:

@@ -37,6 +37,12 @@ class Search:
     log: bool = False
     integer: bool = False
 
+    def describe(self) -> str:
+        """``log-uniform in [0.0003, 0.3]``, ``integers in [1, 10]``."""
+        if self.integer:
+            return f"integers in [{int(self.low)}, {int(self.high)}]"
+        return f"{'log-uniform' if self.log else 'uniform'} in [{self.low:g}, {self.high:g}]"
+
     def sweep(self) -> str:
         """The Optuna sweeper's value for this range, e.g. ``tag(log, interval(0.0003, 0.3))``."""
         if self.integer:

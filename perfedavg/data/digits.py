@@ -14,7 +14,6 @@ from perfedavg.data.partition import partition_indices
 from perfedavg.data.types import ClientData, split_generator, split_train_test
 
 IMAGE_SHAPE = (1, 8, 8)
-NUM_CLASSES = 10
 
 
 @functools.lru_cache(maxsize=1)
