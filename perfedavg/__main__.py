@@ -1,3 +1,3 @@
-from perfedavg.cli import main
+from perfedavg.cli.main import main
 
 main()

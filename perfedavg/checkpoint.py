@@ -1,4 +1,4 @@
-"""Per-round checkpoints of a federation, and the config comparison that guards resuming.
+"""Per-round checkpoints of a federation (the config comparison that guards resuming: :mod:`perfedavg.config.resume`).
 
 After every completed round the server writes ``<run dir>/checkpoints/last.pt`` atomically (a temporary file in the
 same directory, flushed to disk, then ``os.replace``): the global weights, the round number, the state of both
@@ -28,8 +28,6 @@ from typing import Any
 
 import torch
 
-from perfedavg.task import compute_device
-
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "last.pt"
 PREVIOUS_FILE = "previous.pt"
@@ -46,26 +44,6 @@ _FELL_BACK: set[Path] = set()
 
 class CheckpointError(ValueError):
     """A checkpoint exists but cannot be used (unreadable, not ours, or of another format)."""
-
-
-#: Keys that may differ between a run and its resumption: they do not change any result.
-#: (``num_rounds`` may be raised to extend a finished run; ``step_sizes`` acts only through ``alpha`` and ``beta``,
-#: which are compared; ``diagnostics`` only adds curves, tests/test_diagnostics.py.)
-RESUMABLE_DIFFERENCES = frozenset(
-    {
-        "resume",
-        "verbose",
-        "client_cpus",
-        "client_gpus",
-        "num_rounds",
-        "backend",
-        "ray_address",
-        "step_sizes",
-        "diagnostics",
-        "round_timeout_s",  # an operational limit (a resume may raise it for a slow machine)
-        "data_fingerprint",  # compared on its own (preparation.check_resumable), with its own message
-    }
-)
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -156,37 +134,3 @@ def load(run_dir: Path) -> dict[str, Any] | None:
             _FELL_BACK.add(path)
             log.warning("%s; using the previous checkpoint (round %d) instead", latest, state["round"])
         return state
-
-
-def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def _unread(key: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
-    """True if neither run reads ``key`` (:func:`perfedavg.config.reads_key`: e.g. ``algorithm.lam`` of a
-    Per-FedAvg run, which a checkpoint older than that key lacks)."""
-    from perfedavg.config import reads_key
-
-    return not any(reads_key(cfg, key) for cfg in (saved, current))
-
-
-def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: saved → current`` for every key that differs and would change results."""
-    a, b = _flatten(saved), _flatten(current)
-    # Where clients compute changes results; compare the devices meant here (checkpoints older than the
-    # ``device`` key ran on the CPU).
-    a["device"], b["device"] = (str(compute_device({"device": c.get("device", "cpu")})) for c in (a, b))
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] in RESUMABLE_DIFFERENCES or _unread(key, a, b):
-            continue
-        if a.get(key, "<missing>") != b.get(key, "<missing>"):
-            lines.append(f"{key}: {a.get(key, '<missing>')} → {b.get(key, '<missing>')}")
-    return lines

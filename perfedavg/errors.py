@@ -1,6 +1,6 @@
 """The one base class of every mistake a user can make (a config value, a data set, a resume, a plugin).
 
-The command line (:mod:`perfedavg.cli`), ``perfedavg-flwr-run`` and the Flower ServerApp print a :class:`UserError`
+The command line (:mod:`perfedavg.cli.main`), ``perfedavg-flwr-run`` and the Flower ServerApp print a :class:`UserError`
 as one line and exit with :data:`USER_ERROR_EXIT` (2), with no traceback; anything else is a bug or a failed run.
 """
 

@@ -117,7 +117,7 @@ def method_fn(method: str, model, loss_fn, batch) -> Callable[[], object]:
     import torch.nn.functional as F
 
     from perfedavg import curvature as C
-    from perfedavg import diagnostics
+    from perfedavg.curvature import diagnostics
 
     v = torch.randn(C.parameter_layout(model).size, generator=torch.Generator().manual_seed(1))
     functional = F.mse_loss if isinstance(loss_fn, torch.nn.MSELoss) else F.cross_entropy  # the same loss

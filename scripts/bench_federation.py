@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from perfedavg import algorithms, task
-from perfedavg.client_app import app as client_app
-from perfedavg.client_app import client_data, client_generator
-from perfedavg.federation import run_and_record
-from perfedavg.inprocess_grid import InProcessGrid
-from perfedavg.runner import compose, prepare, run
+from perfedavg.engines.client_app import app as client_app
+from perfedavg.engines.client_app import client_data, client_generator
+from perfedavg.engines.inprocess_grid import InProcessGrid
+from perfedavg.federation.record import run_and_record
+from perfedavg.run.runner import compose, prepare, run
 from perfedavg.task import local_spec
 
 

@@ -29,8 +29,8 @@ import json, logging, statistics, sys, tempfile, time
 t0 = time.perf_counter()
 from pathlib import Path
 logging.disable(logging.INFO)
-from perfedavg.runner import compose, prepare, run
-from perfedavg import federation
+from perfedavg.run.runner import compose, prepare, run
+from perfedavg.federation import loop as federation
 first = {}
 original = federation.Federation.train_round
 def timed(self, server_round, weights):

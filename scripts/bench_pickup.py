@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the simulation engine's message pickup costs against the federation's size: Flower's scan (``get_message_ins``
 for every node, each look-up walking every stored message) against perfedavg's look at the nodes the server pushed
-to (perfedavg/sim_engine.py), with one round's messages stored in Flower's in-memory link state. Prints a table.
+to (perfedavg/engines/sim_engine.py), with one round's messages stored in Flower's in-memory link state. Prints a table.
 
     .venv/bin/python scripts/bench_pickup.py [--sizes 50,1000,10000] [--messages 50]
 """

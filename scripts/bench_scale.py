@@ -38,7 +38,7 @@ DEFAULT_SETTING = ["model=mlp", "dataset=synthetic", "partition=natural", "local
 #: Runs the CLI in a child process and reports its own peak memory on the way out (also when the run fails).
 RUNNER = """
 import resource, sys
-from perfedavg import cli
+from perfedavg.cli import main as cli
 sys.argv = ["perfedavg", *sys.argv[1:]]
 try:
     cli.main()

@@ -48,7 +48,7 @@ from results_file import recording  # noqa: E402
 from perfedavg import task  # noqa: E402
 from perfedavg.data import load_client  # noqa: E402
 from perfedavg.data.registry import data_params  # noqa: E402
-from perfedavg.runner import compose, prepare  # noqa: E402
+from perfedavg.run.runner import compose, prepare  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # Memory of a process tree (Linux /proc)

@@ -74,7 +74,7 @@ class Fault:
 
 def faulty_client_app(*faults: Fault):  # noqa: ANN201 - a Flower ClientApp
     """perfedavg's ClientApp with ``faults`` as mods."""
-    from perfedavg.client_app import build_client_app
+    from perfedavg.engines.client_app import build_client_app
 
     return build_client_app(mods=[f.mod() for f in faults])
 
@@ -172,10 +172,10 @@ def main(argv: list[str]) -> None:
         faults = [Fault.parse(spec) for spec in argv[:cut]]
     except ValueError as e:
         sys.exit(f"faults.py: {e}")
-    import perfedavg.client_app
+    import perfedavg.engines.client_app
 
-    perfedavg.client_app.app = faulty_client_app(*faults)  # the runner takes the ClientApp from here at run time
-    from perfedavg.cli import main as perfedavg_main
+    perfedavg.engines.client_app.app = faulty_client_app(*faults)  # the runner takes the ClientApp from here
+    from perfedavg.cli.main import main as perfedavg_main
 
     sys.argv = ["perfedavg", *argv[cut + 1 :]]
     perfedavg_main()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from perfedavg.runner import compose, prepare, run
+from perfedavg.run.runner import compose, prepare, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import recording  # noqa: E402
@@ -33,8 +33,8 @@ GROUPS = [
     ("data: load, decode, partition, client tensors", ("perfedavg/data/registry.py:load_client",)),
     ("local math: local updates", ("algorithms/per_fedavg.py:local_update", "algorithms/fedavg.py:local_update")),
     ("local math: personalized evaluation", ("perfedavg/algorithms/base.py:personalized_evaluation",)),
-    ("server: aggregate", ("perfedavg/federation.py:aggregate",)),
-    ("server: TensorBoard, checkpoint", ("perfedavg/tracking.py:scalars", "perfedavg/checkpoint.py:save")),
+    ("server: aggregate", ("perfedavg/federation/loop.py:aggregate",)),
+    ("server: TensorBoard, checkpoint", ("perfedavg/federation/tracking.py:scalars", "perfedavg/checkpoint.py:save")),
 ]
 
 

@@ -230,7 +230,7 @@ def plot(by_method: dict[str, list[Run]], tag: str, title: str, out: Path) -> No
     plt.close(fig)
 
 
-#: Curvature diagnostics (perfedavg.diagnostics.NAMES) as logged, with their titles; in table and panel order.
+#: Curvature diagnostics (perfedavg.curvature.diagnostics.NAMES) as logged, with their titles; in table and panel order.
 DIAGNOSTICS = [
     ("curvature/correction_ratio", "‖αHg‖ / ‖g‖"),
     ("curvature/cosine_to_fo", "cos((I − αH)g, g)"),

@@ -47,7 +47,7 @@ methods=${METHODS:-fedavg fo fd hvp}
 confirm=${CONFIRM:-3}
 tune_dir=${TUNE_DIR:-multirun/tune-$experiment}
 # Accuracy is maximized; for a regression experiment the objective is the personalized loss, minimized.
-direction=$(.venv/bin/python -c 'import sys; from perfedavg.runner import compose
+direction=$(.venv/bin/python -c 'import sys; from perfedavg.run.runner import compose
 print("maximize" if compose(sys.argv[1:]).dataset.task == "classification" else "minimize")' "experiment=$experiment" "$@")
 method_args() {  # the overrides that select a method (its algorithm's declaration says which)
   .venv/bin/python -m perfedavg.algorithms overrides "$1"

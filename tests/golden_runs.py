@@ -71,10 +71,10 @@ def write_data(root: Path) -> dict[str, str]:
 
 def run_all(root: Path) -> dict[str, list[dict[str, float]]]:
     """Per-round metrics (no ``time/*``) of every run in :data:`RUNS`, in-process, under ``root``."""
-    from perfedavg.client_app import app
-    from perfedavg.federation import run_and_record
-    from perfedavg.inprocess_grid import InProcessGrid
-    from perfedavg.runner import compose, prepare
+    from perfedavg.engines.client_app import app
+    from perfedavg.engines.inprocess_grid import InProcessGrid
+    from perfedavg.federation.record import run_and_record
+    from perfedavg.run.runner import compose, prepare
 
     paths = write_data(root / "data")
     out = {}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from perfedavg import checkpoint
-from perfedavg.config import ConfigError
-from perfedavg.runner import compose, prepare
+from perfedavg.config import ConfigError, resume
+from perfedavg.run.runner import compose, prepare
 
 PERFEDAVG = [sys.executable, "-m", "perfedavg"]
 COMMON = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=6", "local_steps=10"]
@@ -123,7 +123,7 @@ def test_checkpoints_are_written_atomically_and_keep_the_previous_one(tmp_path: 
     assert checkpoint.load(tmp_path)["sample_rng"] == state_of(3)["sample_rng"]  # 128-bit ints survive weights_only
     (tmp_path / "checkpoints" / "last.pt").unlink()
     assert checkpoint.load(tmp_path)["round"] == 2
-    diffs = checkpoint.result_differences(
+    diffs = resume.result_differences(
         {"alpha": 0.1, "hessian": {"mode": "hvp"}, "verbose": False},
         {"alpha": 0.1, "hessian": {"mode": "fo"}, "verbose": True},
     )
@@ -140,8 +140,8 @@ def test_a_changed_step_size_table_or_diagnostics_do_not_block_a_resume_but_a_ch
         "step_sizes": {"fo": {"alpha": 0.1, "beta": 0.2}, "fd": {"alpha": 0.5}},
         "diagnostics": {"every": 10},
     }
-    assert checkpoint.result_differences(saved, now) == []
-    assert checkpoint.result_differences(saved, {**now, "alpha": 0.3}) == ["alpha: 0.1 → 0.3"]
+    assert resume.result_differences(saved, now) == []
+    assert resume.result_differences(saved, {**now, "alpha": 0.3}) == ["alpha: 0.1 → 0.3"]
 
 
 def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
@@ -149,9 +149,9 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
     by overflow; force that in round 3 and check the stop, the message and what is kept."""
     import torch
 
-    from perfedavg import federation
-    from perfedavg.client_app import app
-    from perfedavg.inprocess_grid import InProcessGrid
+    from perfedavg.engines.client_app import app
+    from perfedavg.engines.inprocess_grid import InProcessGrid
+    from perfedavg.federation import loop as federation
 
     real_aggregate = federation.aggregate
     calls = {"n": 0}
@@ -197,9 +197,9 @@ def test_resume_compares_where_clients_compute_not_how_the_device_is_spelled(gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     same_here = [] if not gpu else ["device: cuda → cpu"]
-    assert checkpoint.result_differences({"device": "auto"}, {"device": "cpu"}) == same_here
-    assert checkpoint.result_differences({}, {"device": "auto"}) == ([] if not gpu else ["device: cpu → cuda"])
-    assert checkpoint.result_differences({"device": "cuda"}, {"device": "auto"}) == (
+    assert resume.result_differences({"device": "auto"}, {"device": "cpu"}) == same_here
+    assert resume.result_differences({}, {"device": "auto"}) == ([] if not gpu else ["device: cpu → cuda"])
+    assert resume.result_differences({"device": "cuda"}, {"device": "auto"}) == (
         ["device: cuda → cpu"] if not gpu else []
     )
 
@@ -256,9 +256,10 @@ def test_a_full_disk_mid_run_stops_with_one_line_and_leaves_no_temporary(tmp_pat
 
     import torch
 
-    from perfedavg.client_app import app
-    from perfedavg.federation import FederationError, run_and_record
-    from perfedavg.inprocess_grid import InProcessGrid
+    from perfedavg.engines.client_app import app
+    from perfedavg.engines.inprocess_grid import InProcessGrid
+    from perfedavg.federation.loop import FederationError
+    from perfedavg.federation.record import run_and_record
 
     real_save, calls = torch.save, []
 

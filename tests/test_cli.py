@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from perfedavg import task
-from perfedavg.cli import check_composes
+from perfedavg.cli.main import check_composes
 from perfedavg.config import ConfigError, check_overrides, to_container, validate
-from perfedavg.runner import CONF_DIR, compose, prepare
+from perfedavg.run.runner import CONF_DIR, compose, prepare
 
 PERFEDAVG = [sys.executable, "-m", "perfedavg"]
 
@@ -189,7 +189,7 @@ def test_a_nearly_full_disk_is_refused_before_the_run(monkeypatch, tmp_path: Pat
     import shutil
     from collections import namedtuple
 
-    from perfedavg import runner
+    from perfedavg.run import runner
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
@@ -225,7 +225,7 @@ def test_a_ray_address_whose_listener_never_answers_fails_within_seconds(silent_
     one: refused in one line within 5 s."""
     import time
 
-    from perfedavg.runner import join_ray_cluster
+    from perfedavg.run.runner import join_ray_cluster
 
     silent_port, closed_port = silent_and_closed_ports
     for port, reason in ((silent_port, "no answer within"), (closed_port, "nothing answers")):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from perfedavg import curvature as C
-from perfedavg import diag_backpack
+from perfedavg.curvature import backpack as diag_backpack
 from perfedavg.models import ANN, MLP, Net
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -20,7 +20,7 @@ from perfedavg import algorithms, curvature
 from perfedavg.algorithms import Algorithm, LocalResult, LocalSpec
 from perfedavg.algorithms.declaration import Declaration
 from perfedavg.config import ConfigError, ineffective_overrides, reads_key
-from perfedavg.runner import CONF_DIR, compose, prepare
+from perfedavg.run.runner import CONF_DIR, compose, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=4", "local_steps=3"]
@@ -115,7 +115,7 @@ def test_local_trains_each_clients_own_model_and_leaves_the_global_one_alone() -
 @pytest.mark.slow
 def test_local_runs_on_both_backends_with_the_same_metrics(tmp_path: Path) -> None:
     """Local on Ray and in-process: every round's metrics agree; personalized beats the untrained global model."""
-    from perfedavg.runner import run
+    from perfedavg.run.runner import run
 
     metrics = {}
     for backend in ("inprocess", "ray"):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from perfedavg.client_app import app as client_app
-from perfedavg.federation import run_and_record
-from perfedavg.inprocess_grid import InProcessGrid
-from perfedavg.runner import compose, prepare
+from perfedavg.engines.client_app import app as client_app
+from perfedavg.engines.inprocess_grid import InProcessGrid
+from perfedavg.federation.record import run_and_record
+from perfedavg.run.runner import compose, prepare
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from perfedavg import algorithms, curvature, diagnostics
+from perfedavg import algorithms, curvature
 from perfedavg.algorithms import LocalSpec
-from perfedavg.federation import run_and_record
-from perfedavg.inprocess_grid import InProcessGrid
+from perfedavg.curvature import diagnostics
+from perfedavg.engines.inprocess_grid import InProcessGrid
+from perfedavg.federation.record import run_and_record
 from perfedavg.models import MLP, Net
-from perfedavg.runner import compose, prepare
+from perfedavg.run.runner import compose, prepare
 
 TAGS = [diagnostics.TAG_PREFIX + n for n in diagnostics.NAMES]
 
@@ -134,13 +135,13 @@ def test_a_federation_with_diagnostics_logs_them_and_changes_nothing_else(tmp_pa
 
 
 def _client_app():
-    from perfedavg.client_app import app
+    from perfedavg.engines.client_app import app
 
     return app
 
 
 def test_the_server_mean_leaves_out_nan_values() -> None:
-    from perfedavg.federation import Federation
+    from perfedavg.federation.loop import Federation
 
     fed = Federation.__new__(Federation)
     fed.round_histograms = {}

@@ -16,7 +16,7 @@ import yaml
 from perfedavg import task
 from perfedavg.config import ConfigError, to_container, validate
 from perfedavg.data import check_dataset, data_params
-from perfedavg.runner import compose
+from perfedavg.run.runner import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 

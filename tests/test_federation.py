@@ -10,11 +10,12 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from perfedavg.client_app import app as client_app
-from perfedavg.client_app import build_client_app
-from perfedavg.federation import FederationError, aggregate, run_and_record, sample_clients
-from perfedavg.inprocess_grid import InProcessGrid
-from perfedavg.runner import compose, prepare, run
+from perfedavg.engines.client_app import app as client_app
+from perfedavg.engines.client_app import build_client_app
+from perfedavg.engines.inprocess_grid import InProcessGrid
+from perfedavg.federation.loop import FederationError, aggregate, sample_clients
+from perfedavg.federation.record import run_and_record
+from perfedavg.run.runner import compose, prepare, run
 
 ANN_SMALL = [
     "model=ann",
@@ -174,7 +175,7 @@ def test_a_non_finite_update_is_excluded_and_counted(tmp_path: Path, caplog) -> 
 
 
 def test_each_client_is_built_once_per_process_across_rounds(tmp_path: Path) -> None:
-    from perfedavg.client_app import CLIENTS
+    from perfedavg.engines.client_app import CLIENTS
 
     CLIENTS.clear()
     builds = CLIENTS.builds
@@ -213,7 +214,7 @@ def test_device_settings_that_cannot_work_are_refused_before_the_run(overrides, 
 
 
 def test_gpu_shares_reach_ray_as_client_resources() -> None:
-    from perfedavg.runner import backend_config
+    from perfedavg.run.runner import backend_config
 
     cfg = prepare(compose(["experiment=smoke", "device=cpu"]))
     assert backend_config({**cfg, "client_gpus": 0.25})["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.25}
@@ -265,7 +266,7 @@ def test_the_exact_modes_memory_budget_is_shared_among_the_clients_computing_at_
 
 
 def test_the_round_line_shows_an_eta_once_a_minute_or_more_remains() -> None:
-    from perfedavg.federation import eta_seconds, progress_line
+    from perfedavg.federation.console import eta_seconds, progress_line
 
     m = {"train/loss": 1.0, "clients/trained": 10, "time/round_s": 2.0}
     assert eta_seconds([30.0], 1, 100) is None  # the first round pays start-up: no estimate from it alone
@@ -284,7 +285,7 @@ def test_a_simulation_short_of_num_clients_nodes_stops_after_the_simulation_wait
 
     from flwr.superlink.grid import InMemoryGrid
 
-    from perfedavg import federation
+    from perfedavg.federation import loop as federation
 
     class TwoNodes(InMemoryGrid):
         def __init__(self) -> None:  # no SuperLink state: only the node list is read
@@ -322,7 +323,7 @@ def test_under_ray_clients_are_mapped_to_nodes_without_a_message_per_node(tmp_pa
 
 
 def test_the_engines_node_mapping_is_used_only_when_it_knows_every_node() -> None:
-    from perfedavg import sim_engine
+    from perfedavg.engines import sim_engine
 
     sim_engine._node_partitions.clear()
     sim_engine._node_partitions.update({11: 0, 12: 1})
@@ -372,7 +373,7 @@ def test_the_pickup_loop_looks_only_at_the_nodes_the_server_pushed_to() -> None:
     from queue import Queue
     from types import SimpleNamespace
 
-    from perfedavg import sim_engine
+    from perfedavg.engines import sim_engine
 
     nodes = {node: node - 100 for node in range(100, 5_100)}
     state, queue, stop = CountingState(), Queue(), threading.Event()

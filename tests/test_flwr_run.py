@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 def flwr_run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "perfedavg.flwr_run", str(REPO), *args],
+        [sys.executable, "-m", "perfedavg.cli.flwr_run", str(REPO), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -109,8 +109,8 @@ def flower_config(home: Path, default: str, **addresses: str) -> None:
 def test_the_machine_checks_run_here_only_for_the_local_superlink(tmp_path: Path, monkeypatch) -> None:
     """A remote SuperLink's ServerApp checks the data set (and device, memory) where the run executes; the local one
     runs on this machine, so they are checked here, before anything starts."""
+    from perfedavg.cli.flwr_run import check_run, runs_locally
     from perfedavg.data import DataError
-    from perfedavg.flwr_run import check_run, runs_locally
 
     home = tmp_path / "flwr"
     monkeypatch.setenv("FLWR_HOME", str(home))
@@ -127,7 +127,7 @@ def test_the_machine_checks_run_here_only_for_the_local_superlink(tmp_path: Path
 
 
 def test_a_sweep_in_the_run_config_is_refused() -> None:
-    from perfedavg.preparation import prepare_overrides
+    from perfedavg.config.preparation import prepare_overrides
 
     with pytest.raises(
         ConfigError, match=r"hessian=fo,fd: a sweep runs several federations; start it with `perfedavg -m"

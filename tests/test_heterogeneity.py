@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from perfedavg import preparation, runner
-from perfedavg.runner import compose, prepare
+from perfedavg.config import preparation
+from perfedavg.run import runner
+from perfedavg.run.runner import compose, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

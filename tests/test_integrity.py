@@ -22,7 +22,7 @@ from fake_images import images, write_parquet
 from perfedavg import checkpoint
 from perfedavg.config import ConfigError
 from perfedavg.data import DataError, array_cache
-from perfedavg.runner import compose, prepare, run
+from perfedavg.run.runner import compose, prepare, run
 
 PERFEDAVG = [sys.executable, "-m", "perfedavg"]
 

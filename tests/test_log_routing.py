@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from perfedavg.log_routing import route_library_logs
+from perfedavg.data.log_routing import route_library_logs
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_a_non_editable_install_runs_the_smoke_experiment_outside_the_checkout(w
     env = {k: v for k, v in os.environ.items() if k != "PERFEDAVG_CONF_DIR"}
     env["PYTHONPATH"] = str(target)  # ahead of the editable install's finder
     where = subprocess.run(
-        [sys.executable, "-c", "import perfedavg.preparation as p; print(p.__file__); print(p.CONF_DIR)"],
+        [sys.executable, "-c", "import perfedavg.config.preparation as p; print(p.__file__); print(p.CONF_DIR)"],
         check=True,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from perfedavg.runner import compose, run
+from perfedavg.run.runner import compose, run
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

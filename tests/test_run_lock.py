@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from perfedavg import run_lock
 from perfedavg.config import ConfigError
-from perfedavg.runner import compose, run
+from perfedavg.run import lock as run_lock
+from perfedavg.run.runner import compose, run
 
 SMALL = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=4", "num_rounds=2", "local_steps=2"]
 
@@ -71,7 +71,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released(tmp_path: Path, 
 
 
 def test_the_lock_is_released_when_the_run_fails_and_held_while_it_runs(tmp_path: Path, monkeypatch) -> None:
-    from perfedavg import runner
+    from perfedavg.run import runner
 
     seen = []
 

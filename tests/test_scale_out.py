@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from perfedavg.runner import compose, run
+from perfedavg.run.runner import compose, run
 
 BIN = Path(sys.executable).parent
 

@@ -24,12 +24,12 @@ from perfedavg import (  # noqa: E402
 )
 from perfedavg.algorithms import LocalSpec, ditto, fedavg  # noqa: E402
 from perfedavg.algorithms.pfedme import PFedMe  # noqa: E402
-from perfedavg.client_app import build_client_app  # noqa: E402
 from perfedavg.config import ConfigError  # noqa: E402
-from perfedavg.federation import run_and_record  # noqa: E402
-from perfedavg.inprocess_grid import InProcessGrid  # noqa: E402
-from perfedavg.runner import compose, prepare, run  # noqa: E402
-from perfedavg.state_records import STATE_ARRAYS, STATE_ROUND, unpack_state  # noqa: E402
+from perfedavg.engines.client_app import build_client_app  # noqa: E402
+from perfedavg.engines.inprocess_grid import InProcessGrid  # noqa: E402
+from perfedavg.federation.record import run_and_record  # noqa: E402
+from perfedavg.federation.state_records import STATE_ARRAYS, STATE_ROUND, unpack_state  # noqa: E402
+from perfedavg.run.runner import compose, prepare, run  # noqa: E402
 
 ALL_CLIENTS = [*ANN_SMALL, "fraction=1.0", "num_rounds=4"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from perfedavg import step_estimate
 from perfedavg.config import to_container
-from perfedavg.federation import format_duration
-from perfedavg.runner import compose, run
+from perfedavg.federation import step_estimate
+from perfedavg.federation.console import format_duration
+from perfedavg.run.runner import compose, run
 
 
 def config(*overrides: str) -> dict:

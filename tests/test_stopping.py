@@ -19,8 +19,8 @@ from test_federation import federate
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from faults import Fault, Stopped, faulty_client_app, signal_mid_run  # noqa: E402
 
-from perfedavg.client_app import build_client_app  # noqa: E402
-from perfedavg.runner import compose, run  # noqa: E402
+from perfedavg.engines.client_app import build_client_app  # noqa: E402
+from perfedavg.run.runner import compose, run  # noqa: E402
 
 SMALL = ["model=ann", "dataset=regression", "num_clients=4", "fraction=1.0", "local_steps=3", "batch_size=8"]
 
@@ -58,7 +58,7 @@ def test_a_hung_client_under_ray_is_cut_off_and_its_worker_replaced(tmp_path: Pa
 
 def test_round_timeout_s_must_be_positive_or_null() -> None:
     from perfedavg.config import ConfigError
-    from perfedavg.runner import prepare
+    from perfedavg.run.runner import prepare
 
     with pytest.raises(ConfigError, match=r"round_timeout_s=0.0: must be a positive number"):
         prepare(compose(["round_timeout_s=0"]))
@@ -80,7 +80,7 @@ def test_a_dead_ray_worker_is_replaced_and_no_healthy_client_is_blamed(tmp_path:
 
 
 def test_an_evaluation_below_min_clients_stops_the_run(tmp_path: Path) -> None:
-    from perfedavg.federation import FederationError
+    from perfedavg.federation.loop import FederationError
 
     def failing_evaluation(message: Message, context: Context, call_next):
         if message.metadata.message_type == "evaluate" and int(context.node_config["partition-id"]) in (0, 1):
@@ -155,7 +155,7 @@ def test_ctrl_c_while_a_client_hangs_stops_within_seconds(tmp_path: Path, backen
 def test_a_second_stop_signal_exits_at_once(monkeypatch) -> None:
     """The first signal asks the run to stop (STOP set, nothing raised outside a client); the second exits the
     process straight away with 128 + its number, for a stop that itself hangs."""
-    from perfedavg import stopping
+    from perfedavg.federation import stopping
 
     exits: list[int] = []
     monkeypatch.setattr(stopping.os, "_exit", exits.append)
@@ -172,7 +172,7 @@ def test_a_second_stop_signal_exits_at_once(monkeypatch) -> None:
 
 def test_ctrl_c_before_the_federation_starts_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
     """Composing or loading data (before the run's own signal handling) ends on Ctrl-C without a traceback."""
-    from perfedavg import cli
+    from perfedavg.cli import main as cli
 
     def interrupted(argv):
         raise KeyboardInterrupt

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfedavg.sweep_progress import count_jobs, progress_line
+from perfedavg.run.sweep_progress import count_jobs, progress_line
 
 
 def test_the_job_count_of_a_sweep() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from perfedavg.runner import compose, run
+from perfedavg.run.runner import compose, run
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import yaml
 
 from perfedavg.config import to_container
-from perfedavg.federation import NOT_HPARAMS, hparams_of, run_overrides
-from perfedavg.runner import CONF_DIR, compose
-from perfedavg.tracking import RunLogger
+from perfedavg.federation.record import NOT_HPARAMS, hparams_of, run_overrides
+from perfedavg.federation.tracking import RunLogger
+from perfedavg.run.runner import CONF_DIR, compose
 
 
 def read_hparams_record(logdir: Path):

@@ -16,14 +16,15 @@ import pytest
 import torch
 import yaml
 
-from perfedavg import checkpoint, preparation, runner, task
-from perfedavg.client_app import app as client_app
-from perfedavg.config import ConfigError, validate
+from perfedavg import checkpoint, task
+from perfedavg.config import ConfigError, preparation, validate
 from perfedavg.data import data_params, load_client
 from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
-from perfedavg.federation import run_and_record
-from perfedavg.inprocess_grid import InProcessGrid
-from perfedavg.runner import compose, prepare
+from perfedavg.engines.client_app import app as client_app
+from perfedavg.engines.inprocess_grid import InProcessGrid
+from perfedavg.federation.record import run_and_record
+from perfedavg.run import runner
+from perfedavg.run.runner import compose, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

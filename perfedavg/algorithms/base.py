@@ -1,8 +1,8 @@
 """What every federated algorithm shares: the local-update spec and result, minibatch sampling, evaluation, and the
 interface each algorithm implements (pure torch; no Flower).
 
-An :class:`Algorithm` says three things, and the federation loop (:mod:`perfedavg.federation`) and the ClientApp
-(:mod:`perfedavg.client_app`) ask nothing else of it:
+An :class:`Algorithm` says three things, and the federation loop (:mod:`perfedavg.federation.loop`) and the ClientApp
+(:mod:`perfedavg.engines.client_app`) ask nothing else of it:
 
 * :meth:`Algorithm.local_update`: what a sampled client does with the global weights in a round (the weights it
   sends back, and for a stateful algorithm its new per-client state);

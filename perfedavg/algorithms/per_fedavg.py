@@ -24,11 +24,11 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from perfedavg import curvature, diagnostics
-    from perfedavg.curvature import Batch, LossFn
+    from perfedavg import curvature
+    from perfedavg.curvature import Batch, LossFn, diagnostics
 else:  # loaded on first use (perfedavg.lazy_import)
     curvature = lazy_import("perfedavg.curvature")
-    diagnostics = lazy_import("perfedavg.diagnostics")
+    diagnostics = lazy_import("perfedavg.curvature.diagnostics")
 
 
 class PerFedAvg(Algorithm):
@@ -57,7 +57,7 @@ class PerFedAvg(Algorithm):
         diagnose: bool = False,
     ) -> LocalResult:
         """``train_loss``: the mean of f(w; D) before each step. ``diagnose``: also measure
-        :func:`perfedavg.diagnostics.meta_step_diagnostics` at the first meta-step (its D″, g and w), into
+        :func:`perfedavg.curvature.diagnostics.meta_step_diagnostics` at the first meta-step (its D″, g and w), into
         ``LocalResult.diagnostics``; the weights are the same bit for bit."""
         curvature.check_mode(spec.hessian)
         curvature_s = 0.0

@@ -24,7 +24,7 @@ import logging
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner
 
-from perfedavg.data.partition import column_array
+from perfedavg.data.columns import column_array
 
 log = logging.getLogger("perfedavg.partition")  # quiet while the checks search for a number of clients that fits
 

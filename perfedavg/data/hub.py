@@ -95,7 +95,7 @@ def _load_split(source_json: str, contents: str | None = None) -> Any:
     so a file replaced with its mtime kept would otherwise be read from the old preparation."""
     import datasets
 
-    from perfedavg.log_routing import route_library_logs
+    from perfedavg.data.log_routing import route_library_logs
 
     route_library_logs()  # hub retry warnings once, not twice
 

@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 from flwr_datasets.partitioner import Partitioner
 
-from perfedavg.data.partition import column_array
+from perfedavg.data.columns import column_array
 
 
 class PaperPartitioner(Partitioner):

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from perfedavg.data.columns import column_array
+
 #: Partition names that split a pooled, labelled data set across clients.
 LABEL_PARTITIONS = ("iid", "dirichlet", "pathological", "shard", "paper")
 #: The data set is generated per client; nothing to split.
@@ -114,9 +116,3 @@ def _bulk_partitions(partitioner: Any, num_partitions: int) -> list[np.ndarray] 
     if assignment is None:
         return None
     return [rows[np.asarray(assignment[i], dtype=np.int64)] for i in range(num_partitions)]
-
-
-def column_array(dataset: Any, column: str) -> np.ndarray:
-    """One column of a ``datasets.Dataset`` (with or without an indices mapping) as a NumPy array, in one bulk read
-    (``dataset[column]`` iterates row by row in ``datasets`` 4)."""
-    return dataset.select_columns([column]).to_pandas()[column].to_numpy()

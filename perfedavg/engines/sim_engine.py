@@ -218,7 +218,7 @@ def _process_message(self, message, context):  # noqa: ANN001, ANN202 - Flower's
     server counts as that client's failure; a ClientApp's own exception is raised as in Flower."""
     import ray
 
-    from perfedavg.stopping import STOP
+    from perfedavg.federation.stopping import STOP
 
     message_id = message.metadata.message_id
     pool = self.pool
@@ -264,7 +264,7 @@ def _give_back(pool, actor, message_id: str | None = None) -> None:  # noqa: ANN
 
 def _warm_up(actor_self) -> bool:  # noqa: ANN001 - runs inside the actor (``__ray_call__``)
     """Import what a client's first message needs (torch, the ClientApp), so the first message does not pay for it."""
-    import perfedavg.client_app  # noqa: F401
+    import perfedavg.engines.client_app  # noqa: F401
 
     return True
 
@@ -395,3 +395,25 @@ def exchange(
         if pending:
             _reply_stored.wait(_FALLBACK_S if _installed else 0.01)
     return replies, sorted(pending)
+
+
+class SimulationTransport:
+    """The round loop's :class:`~perfedavg.federation.transport.Transport` on Flower's simulation engine (and any
+    other Grid, through :func:`exchange`): event-driven hand-off, abandoned messages cut off, the engine's node
+    mapping read directly, Ray actors warmed before the first round."""
+
+    def exchange(self, grid, messages, timeout=None, stop=None):  # noqa: ANN001, ANN201 - Flower's types
+        return exchange(grid, messages, timeout=timeout, stop=stop)
+
+    def abandon(self, message_ids: Iterable[str]) -> int:
+        return abandon(message_ids)
+
+    def node_partitions(self, node_ids: Iterable[int], wait_s: float = 0.0) -> dict[int, int] | None:
+        return node_partitions(node_ids, wait_s=wait_s)
+
+    def warm_up(self, stop: threading.Event, wait_s: float) -> int:
+        return warm_up_actors(stop, wait_s=wait_s)
+
+
+#: The transport the ServerApps give the round loop.
+TRANSPORT = SimulationTransport()

@@ -1,6 +1,6 @@
 """How a stateful algorithm's per-client state (a flat vector ``[P]``, e.g. Ditto's personal model) travels in
-Flower records: in messages, in replies and in a node's ``Context.state`` (:mod:`perfedavg.client_app`,
-:mod:`perfedavg.federation`)."""
+Flower records: in messages, in replies and in a node's ``Context.state`` (:mod:`perfedavg.engines.client_app`,
+:mod:`perfedavg.federation.loop`)."""
 
 from __future__ import annotations
 

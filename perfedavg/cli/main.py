@@ -1,4 +1,4 @@
-"""The ``perfedavg`` command: a thin ``@hydra.main`` around :func:`perfedavg.runner.run`."""
+"""The ``perfedavg`` command: a thin ``@hydra.main`` around :func:`perfedavg.run.runner.run`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from perfedavg import run_lock
 from perfedavg.config import (
     SWEPT_KEYS_VARIABLE,
     ConfigError,
@@ -25,8 +24,7 @@ from perfedavg.config import (
     to_container,
     validate,
 )
-from perfedavg.errors import exit_on_user_error
-from perfedavg.preparation import (
+from perfedavg.config.preparation import (
     CONF_DIR,
     check_composes,
     check_conf_dir,
@@ -34,7 +32,9 @@ from perfedavg.preparation import (
     check_resumable,
     load_checkpoint,
 )
-from perfedavg.stopping import FederationInterrupted
+from perfedavg.errors import exit_on_user_error
+from perfedavg.federation.stopping import FederationInterrupted
+from perfedavg.run import lock as run_lock
 
 # The federation (PyTorch, Flower) is imported by the job, after the command line has been checked: a mistake in it
 # is named within about a second (tests/test_cli.py), not after seconds of imports.
@@ -57,8 +57,9 @@ class _JobTag(logging.Filter):
 
 
 def _job(cfg: DictConfig) -> float | None:
-    from perfedavg.federation import FederationError, done_line
-    from perfedavg.runner import run
+    from perfedavg.federation.console import done_line
+    from perfedavg.federation.loop import FederationError
+    from perfedavg.run.runner import run
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -200,7 +201,7 @@ def output_target(argv: list[str]) -> Path:
 
 def main() -> None:
     """The ``perfedavg`` command. Ctrl-C before a run's federation starts (composing, loading data; the federation
-    itself handles it, see :mod:`perfedavg.stopping`) ends it with one line and exit 130, not a traceback."""
+    itself handles it, see :mod:`perfedavg.federation.stopping`) ends it with one line and exit 130, not a traceback."""
     try:
         _main()
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from perfedavg.config import sweep_values
-from perfedavg.federation import format_duration
+from perfedavg.federation.console import format_duration
 
 log = logging.getLogger("perfedavg")
 

@@ -3,8 +3,8 @@
 :func:`compose` builds the config from ``conf/`` and Hydra overrides; :func:`prepare` checks it: types and allowed
 values (the schema, at composition), ranges and model/dataset combinations (:func:`perfedavg.config.validate`),
 whether the data set can serve ``num_clients`` clients, whether ``hessian=exact`` fits its memory budget, the
-device and resources, and a ``resume=`` target. Shared by the CLI (:mod:`perfedavg.runner`) and ``flwr run``
-(:mod:`perfedavg.server_app`).
+device and resources, and a ``resume=`` target. Shared by the CLI (:mod:`perfedavg.run.runner`) and ``flwr run``
+(:mod:`perfedavg.engines.server_app`).
 """
 
 from __future__ import annotations
@@ -210,6 +210,7 @@ def load_checkpoint(run_dir: Path, setting: str) -> dict[str, Any] | None:
 def check_resumable(resolved: dict[str, Any]) -> None:
     """``resume=<run dir>`` must name a run with a checkpoint whose config matches in everything that matters."""
     from perfedavg import checkpoint
+    from perfedavg.config import resume
 
     run_dir = Path(resolved["resume"])
     state = load_checkpoint(run_dir, f"resume={resolved['resume']}")
@@ -218,7 +219,7 @@ def check_resumable(resolved: dict[str, Any]) -> None:
             f"resume={resolved['resume']}: no checkpoint there "
             f"(expected {checkpoint.checkpoint_path(run_dir)}, written after every completed round)"
         )
-    differences = checkpoint.result_differences(state["config"], resolved)
+    differences = resume.result_differences(state["config"], resolved)
     if differences:
         raise ConfigError(
             f"resume={resolved['resume']}: the config differs from the checkpointed run in keys that change "

@@ -1,7 +1,7 @@
-"""Flower ServerApps: thin entry points over the round loop of :mod:`perfedavg.federation`.
+"""Flower ServerApps: thin entry points over the round loop of :mod:`perfedavg.federation.loop`.
 
 :func:`build_server_app` serves the simulation launched by the CLI (one resolved config); the module-level ``app``
-serves ``flwr run .`` by composing the same Hydra config from the run config (:mod:`perfedavg.preparation`).
+serves ``flwr run .`` by composing the same Hydra config from the run config (:mod:`perfedavg.config.preparation`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from perfedavg import sim_engine
+from perfedavg.config.preparation import prepare_overrides
+from perfedavg.engines import sim_engine
 from perfedavg.errors import UserError
-from perfedavg.federation import done_line, run_and_record
-from perfedavg.preparation import prepare_overrides
+from perfedavg.federation.console import done_line
+from perfedavg.federation.record import run_and_record
 
 log = logging.getLogger("perfedavg")
 
@@ -32,8 +33,8 @@ def build_server_app(cfg: dict[str, Any], run_dir: Path, outcome: dict[str, Any]
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome["summary"] = run_and_record(grid, cfg, run_dir)
-        except Exception as e:  # noqa: BLE001 - raised again by the caller (perfedavg.runner)
+            outcome["summary"] = run_and_record(grid, cfg, run_dir, transport=sim_engine.TRANSPORT)
+        except Exception as e:  # noqa: BLE001 - raised again by the caller (perfedavg.run.runner)
             outcome["error"] = e
         finally:
             sim_engine.close()  # no thread may wait on Ray once Flower's engine shuts it down after this returns
@@ -64,6 +65,6 @@ def flwr_main(grid: Grid, context: Context) -> None:
         log.error("perfedavg: error: %s", e)
         raise
     run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
-    summary = run_and_record(grid, cfg, run_dir)
+    summary = run_and_record(grid, cfg, run_dir, transport=sim_engine.TRANSPORT)
     log.info(done_line(summary))
     log.info("curves: tensorboard --logdir %s", run_dir.resolve())

@@ -6,12 +6,12 @@ the Deployment Engine without any other channel. A client's identity is its ``pa
 data is built once per process and reused across rounds.
 
 A stateful algorithm's per-client state (Ditto's personal model, ``[P]``) lives in the node's ``Context.state``
-(:mod:`perfedavg.state_records`: the state, stamped with the round that produced it): Flower keeps a node's
+(:mod:`perfedavg.federation.state_records`: the state, stamped with the round that produced it): Flower keeps a node's
 context with the engine, not in the worker process, so a Ray worker that dies or is replaced loses nothing. Each
 message says which round's state the server expects (``config["state-round"]``; 0: the initial model) and carries
 the state itself (``"state"``) where the server cannot rely on the node having it (after a resume, or after that
 client failed); every training reply sends the new state back, for the server's checkpoints
-(:mod:`perfedavg.federation`).
+(:mod:`perfedavg.federation.loop`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from perfedavg import algorithms, curvature, diagnostics, task
+from perfedavg import algorithms, curvature, task
+from perfedavg.curvature import diagnostics
 from perfedavg.data import ClientData, data_params, load_client
 from perfedavg.data.client_cache import ClientCache
-from perfedavg.state_records import STATE_ARRAYS, STATE_ROUND, pack_state, unpack_state
+from perfedavg.federation.state_records import STATE_ARRAYS, STATE_ROUND, pack_state, unpack_state
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,5 +1,5 @@
-"""``run(cfg) -> summary``: prepare a composed config (:mod:`perfedavg.preparation`), then run the federation on
-Flower's simulation engine (Ray) or in-process, holding the run directory (:mod:`perfedavg.run_lock`).
+"""``run(cfg) -> summary``: prepare a composed config (:mod:`perfedavg.config.preparation`), then run the federation on
+Flower's simulation engine (Ray) or in-process, holding the run directory (:mod:`perfedavg.run.lock`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from perfedavg import run_lock, stopping
 from perfedavg.config import ConfigError
-from perfedavg.preparation import (  # re-exported: the API scripts and tests use
+from perfedavg.config.preparation import (  # re-exported: the API scripts and tests use
     CONF_DIR,
     check_output_dir,
     compose,
     prepare,
 )
+from perfedavg.federation import stopping
+from perfedavg.run import lock as run_lock
 from perfedavg.task import available_cpus
 
 log = logging.getLogger("perfedavg")
@@ -62,7 +63,7 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
 def start_ray(cfg: dict[str, Any]) -> None:
     """Start this run's local Ray (or join the cluster at ``ray_address``) before Flower's engine would, with the same
     arguments (:func:`backend_config`) and the driver's ``sys.path`` as the workers' ``PYTHONPATH``, as Flower does;
-    then take SIGINT/SIGTERM back from Ray (:func:`perfedavg.stopping.take_signals_back`)."""
+    then take SIGINT/SIGTERM back from Ray (:func:`perfedavg.federation.stopping.take_signals_back`)."""
     import sys
 
     import ray
@@ -134,8 +135,8 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
     """Validate ``cfg`` and run the federation in simulation; TensorBoard and ``metrics.json`` go to ``run_dir``.
 
     Returns the summary (``final`` metrics, per-round ``rounds``, ``client_failures``, ``wall_s``); raises
-    :class:`~perfedavg.stopping.FederationInterrupted` after SIGINT/SIGTERM. ``client_app`` replaces the standard
-    ClientApp (tests wrap it with fault-injecting mods).
+    :class:`~perfedavg.federation.stopping.FederationInterrupted` after SIGINT/SIGTERM. ``client_app`` replaces the
+    standard ClientApp (tests wrap it with fault-injecting mods).
     """
     resolved = prepare(cfg) if isinstance(cfg, DictConfig) else cfg
     if resolved.get("resume"):
@@ -153,18 +154,18 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
 def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[str, Any]:
     """The federation of a prepared config on the chosen backend (see :func:`run`)."""
     if resolved.get("backend") == "inprocess":
-        from perfedavg.client_app import app as inprocess_app
-        from perfedavg.federation import run_and_record
-        from perfedavg.inprocess_grid import InProcessGrid
+        from perfedavg.engines.client_app import app as inprocess_app
+        from perfedavg.engines.inprocess_grid import InProcessGrid
+        from perfedavg.federation.record import run_and_record
 
         grid = InProcessGrid(client_app or inprocess_app, resolved["num_clients"])
         return run_and_record(grid, resolved, Path(run_dir))
     import ray
     from flwr.simulation import run_simulation
 
-    from perfedavg import sim_engine
-    from perfedavg.client_app import app as default_client_app
-    from perfedavg.server_app import build_server_app
+    from perfedavg.engines import sim_engine
+    from perfedavg.engines.client_app import app as default_client_app
+    from perfedavg.engines.server_app import build_server_app
 
     sim_engine.install()
     outcome: dict[str, Any] = {}

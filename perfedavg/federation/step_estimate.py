@@ -66,7 +66,7 @@ def round_estimate(cfg: Mapping[str, Any], step_s: float) -> float:
 def slow_round_line(cfg: Mapping[str, Any], step_s: float, rounds_left: int) -> str | None:
     """The line said before a slow run's first round, or ``None`` when a round is estimated under
     :data:`SLOW_ROUND_S`."""
-    from perfedavg.federation import format_duration
+    from perfedavg.federation.console import format_duration
 
     per_round = round_estimate(cfg, step_s)
     if per_round < SLOW_ROUND_S:
@@ -83,7 +83,7 @@ def slow_round_line(cfg: Mapping[str, Any], step_s: float, rounds_left: int) -> 
 def timeout_warning(cfg: Mapping[str, Any], step_s: float) -> str | None:
     """A warning when ``round_timeout_s`` is under twice the time it must allow by the estimate (a whole round under
     Ray; one client in-process, where the limit is per client): clients would be cut off as timed out."""
-    from perfedavg.federation import format_duration
+    from perfedavg.federation.console import format_duration
 
     limit = cfg.get("round_timeout_s")
     inprocess = cfg.get("backend") == "inprocess"

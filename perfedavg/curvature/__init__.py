@@ -614,12 +614,12 @@ def hessian_diag(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
     Fast path: BackPACK's ``DiagHessian`` on a copy of the model (one extended backward pass, milliseconds),
     taken when the loss is ``nn.MSELoss`` / ``nn.CrossEntropyLoss`` (modules with default options) or the
     functional ``F.mse_loss`` / ``F.cross_entropy`` (mean or sum, also through ``functools.partial``) and every
-    layer is one BackPACK differentiates exactly (:mod:`perfedavg.diag_backpack`). Otherwise the exact general
+    layer is one BackPACK differentiates exactly (:mod:`perfedavg.curvature.backpack`). Otherwise the exact general
     fallback: rows of H in vectorised blocks, keeping only their diagonal entries (the work of P Hessian-vector
     products, like :func:`hessian`; memory of one block), with a :class:`DiagFallbackWarning` naming the reason,
     once per reason and process.
     """
-    from perfedavg import diag_backpack  # local import: BackPACK is only needed for this function
+    from perfedavg.curvature import backpack as diag_backpack  # local import: BackPACK is only needed for this function
 
     diag, why = diag_backpack.diag_hessian_or_reason(model, loss_fn, batch)
     if diag is not None:

@@ -5,7 +5,7 @@ tests (fast, deterministic federations), debugging (breakpoints inside a client)
 which times client compute alone with it to separate it from the simulation engine's orchestration.
 A handler that raises becomes an error reply, as in Flower's simulation engine. :meth:`InProcessGrid.exchange` gives
 each client at most the round's timeout and stops at a stop request, cutting off a client where Python can
-(:func:`perfedavg.stopping.cut_off_client`: in the main thread, between bytecodes).
+(:func:`perfedavg.federation.stopping.cut_off_client`: in the main thread, between bytecodes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from perfedavg import stopping
+from perfedavg.federation import stopping
 
 FIRST_NODE_ID = 1000
 
@@ -85,7 +85,7 @@ class InProcessGrid(Grid):
         """Run each message's client in turn, each for at most ``timeout`` seconds, until ``stop`` is set; the replies
         of those that finished. The clients run one after another, so the limit is per client (a round may take up
         to n × ``timeout``); a client past it, or running when ``stop`` is set, is cut off in the main thread
-        (elsewhere it runs to its end) and has no reply. Called by :func:`perfedavg.sim_engine.exchange`."""
+        (elsewhere it runs to its end) and has no reply. Called by :func:`perfedavg.engines.sim_engine.exchange`."""
         messages = list(messages)
         for message in messages:
             _with_id(message)

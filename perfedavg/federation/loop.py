@@ -1,10 +1,10 @@
 """The server's round loop over any Flower :class:`~flwr.serverapp.Grid`: client sampling, aggregation, evaluation
 rounds, TensorBoard, checkpoints and progress output.
 
-No client math here (clients run :mod:`perfedavg.algorithms` through :mod:`perfedavg.client_app`; the server's
+No client math here (clients run :mod:`perfedavg.algorithms` through :mod:`perfedavg.engines.client_app`; the server's
 side of an algorithm is its :meth:`~perfedavg.algorithms.base.Algorithm.server_update`) and no Flower entry point:
-:mod:`perfedavg.server_app` wraps :func:`run_and_record` for the simulation and for ``flwr run``, the tests drive it
-on an in-process grid.
+:mod:`perfedavg.engines.server_app` wraps :func:`run_and_record` for the simulation and for ``flwr run``, the tests
+drive it on an in-process grid.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from perfedavg import algorithms, checkpoint, diagnostics, sim_engine, step_estimate, task
-from perfedavg.config import EXECUTION_KEYS, clients_per_round, reads_key, swept_keys
-from perfedavg.curvature import Weights
-from perfedavg.state_records import pack_state, unpack_state
-from perfedavg.stopping import STOP, FederationInterrupted
+from perfedavg import algorithms, checkpoint, task
+from perfedavg.config import clients_per_round
+from perfedavg.curvature import Weights, diagnostics
+from perfedavg.federation import step_estimate
+from perfedavg.federation.console import eta_seconds, progress_line
+from perfedavg.federation.state_records import pack_state, unpack_state
+from perfedavg.federation.stopping import STOP, FederationInterrupted
+from perfedavg.federation.transport import PollingTransport, Transport
 
 log = logging.getLogger("perfedavg")
 
@@ -37,7 +40,7 @@ log = logging.getLogger("perfedavg")
 SIMULATION_NODE_WAIT_S = 10.0
 DEPLOYMENT_NODE_WAIT_S = 120.0
 #: How long a simulation's server waits for the engine's node → partition mapping once it sees every node (it comes
-#: a moment later; without it the server asks every node, see :func:`perfedavg.sim_engine.node_partitions`).
+#: a moment later; without it the server asks every node, see :meth:`Transport.node_partitions`).
 MAPPING_WAIT_S = 5.0
 
 
@@ -123,8 +126,10 @@ class Federation:
         run_dir: Path,
         tracker: Any | None = None,
         resume_state: dict[str, Any] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.grid = grid
+        self.transport: Transport = transport or PollingTransport()
         self.resume_state = resume_state
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -141,7 +146,7 @@ class Federation:
         self.spec = task.local_spec(cfg)
         # A stateful algorithm's per-client states as the clients last sent them (for checkpoints), the round of
         # each, and the clients whose nodes are known to hold that state (the others are sent it: after a resume,
-        # or after the client failed). See perfedavg.client_app.
+        # or after the client failed). See perfedavg.engines.client_app.
         self.client_states: dict[int, torch.Tensor] = {}
         self.state_rounds: dict[int, int] = {}
         self.synced: set[int] = set()
@@ -168,13 +173,13 @@ class Federation:
 
     def _exchange(self, server_round: int, messages: list[Message]) -> tuple[list[Message], list[tuple[int, str]]]:
         """Send, wait for the replies (at most ``round_timeout_s``); return (successful replies, [(client id, error
-        reason)]). Messages without a reply by then are abandoned (:func:`perfedavg.sim_engine.abandon`: a stuck Ray
+        reason)]). Messages without a reply by then are abandoned (:meth:`Transport.abandon`: under Ray a stuck
         worker is replaced) and count as failed. A stop signal abandons them too and raises
-        :class:`~perfedavg.stopping.FederationInterrupted` (this round is not completed)."""
+        :class:`~perfedavg.federation.stopping.FederationInterrupted` (this round is not completed)."""
         timeout = self.cfg.get("round_timeout_s")
-        replies, pending = sim_engine.exchange(self.grid, messages, timeout=timeout, stop=STOP)
+        replies, pending = self.transport.exchange(self.grid, messages, timeout=timeout, stop=STOP)
         if pending:
-            sim_engine.abandon(pending)
+            self.transport.abandon(pending)
         if STOP.is_set():
             raise FederationInterrupted.now(server_round - 1)
         answered = {r.metadata.src_node_id for r in replies}
@@ -209,17 +214,17 @@ class Federation:
                 f"{wait_s:.0f} s"
             )
         # The simulation engine's own mapping where it is in this process: no message per node.
-        known = sim_engine.node_partitions(nodes, wait_s=MAPPING_WAIT_S) if is_simulation(self.grid) else None
+        known = self.transport.node_partitions(nodes, wait_s=MAPPING_WAIT_S) if is_simulation(self.grid) else None
         if known is not None:
             self._map_clients(known)
-            sim_engine.warm_up_actors(STOP, wait_s=SIMULATION_NODE_WAIT_S)  # what the queries did on the way
+            self.transport.warm_up(STOP, wait_s=SIMULATION_NODE_WAIT_S)  # what the queries did on the way
             if STOP.is_set():
                 raise FederationInterrupted.now(self.completed)
             return
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-        replies, pending = sim_engine.exchange(self.grid, queries, stop=STOP)
+        replies, pending = self.transport.exchange(self.grid, queries, stop=STOP)
         if STOP.is_set():
-            sim_engine.abandon(pending)
+            self.transport.abandon(pending)
             raise FederationInterrupted.now(self.completed)
         partitions: dict[int, int] = {}
         for reply in replies:
@@ -450,127 +455,3 @@ class Federation:
             "timeline": {**timeline, "end": time.time()},
         }
         return summary
-
-
-#: A run shows its ETA in the round line once that much time remains (short runs stay uncluttered).
-ETA_FROM_S = 60.0
-
-
-def eta_seconds(round_times: Sequence[float], server_round: int, total: int) -> float | None:
-    """The remaining time of a run from the rounds this process ran (``round_times``, first to last): their mean
-    without the first (which pays start-up, e.g. Ray actors importing torch) times the rounds left; ``None`` until
-    two rounds have run or when under :data:`ETA_FROM_S`."""
-    if len(round_times) < 2 or server_round >= total:
-        return None
-    eta = sum(round_times[1:]) / (len(round_times) - 1) * (total - server_round)
-    return eta if eta >= ETA_FROM_S else None
-
-
-def format_duration(seconds: float) -> str:
-    """``45s``, ``23m``, ``1h05m`` (progress lines: the round's ETA, the sweep's)."""
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes = int(round(seconds / 60))
-    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def progress_line(server_round: int, total: int, m: Mapping[str, float], eta_s: float | None = None) -> str:
-    """One console line per round: training loss, evaluation (global → personalized), clients, time, and the ETA of
-    the run when given (:func:`eta_seconds`)."""
-    parts = [f"round {server_round:>{len(str(total))}}/{total}", f"train/loss {m['train/loss']:.4f}"]
-    if "eval/global_acc" in m:
-        parts.append(f"acc global {m['eval/global_acc']:.3f} → personalized {m['eval/personalized_acc']:.3f}")
-    elif "eval/global_loss" in m:
-        parts.append(f"loss global {m['eval/global_loss']:.4f} → personalized {m['eval/personalized_loss']:.4f}")
-    failed = int(m.get("clients/failed", 0))
-    parts.append(f"{int(m['clients/trained'])} clients" + (f" ({failed} failed)" if failed else ""))
-    parts.append(f"{m['time/round_s']:.2f} s")
-    if eta_s is not None:
-        parts.append(f"ETA {format_duration(eta_s)}")
-    return " | ".join(parts)
-
-
-def done_line(summary: Mapping[str, Any]) -> str:
-    """The closing console line of a run: wall time and the final metrics, 4 decimals (CLI and ``flwr run`` alike)."""
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items())
-    return f"done in {summary['wall_s']:.1f} s: {shown}"
-
-
-#: Left out of the HPARAMS record: where or how a run executes, not what it computes (perfedavg.config).
-NOT_HPARAMS = EXECUTION_KEYS
-
-#: Config groups whose choice is recorded under the group's name (the chosen config's ``name``/``mode``).
-_GROUP_HPARAMS = {"model": "name", "dataset": "name", "partition": "name", "algorithm": "name", "hessian": "mode"}
-
-
-def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
-    """The hyper-parameters shown in TensorBoard's HPARAMS tab, and which of them the command chose.
-
-    ``overrides``: the run's Hydra overrides (``.hydra/overrides.yaml``; in a sweep, the job's values). Their keys come
-    first and are returned as *chosen* (a sweep's swept keys among them); an overridden key outside the fixed set
-    below (``model.hidden``, ``diagnostics.every``, ``experiment``) is added. Values: str, float, int or bool."""
-    params: dict[str, Any] = {group: cfg[group][field] for group, field in _GROUP_HPARAMS.items()}
-    for key in (
-        "alpha",
-        "beta",
-        "delta",
-        "adapt_steps",
-        "local_steps",
-        "batch_size",
-        "num_clients",
-        "fraction",
-        "num_rounds",
-        "seed",
-        "aggregation",
-        "eval_split",
-    ):
-        if reads_key(cfg, key):  # only what the run reads (e.g. no delta without hessian=fd, no β for Local)
-            params[key] = cfg[key]
-    spec = task.local_spec(cfg)  # the algorithm's own keys, as its declaration lists them (defaults filled in)
-    params |= {f"algorithm.{key}": value for key, value in spec.options.items()}
-    if not algorithms.declaration_of(cfg["algorithm"]["name"]).uses_hessian:
-        params.pop("hessian")
-    chosen: list[str] = []
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in NOT_HPARAMS or key.startswith("hydra.") or key in chosen:
-            continue
-        if key not in params:
-            found: Any = cfg
-            for part in key.split("."):
-                found = found.get(part) if isinstance(found, Mapping) else None
-            params[key] = value if found is None or isinstance(found, Mapping) else found
-        chosen.append(key)
-    ordered = {k: params[k] for k in chosen} | {k: v for k, v in params.items() if k not in chosen}
-    return {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in ordered.items()}, chosen
-
-
-def run_overrides(run_dir: Path) -> list[str]:
-    """The Hydra overrides recorded for the run in ``run_dir`` (none outside Hydra, e.g. ``flwr run`` or tests)."""
-    saved = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        return []
-    import yaml
-
-    return [str(o) for o in yaml.safe_load(saved.read_text()) or []]
-
-
-def run_and_record(grid: Grid, cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too."""
-    from perfedavg.tracking import RunLogger
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = checkpoint.load(run_dir) if cfg.get("resume") else None
-    # Events of a round the interrupted run logged but did not checkpoint are dropped from the log.
-    tracker = RunLogger(run_dir, purge_step=None if state is None else int(state["round"]) + 1)
-    try:
-        summary = Federation(grid, cfg, run_dir, tracker, resume_state=state).run()
-        params, chosen = hparams_of(cfg, run_overrides(run_dir))
-        swept = [k for k in swept_keys() if k in chosen]  # in a sweep, only what varies is marked as differing
-        first = swept + [k for k in chosen if k not in swept]
-        tracker.hparams(params, list(summary["final"]), first=first, differing=swept or chosen)
-    finally:
-        tracker.close()
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    return summary

@@ -179,7 +179,7 @@ class Config:
     ray_address: str | None = None  # null: this run's own local Ray; auto or HOST:PORT: join a running Ray cluster
     # Per-method α, β (e.g. tuned: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
     step_sizes: dict[str, dict[str, Any]] | None = None
-    diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)  # perfedavg.diagnostics (Per-FedAvg)
+    diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)  # perfedavg.curvature.diagnostics
     resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 
 

@@ -75,7 +75,7 @@ def runs_locally(superlink: str | None) -> bool:
 def check_run(argv: list[str]) -> dict[str, Any]:
     """Step 1 of the module's docstring: the resolved config of the run ``argv`` describes; raises ConfigError
     (or, for the local SuperLink, DataError or HessianTooLargeError as the ``perfedavg`` command does)."""
-    from perfedavg.preparation import prepare_overrides
+    from perfedavg.config.preparation import prepare_overrides
 
     args = _parse(argv)
     overrides = str(_config_values(args.run_config, "overrides") or "").split()

@@ -2,14 +2,15 @@
 
 The run's process installs :func:`stop_on_signals` in its main thread. The first SIGINT or SIGTERM does not raise
 there (under Ray the main thread is inside Flower's engine, where an exception leaves threads behind); it sets
-:data:`STOP`, which the round loop (:mod:`perfedavg.federation`) reads while it waits for replies and between rounds:
-it stops waiting, cancels the round's outstanding messages and raises :class:`FederationInterrupted`, so the server
-ends normally, Flower shuts its engine and Ray down, and the CLI exits 128 + the signal's number. The last completed
-round's checkpoint is untouched (a round is checkpointed only once complete). A second signal exits at once.
+:data:`STOP`, which the round loop (:mod:`perfedavg.federation.loop`) reads while it waits for replies and between
+rounds: it stops waiting, cancels the round's outstanding messages and raises :class:`FederationInterrupted`, so the
+server ends normally, Flower shuts its engine and Ray down, and the CLI exits 128 + the signal's number. The last
+completed round's checkpoint is untouched (a round is checkpointed only once complete). A second signal exits at
+once.
 
 A client that runs in the main thread (``backend=inprocess``) can be cut off between two Python bytecodes with
-:func:`cut_off_client`: on the round's deadline (SIGALRM) or on a stop signal, :class:`ClientCutOff` is raised inside
-it. A client stuck inside one C call (a single huge matrix product) is cut off only when that call returns.
+:func:`cut_off_client`: on the round's deadline (SIGALRM) or on a stop signal, :class:`ClientCutOff` is raised
+inside it. A client stuck inside one C call (a single huge matrix product) is cut off only when that call returns.
 """
 
 from __future__ import annotations
