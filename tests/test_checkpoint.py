@@ -258,7 +258,7 @@ def test_a_full_disk_mid_run_stops_with_one_line_and_leaves_no_temporary(tmp_pat
 
     from perfedavg.engines.client_app import app
     from perfedavg.engines.inprocess_grid import InProcessGrid
-    from perfedavg.federation.loop import FederationError
+    from perfedavg.federation import FederationError
     from perfedavg.federation.record import run_and_record
 
     real_save, calls = torch.save, []

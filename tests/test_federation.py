@@ -13,8 +13,9 @@ from flwr.clientapp import ClientApp
 from perfedavg.engines.client_app import app as client_app
 from perfedavg.engines.client_app import build_client_app
 from perfedavg.engines.inprocess_grid import InProcessGrid
-from perfedavg.federation.loop import FederationError, aggregate, sample_clients
+from perfedavg.federation import FederationError
 from perfedavg.federation.record import run_and_record
+from perfedavg.federation.round_math import aggregate, sample_clients
 from perfedavg.run.runner import compose, prepare, run
 
 ANN_SMALL = [
@@ -285,7 +286,8 @@ def test_a_simulation_short_of_num_clients_nodes_stops_after_the_simulation_wait
 
     from flwr.superlink.grid import InMemoryGrid
 
-    from perfedavg.federation import loop as federation
+    from perfedavg.federation import clients
+    from perfedavg.federation.transport import PollingTransport
 
     class TwoNodes(InMemoryGrid):
         def __init__(self) -> None:  # no SuperLink state: only the node list is read
@@ -294,13 +296,13 @@ def test_a_simulation_short_of_num_clients_nodes_stops_after_the_simulation_wait
         def get_node_ids(self):
             return [7, 8]
 
-    monkeypatch.setattr(federation, "SIMULATION_NODE_WAIT_S", 0.5)
+    monkeypatch.setattr(clients, "SIMULATION_NODE_WAIT_S", 0.5)
     cfg = prepare(compose(["model=ann", "dataset=regression", "num_clients=4"]))
     started = time.monotonic()
     with pytest.raises(FederationError, match=r"only 2 of num_clients=4 client nodes \(SuperNodes, one per client\)"):
-        federation.Federation(TwoNodes(), cfg, tmp_path).discover_clients()
+        clients.ClientChannel(TwoNodes(), PollingTransport(), cfg).discover()
     assert 0.5 <= time.monotonic() - started < 5
-    assert federation.node_wait_s(InProcessGrid(client_app, 4)) == federation.DEPLOYMENT_NODE_WAIT_S == 120
+    assert clients.node_wait_s(InProcessGrid(client_app, 4)) == clients.DEPLOYMENT_NODE_WAIT_S == 120
 
 
 def refusing_queries(message: Message, context: Context, call_next):

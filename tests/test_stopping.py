@@ -80,7 +80,7 @@ def test_a_dead_ray_worker_is_replaced_and_no_healthy_client_is_blamed(tmp_path:
 
 
 def test_an_evaluation_below_min_clients_stops_the_run(tmp_path: Path) -> None:
-    from perfedavg.federation.loop import FederationError
+    from perfedavg.federation import FederationError
 
     def failing_evaluation(message: Message, context: Context, call_next):
         if message.metadata.message_type == "evaluate" and int(context.node_config["partition-id"]) in (0, 1):

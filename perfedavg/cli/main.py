@@ -57,8 +57,8 @@ class _JobTag(logging.Filter):
 
 
 def _job(cfg: DictConfig) -> float | None:
+    from perfedavg.federation import FederationError
     from perfedavg.federation.console import done_line
-    from perfedavg.federation.loop import FederationError
     from perfedavg.run.runner import run
 
     hydra_cfg = HydraConfig.get()

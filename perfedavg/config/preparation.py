@@ -37,7 +37,7 @@ def _conf_dir() -> Path:
     source tree or an editable install, where ``conf/`` is the one copy a user edits)."""
     if "PERFEDAVG_CONF_DIR" in os.environ:
         return Path(os.environ["PERFEDAVG_CONF_DIR"]).expanduser()
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # perfedavg/
     shipped = package / "conf"
     return shipped if (shipped / "config.yaml").is_file() else package.parent / "conf"
 

@@ -415,7 +415,8 @@ def _versions(*distributions: str) -> dict[str, str]:
 def _partition_code_digest() -> str:
     """A digest of this package's partitioning code, so a changed partitioner never reuses stored partitions."""
     here = Path(__file__).resolve().parent
-    text = "".join(path.read_text() for path in sorted(here.glob("*partition*.py")))  # partition.py, *_partitioner.py
+    code = sorted([*here.glob("*partition*.py"), here / "columns.py"])  # partition.py, *_partitioner.py, their reader
+    text = "".join(path.read_text() for path in code)
     return array_cache.digest(text)
 
 

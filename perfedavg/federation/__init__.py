@@ -2,3 +2,7 @@
 state travels (:mod:`~perfedavg.federation.state_records`), stop signals (:mod:`~perfedavg.federation.stopping`),
 TensorBoard (:mod:`~perfedavg.federation.tracking`) and the exact mode's round-time estimate
 (:mod:`~perfedavg.federation.step_estimate`). No client math: that is :mod:`perfedavg.algorithms`."""
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (e.g. every sampled client failed in a round, or the run diverged)."""
