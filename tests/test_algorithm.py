@@ -146,7 +146,8 @@ def test_classification_metrics_include_accuracy() -> None:
 
 def test_bad_algorithm_and_mode_are_clear_errors() -> None:
     model, loss_fn, x, y = quadratic_problem()
-    with pytest.raises(ValueError, match="algorithm .sgd. is not one of: perfedavg, fedavg, pfedme, ditto"):
+    allowed = "fedavg, fedavg_ft, fedavg_matched, perfedavg, pfedme, ditto, local"
+    with pytest.raises(ValueError, match=f"algorithm .sgd. is not one of: {allowed}"):
         algorithms.local_update(model, loss_fn, x, y, LocalSpec(algorithm="sgd"), torch.Generator())
     with pytest.raises(ValueError, match="'newton' is not one of"):
         algorithms.local_update(model, loss_fn, x, y, LocalSpec(hessian="newton"), torch.Generator())

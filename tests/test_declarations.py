@@ -181,7 +181,7 @@ def install_plugin(tmp_path: Path, module: str = PLUGIN) -> Path:
 def test_an_installed_plugin_adds_an_algorithm_by_name(tmp_path: Path) -> None:
     """A package with an entry point in ``perfedavg.algorithms`` runs as ``algorithm=half_step``: its key is
     validated from its declaration, it reads as it declares, and FedAvg at β/2 is what it computes."""
-    env = {"PYTHONPATH": str(install_plugin(tmp_path))}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(install_plugin(tmp_path)), os.environ.get("PYTHONPATH")]))}
     common = [*SMALL, "num_rounds=2", "beta=0.1"]
     out = cli([*common, "algorithm=half_step", f"hydra.run.dir={tmp_path / 'plugin_run'}"], tmp_path, env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -206,7 +206,8 @@ def test_an_installed_plugin_adds_an_algorithm_by_name(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_plugin_that_cannot_be_loaded_is_named_in_one_line(tmp_path: Path) -> None:
-    env = {"PYTHONPATH": str(install_plugin(tmp_path, "import no_such_module_here\n"))}
+    site = install_plugin(tmp_path, "import no_such_module_here\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     out = cli([*SMALL, "num_rounds=1"], tmp_path, env)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "perfedavg.algorithms entry point half_step = half_step_plugin:HalfStep: cannot be loaded" in out.stderr
