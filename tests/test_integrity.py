@@ -375,3 +375,54 @@ def test_nan_pixels_are_refused_naming_their_row(tmp_path: Path, cache: Path) ->
     pq.write_table(pa.table({"image": column, "label": pa.array(y, type=pa.int64())}), data / "train-00000.parquet")
     with pytest.raises(DataError, match=r"column 'image', row 3: a pixel is nan; images must be finite"):
         prepare(compose(overrides(data, tmp_path)))
+
+
+SMOKE = ["experiment=smoke", "num_rounds=2", "backend=inprocess"]
+
+
+def test_a_sweep_jobs_directory_resumes_by_the_path_it_printed(tmp_path: Path) -> None:
+    """A sweep job's directory name holds ``=`` and ``,`` (``1_seed=1``); ``resume=`` takes it as printed."""
+    import json
+
+    sweep = tmp_path / "S"
+    out = cli(["-m", *SMOKE, "seed=0,1", "hessian=fo,hvp", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = sweep / "3_seed=1,hessian=hvp"
+    assert (job / "metrics.json").exists()
+    out = cli([f"resume={job}", "num_rounds=3"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming after round 2 of 3" in out.stdout + out.stderr
+    rounds = json.loads((job / "metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+
+
+def test_a_damaged_metrics_json_is_named_and_rewritten_from_the_checkpoint(tmp_path: Path) -> None:
+    """``resume=auto`` over a finished run whose metrics.json was cut short: one warning naming the file, exit 0,
+    and the file written anew with the same final metrics (from the checkpoint's history; no round runs again)."""
+    import json
+
+    run_dir = tmp_path / "run"
+    out = cli([*SMOKE, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = run_dir / "metrics.json"
+    clean = json.loads(metrics.read_text())
+    metrics.write_text(metrics.read_text()[:40])
+    out = cli([*SMOKE, "resume=auto", f"hydra.run.dir={run_dir}"], tmp_path)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0 and "Traceback" not in log, log[-2000:]
+    assert f"{metrics} cannot be read (JSONDecodeError" in log and "rewriting it from the run's checkpoint" in log
+    assert "round 1/2" not in log and "round 2/2" not in log  # nothing ran again
+    again = json.loads(metrics.read_text())
+    assert again["final"] == clean["final"] and again["rounds"] == clean["rounds"]
+
+
+def test_json_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    """perfedavg.atomic: the old file stays until the new one is complete, and a failed write leaves no temporary."""
+    from perfedavg import atomic
+
+    target = tmp_path / "metrics.json"
+    atomic.write_text(target, '{"a": 1}')
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space left"):
+        atomic.write_text(target, '{"a": 2}')
+    assert target.read_text() == '{"a": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -126,14 +127,29 @@ def _auto_resume(cfg: DictConfig, run_dir: Path) -> float | None:
     cfg.resume = None if state is None else str(run_dir)
     if state is not None:
         check_resumable(to_container(cfg))  # a different config never continues (nor stands in for) a run
-    metrics = run_dir / "metrics.json"
-    if state is not None and state["round"] >= cfg.num_rounds and metrics.exists():
-        final = json.loads(metrics.read_text())["final"]
+    final = read_final_metrics(run_dir / "metrics.json") if state is not None else None
+    if state is not None and state["round"] >= cfg.num_rounds and final is not None:
         log.info("already complete (%d rounds), kept as it is: %s", state["round"], run_dir)
         return _objective(final)
     if state is not None:
         log.info("continuing from the checkpoint of round %d in %s", state["round"], run_dir)
     return None
+
+
+def read_final_metrics(path: Path) -> dict[str, float] | None:
+    """The ``final`` metrics of a finished run's ``metrics.json``; ``None`` where there is none, or, with one line
+    naming it, where it cannot be read (a damaged file: the run is then finished again from its checkpoint, which
+    writes it anew)."""
+    if not path.exists():
+        return None
+    try:
+        final = json.loads(path.read_text())["final"]
+        if not isinstance(final, dict):
+            raise TypeError("'final' is not a table")
+        return final
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s cannot be read (%s: %s); rewriting it from the run's checkpoint", path, type(e).__name__, e)
+        return None
 
 
 def check_not_a_run(run_dir: Path, multirun: bool = False) -> None:
@@ -179,7 +195,20 @@ def resume_arguments(argv: list[str]) -> list[str]:
     if state is not None and "num_rounds" not in keys:
         original = [o for o in original if not o.startswith("num_rounds=")]
         original.append(f"num_rounds={state['config']['num_rounds']}")
-    return [*original, *argv, f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
+    argv = [f"resume={hydra_value(str(run_dir))}" if a.startswith("resume=") else a for a in argv]
+    return [*original, *argv, f"hydra.run.dir={hydra_value(str(run_dir.resolve()))}", "hydra.output_subdir=null"]
+
+
+#: Characters an override's value may hold unquoted (Hydra's grammar gives `=`, `,`, spaces, brackets… a meaning).
+_PLAIN_VALUE = re.compile(r"[\w/.\-~+@%:]+")
+
+
+def hydra_value(value: str) -> str:
+    """``value`` as an override's value: as it is where Hydra reads it so, else single-quoted (a sweep job's
+    directory ``1_hessian=fo,seed=1`` holds ``=`` and ``,``)."""
+    if _PLAIN_VALUE.fullmatch(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def swept_in(argv: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from perfedavg import algorithms, checkpoint, task
+from perfedavg import algorithms, atomic, checkpoint, task
 from perfedavg.config import EXECUTION_KEYS, reads_key, swept_keys
 from perfedavg.federation.loop import Federation
 from perfedavg.federation.transport import Transport
@@ -93,5 +93,5 @@ def run_and_record(
         tracker.hparams(params, list(summary["final"]), first=first, differing=swept or chosen)
     finally:
         tracker.close()
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    atomic.write_text(run_dir / "metrics.json", json.dumps(summary, indent=1))
     return summary

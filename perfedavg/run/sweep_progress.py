@@ -22,6 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from perfedavg import atomic
 from perfedavg.config import sweep_values
 from perfedavg.federation.console import format_duration
 
@@ -77,7 +78,7 @@ class SweepProgress(Callback):
         start = time.time()
         job_log = f".sweep_progress-{start:.6f}.jsonl"
         (sweep_dir / job_log).touch()
-        (sweep_dir / STATE_FILE).write_text(json.dumps({"total": total, "start": start, "log": job_log}))
+        atomic.write_text(sweep_dir / STATE_FILE, json.dumps({"total": total, "start": start, "log": job_log}))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
