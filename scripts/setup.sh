@@ -19,8 +19,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing perfedavg and its dependencies into .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)') kept)" >&2
   fi
   log=.venv/pip-install.log
-  # pip's own lines (what it collects, downloads and installs) as progress; the whole output in $log.
-  progress() { tee -a "$log" | { grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully)' || true; } | sed -u 's/^/[setup]   /' >&2; }
+  # pip's own lines (what it collects, downloads — indented by pip — and installs) as progress; the whole output in
+  # $log. Installing the collected packages prints nothing for a minute or more: say so before it starts.
+  progress() {
+    tee -a "$log" | { grep --line-buffered -E '^\s*(Collecting|Downloading|Installing|Successfully)' || true; } \
+      | sed -u -e 's/^\s*/[setup]   /' \
+        -e '/Installing collected packages/a [setup]   (unpacking and installing them takes a minute or more, silently)' >&2
+  }
   : > "$log"
   if ! { .venv/bin/python -m pip install --upgrade pip 2>&1 | progress; } \
      || ! { .venv/bin/python -m pip install -e '.[dev]' 2>&1 | progress; }; then

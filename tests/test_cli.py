@@ -29,6 +29,11 @@ BAD_INPUTS = [
     (["hessian=bogus"], ["hessian=bogus", "allowed: diag, exact, fd, fo, hvp"]),
     (["alpah=0.1"], ["alpah=0.1", "did you mean 'alpha'", "allowed:"]),
     (["hessian.max_memroy_gb=2"], ["max_memroy_gb", "did you mean 'max_memory_gb'"]),
+    (["clients_per_round=10"], ["clients_per_round=10", "did you mean 'fraction'"]),  # another tool's name
+    (["lr=0.1"], ["lr=0.1", "did you mean 'beta'"]),
+    (["algorithm.lamda=1", "algorithm=ditto"], ["algorithm.lamda=1", "did you mean 'lam'"]),
+    (["step_sizes.fo.alpha=0.1"], ["step_sizes.fo.alpha=0.1", "no step_sizes table"]),
+    (["algorithm=local", "beta=0.1"], ["beta=0.1", "no effect with algorithm=local"]),
     (["alpha=-1"], ["alpha=-1.0", "must be a positive number"]),
     (["beta=0"], ["beta=0.0", "must be a positive number"]),
     (["local_steps=0"], ["local_steps=0", "positive integer"]),
@@ -243,7 +248,7 @@ def test_a_mistake_is_named_before_pytorch_or_flower_is_imported() -> None:
     is imported (about a second, where their imports alone take several)."""
     script = (
         "import sys\n"
-        "from perfedavg import cli\n"
+        "from perfedavg.cli import main as cli\n"
         "sys.argv = ['perfedavg', 'alpha=-1']\n"
         "try:\n"
         "    cli.main()\n"

@@ -62,3 +62,9 @@ def test_the_readme_is_a_front_door() -> None:
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 300
     assert "shared/data" not in text  # a reader's clone has no ../shared: examples name their own paths
+
+
+def test_the_configuration_page_names_every_experiment() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [p.stem for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml")) if f"`{p.stem}`" not in text]
+    assert not missing, f"docs/configuration.md does not name: {missing}"

@@ -236,7 +236,7 @@ def test_a_second_run_into_a_live_runs_directory_writes_nothing(tmp_path: Path) 
         [
             sys.executable,
             "-c",
-            "import sys, time; from perfedavg import run_lock\n"
+            "import sys, time; from perfedavg.run import lock as run_lock\n"
             f"with run_lock.hold({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(120)",
         ],
         stdout=subprocess.PIPE,

@@ -57,7 +57,7 @@ def test_a_non_editable_install_runs_the_smoke_experiment_outside_the_checkout(w
         cwd=work,
         env=env,
     ).stdout.split()
-    assert where == [str(target / "perfedavg" / "preparation.py"), str(target / "perfedavg" / "conf")]
+    assert where == [str(target / "perfedavg" / "config" / "preparation.py"), str(target / "perfedavg" / "conf")]
     done = subprocess.run(
         [sys.executable, "-m", "perfedavg", "experiment=smoke", "backend=inprocess"],
         capture_output=True,

@@ -465,6 +465,26 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 GROUPS: tuple[str, ...] = ("model", "dataset", "partition", "hessian", "algorithm", "experiment")
 
 
+#: What other federated-learning tools call a top-level key: their name → ours (a better hint than spelling alone;
+#: ``clients_per_round`` is not ``client_gpus``).
+ALIASES: dict[str, str] = {
+    "clients_per_round": "fraction",
+    "num_clients_per_round": "fraction",
+    "fraction_fit": "fraction",
+    "fraction_evaluate": "eval_fraction",
+    "rounds": "num_rounds",
+    "global_rounds": "num_rounds",
+    "local_epochs": "local_steps",
+    "local_iters": "local_steps",
+    "lr": "beta",
+    "learning_rate": "beta",
+    "inner_lr": "alpha",
+    "outer_lr": "beta",
+    "personal_learning_rate": "alpha",
+    "mode": "hessian",
+}
+
+
 def check_overrides(overrides: list[str], conf_dir: str) -> None:
     """Catch misspelled keys and unknown group options before Hydra composes, with a suggestion.
 
@@ -515,7 +535,8 @@ def check_overrides(overrides: list[str], conf_dir: str) -> None:
             names = [f.name for f in fields(node)] if is_dataclass(node) else []
             if part not in names:
                 where = ".".join(key.split(".")[:depth]) or "the top level"
-                hint = difflib.get_close_matches(part, names, n=1)
+                alias = ALIASES.get(part) if depth == 0 else None
+                hint = [alias] if alias else difflib.get_close_matches(part, names, n=1)
                 suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
                 raise ConfigError(
                     f"{key}={value}: unknown key '{part}' in {where}{suggestion}; allowed: {', '.join(names)}"

@@ -264,7 +264,7 @@ class ScratchModel:
 
     Same arithmetic as :func:`loss_and_gradient`, :func:`hvp` and :func:`fd_hvp`, bit for bit
     (``tests/test_curvature.py``), without their per-call costs: no ``functional_call`` re-parametrisation, no
-    buffer clones, the parameter layout walked once (its effect on a whole round: README "Speed",
+    buffer clones, the parameter layout walked once (its effect on a whole round: docs/speed.md,
     ``scripts/bench_speed.py``). Only for models without buffers, since a train-mode forward would update e.g.
     BatchNorm statistics: :meth:`supports` says whether it applies.
     """
@@ -630,7 +630,7 @@ def hessian_diag(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
         warnings.warn(
             f"hessian_diag: BackPACK's one-pass diagonal does not apply: {why}; using the exact row-by-row "
             f"fallback, the work of P = {p:,} Hessian-vector products per call (about a thousand times slower "
-            f"for the seed's Net(12, 12); README 'Curvature modes')",
+            f"for the seed's Net(12, 12); docs/curvature.md)",
             DiagFallbackWarning,
             stacklevel=2,
         )

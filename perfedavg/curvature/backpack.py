@@ -2,8 +2,8 @@
 
 Why BackPACK: it propagates the exact (symmetric factorisation of the) loss Hessian layer by layer, so the whole
 diagonal costs about one backward pass with a few extra matrix products, instead of one backward per parameter
-(the first seed's loop: 14.6 s for Net(12, 12) on a 2-core CPU; this path: 3 ms, see README). It is only exact
-when every operation between input and loss is a layer BackPACK differentiates, so :func:`diag_hessian` works on
+(the first seed's loop: 14.6 s for Net(12, 12) on a 2-core CPU; this path: 3 ms, see docs/curvature.md). It is only
+exact when every operation between input and loss is a layer BackPACK differentiates, so :func:`diag_hessian` works on
 a traced copy of the model and returns ``None`` (the caller then uses the exact general fallback) unless:
 
 * the loss is an ``nn.MSELoss`` or ``nn.CrossEntropyLoss`` module with default options and ``mean``/``sum``, or
