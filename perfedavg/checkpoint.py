@@ -1,8 +1,9 @@
 """Per-round checkpoints of a federation (the config comparison that guards resuming: :mod:`perfedavg.config.resume`).
 
 After every completed round the server writes ``<run dir>/checkpoints/last.pt`` atomically (a temporary file in the
-same directory, flushed to disk, then ``os.replace``): the global weights, the round number, the state of both
-server RNGs (training and evaluation sampling), the metrics so far and the resolved config. Clients need no state:
+same directory, flushed to disk, then ``os.replace``): the global weights, the round number, the state of the
+server's training-sample RNG (the evaluation sample is a function of seed and round), the metrics so far and the
+resolved config. Clients need no state:
 their randomness is a function of (seed, client id, round). Resuming from it therefore continues exactly where an
 uninterrupted run would have been.
 
@@ -34,7 +35,7 @@ PREVIOUS_FILE = "previous.pt"
 FORMAT_VERSION = 2  # 2: the state's bytes with their SHA-256 (:func:`_sealed`); format 1 (no digest) is still read
 READABLE_VERSIONS = (1, 2)
 #: What every checkpoint holds besides its version.
-REQUIRED_KEYS = ("round", "weights", "sample_rng", "eval_rng", "rounds", "client_failures", "config")
+REQUIRED_KEYS = ("round", "weights", "sample_rng", "rounds", "client_failures", "config")
 
 log = logging.getLogger("perfedavg")
 

@@ -426,3 +426,39 @@ def test_json_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> Non
     with pytest.raises(OSError, match="No space left"):
         atomic.write_text(target, '{"a": 2}')
     assert target.read_text() == '{"a": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_extending_a_finished_run_gives_the_longer_runs_metrics_evaluation_included(tmp_path: Path) -> None:
+    """4 rounds extended to 8 with half the clients evaluated every 3 rounds: every round's metrics, the evaluation
+    sample's included, equal a fresh 8-round run's (the sample is drawn from the seed and the round). The short run's
+    last round was evaluated too (a run's last round always is): that evaluation is the one addition."""
+    import json
+
+    args = ["experiment=smoke", "backend=inprocess", "eval_every=3", "eval_fraction=0.5"]
+    short, fresh = tmp_path / "short", tmp_path / "fresh"
+    assert cli([*args, "num_rounds=4", f"hydra.run.dir={short}"], tmp_path).returncode == 0
+    out = cli([f"resume={short}", "num_rounds=8"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert cli([*args, "num_rounds=8", f"hydra.run.dir={fresh}"], tmp_path).returncode == 0
+    extended, whole = (json.loads((d / "metrics.json").read_text()) for d in (short, fresh))
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    for longer, fresh_row in zip(strip(extended["rounds"]), strip(whole["rounds"]), strict=True):
+        extra = {k: v for k, v in longer.items() if k not in fresh_row}
+        assert {k: longer[k] for k in fresh_row} == fresh_row
+        assert not extra or (longer["round"] == 4 and all(k.startswith(("eval/", "clients/eval")) for k in extra))
+    assert extended["final"] == whole["final"]
+    assert [r["round"] for r in whole["rounds"] if "eval/global_loss" in r] == [3, 6, 8]
+
+
+def test_a_resume_keeps_the_thread_count(tmp_path: Path) -> None:
+    """``client_cpus`` is each client's torch thread count, which can move the last bits: a resume refuses to
+    change it, naming it."""
+    run_dir = tmp_path / "run"
+    assert cli(["experiment=smoke", "backend=inprocess", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    out = cli([f"resume={run_dir}", "num_rounds=4", "client_cpus=2"], tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"perfedavg: error: resume={run_dir}: the config differs" in out.stderr
+    assert "client_cpus: 1.0 → 2.0" in out.stderr

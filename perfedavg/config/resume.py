@@ -10,12 +10,12 @@ from perfedavg.config.schema import reads_key
 
 #: Keys that may differ between a run and its resumption: they do not change any result.
 #: (``num_rounds`` may be raised to extend a finished run; ``step_sizes`` acts only through ``alpha`` and ``beta``,
-#: which are compared; ``diagnostics`` only adds curves, tests/test_diagnostics.py.)
+#: which are compared; ``diagnostics`` only adds curves, tests/test_diagnostics.py.) ``client_cpus`` is not among
+#: them: it is each client's torch thread count, and another count can change the last bits of a reduction.
 RESUMABLE_DIFFERENCES = frozenset(
     {
         "resume",
         "verbose",
-        "client_cpus",
         "client_gpus",
         "num_rounds",
         "backend",

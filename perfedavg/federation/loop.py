@@ -80,7 +80,6 @@ class Federation:
         self.channel = ClientChannel(grid, transport or PollingTransport(), cfg, self.states)
         self.reporter = RoundReporter(tracker, int(cfg["num_rounds"]))
         self.sample_rng = np.random.default_rng([cfg["seed"], 1])
-        self.eval_rng = np.random.default_rng([cfg["seed"], 2])
         self.history = History()
         self.round_histograms: dict[str, list[float]] = {}  # this round's per-client values besides evaluation's
         self.completed = int(resume_state["round"]) if resume_state else 0  # the last checkpointed round
@@ -179,7 +178,10 @@ class Federation:
         return new, metrics
 
     def evaluate_round(self, server_round: int, weights: Weights) -> tuple[dict[str, float], list[float]]:
-        clients = sample_clients(self.eval_rng, self.cfg["num_clients"], self.cfg["eval_fraction"])
+        # The evaluation sample is a function of (seed, round) alone: a run extended past its end, or resumed,
+        # evaluates the clients a fresh run of that length would.
+        rng = np.random.default_rng([self.cfg["seed"], 2, server_round])
+        clients = sample_clients(rng, self.cfg["num_clients"], self.cfg["eval_fraction"])
         replies, failures = self.channel.exchange(
             server_round, self.channel.messages(clients, weights, server_round, MessageType.EVALUATE)
         )
@@ -236,7 +238,6 @@ class Federation:
         if state is None:
             return task.build_model(self.cfg["model"], self.cfg["seed"]).state_dict(), 1
         self.sample_rng.bit_generator.state = state["sample_rng"]
-        self.eval_rng.bit_generator.state = state["eval_rng"]
         self.history.rounds = list(state["rounds"])
         self.history.client_failures = int(state["client_failures"])
         if self.states is not None:
@@ -250,7 +251,6 @@ class Federation:
             "round": server_round,
             "weights": weights,
             "sample_rng": self.sample_rng.bit_generator.state,
-            "eval_rng": self.eval_rng.bit_generator.state,
             "rounds": self.history.rounds,
             "client_failures": self.history.client_failures,
             "config": self.cfg,
