@@ -152,6 +152,7 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
     from perfedavg.engines.client_app import app
     from perfedavg.engines.inprocess_grid import InProcessGrid
     from perfedavg.federation import loop as federation
+    from perfedavg.federation.record import run_and_record
 
     real_aggregate = federation.aggregate
     calls = {"n": 0}
@@ -164,7 +165,7 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
     monkeypatch.setattr(federation, "aggregate", overflowing)
     cfg = prepare(compose([*COMMON, "num_rounds=5"]))
     with pytest.raises(federation.FederationError, match=r"round 3: the aggregated global model is not finite.*alpha="):
-        federation.run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
+        run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
     state = checkpoint.load(tmp_path)
     assert state["round"] == 2 and all(torch.isfinite(v).all() for v in state["weights"].values())
     assert list(tmp_path.glob("events.out.tfevents*"))  # the log so far is kept

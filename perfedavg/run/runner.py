@@ -30,7 +30,10 @@ log = logging.getLogger("perfedavg")
 def quiet_logs(verbose: bool) -> None:
     """Flower's logger has its own handler and also propagates to Hydra's root logger (every line twice):
     stop the propagation, and keep it to errors (a failing client's traceback) unless ``verbose``; likewise
-    for the libraries Flower brings along."""
+    for the libraries Flower brings along. Flower configures its logger when first imported, so it is imported
+    first."""
+    import flwr.common.logger  # noqa: F401 - sets the "flwr" logger's handler and level on import
+
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
