@@ -462,3 +462,44 @@ def test_a_resume_keeps_the_thread_count(tmp_path: Path) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"perfedavg: error: resume={run_dir}: the config differs" in out.stderr
     assert "client_cpus: 1.0 → 2.0" in out.stderr
+
+
+def test_a_null_label_is_named_by_its_row_not_a_huge_number(tmp_path: Path, cache: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = write_mnist(tmp_path / "data")
+    path = data / "train-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    labels = table.column("label").to_pylist()
+    labels[7] = None
+    pq.write_table(table.set_column(1, "label", pa.array(labels, type=pa.int64())), path)
+    with pytest.raises(DataError) as e:
+        prepare(compose(overrides(data, tmp_path)))
+    message = str(e.value)
+    assert "column 'label', row 7: no value (null; 1 such rows)" in message and "train-00000-of-00001" in message
+    assert "9223372036854775808" not in message
+
+
+def test_an_empty_extra_train_file_is_named(tmp_path: Path, cache: Path) -> None:
+    """A 0-byte ``train-00001-of-00002.parquet`` beside the split: the message names that file, not a library error."""
+    data = write_mnist(tmp_path / "data")
+    (data / "train-00001-of-00002.parquet").write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        prepare(compose(overrides(data, tmp_path)))
+    message = str(e.value)
+    assert "train-00001-of-00002.parquet (0 bytes): not a parquet file" in message and "\n" not in message
+
+
+def test_every_train_file_is_read_and_the_log_line_says_which(tmp_path: Path, cache: Path, caplog) -> None:
+    """An extra ``train-00001-of-00002.parquet`` is part of the split (as the hub's layout means): its rows are read,
+    and the line that counts the images names the files."""
+    import shutil
+
+    data = write_mnist(tmp_path / "data")
+    shutil.copy(data / "train-00000-of-00001.parquet", data / "train-00001-of-00002.parquet")
+    with caplog.at_level(logging.INFO, logger="perfedavg"):
+        federate(data, tmp_path, tmp_path / "run")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding the"))
+    assert line.startswith("decoding the 120 images of dataset=mnist from dataset.path=")
+    assert "train-00000-of-00001.parquet, train-00001-of-00002.parquet" in line

@@ -118,6 +118,8 @@ def _load_split(source_json: str, contents: str | None = None) -> Any:
             ) from None
         raise _unavailable(params, e, unreachable) from None
     except Exception as e:  # datasets raises many types for "not there"; all mean the same to the user
+        if params.get("path") and (bad := _unreadable_parquet(params)) is not None:
+            raise DataUnavailableError(f"dataset={params['name']}: dataset.path={params['path']}: {bad}") from None
         if params.get("path") and _parquet_rows(params) == 0:
             raise DataUnavailableError(f"dataset={params['name']}: {_where(params)} has no rows") from None
         raise _unavailable(params, e, unreachable) from None
@@ -149,6 +151,21 @@ def _parquet_rows(params: Mapping[str, Any]) -> int | None:
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
     except Exception:  # noqa: BLE001 - not parquet after all: the caller's own message stands
         return None
+
+
+def _unreadable_parquet(params: Mapping[str, Any]) -> str | None:
+    """``<file>: not a parquet file (<why>)`` for the first train file under a local path that pyarrow cannot open
+    (a 0-byte or cut-off file), else ``None``."""
+    import pyarrow.parquet as pq
+
+    root = Path(params["path"])
+    for f in sorted(root.glob(f"{SPLIT}-*.parquet")) + sorted(root.glob(f"{SPLIT}/*.parquet")):
+        try:
+            pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer is the check
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged file vary
+            size = f.stat().st_size
+            return f"{f.relative_to(root).as_posix()} ({size} bytes): not a parquet file ({str(e).splitlines()[0]})"
+    return None
 
 
 def _where(params: Mapping[str, Any]) -> str:
@@ -333,6 +350,14 @@ def _check_label_column(params: Mapping[str, Any], split: Any, label_key: str) -
             f"{_where(params)}: column {label_key!r}, row 0: {first!r} ({column.type}); labels must be integers in "
             f"[0, num_classes)"
         )
+    if column.null_count:
+        import pyarrow.compute as pc
+
+        row = pc.index(pc.is_null(column), True).as_py()
+        raise DataUnavailableError(
+            f"{_where(params)}: column {label_key!r}, row {row}: no value (null; {column.null_count} such rows); "
+            f"labels must be integers in [0, num_classes)"
+        )
 
 
 def data_fingerprint(params: Mapping[str, Any]) -> str:
@@ -436,10 +461,11 @@ def _decoded(source_json: str) -> tuple[np.ndarray, np.ndarray]:
     def build() -> dict[str, np.ndarray]:
         split = _load_split(source_json, key.get("contents"))
         start = time.perf_counter()
-        log.info(
-            "decoding the %d images of dataset=%s once (memory-mapped cache: %s)",
+        log.info(  # names the files read: every train-*.parquet under a local path is part of the split
+            "decoding the %d images of dataset=%s from %s once (memory-mapped cache: %s)",
             len(split),
             params["name"],
+            _where(params),
             array_cache.cache_root(),
         )
         images = decode_images(split, image_key, list(params["input_shape"]))
