@@ -503,3 +503,55 @@ def test_every_train_file_is_read_and_the_log_line_says_which(tmp_path: Path, ca
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding the"))
     assert line.startswith("decoding the 120 images of dataset=mnist from dataset.path=")
     assert "train-00000-of-00001.parquet, train-00001-of-00002.parquet" in line
+
+
+@pytest.mark.parametrize(
+    "where, before, after",
+    [
+        ("mnist-train-*/key.json", '"labels": [', '"lacels": ['),  # a key name under "checksums"
+        ("mnist-partition-*/key.json", '"rows": [', '"rowz": ['),
+        ("index/mnist-*.json", '"label": "label"', '"lacel": "label"'),  # the split's index
+    ],
+    ids=["entry checksums", "partition checksums", "index"],
+)
+def test_damaged_cache_metadata_is_named_and_rebuilt(
+    tmp_path: Path, cache: Path, where: str, before: str, after: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A byte changed in a metadata file that still parses (a key name): every metadata file carries a seal, so the
+    change is found, named in one warning, and the entry (or index) rebuilt; the run equals a clean one, and the
+    next run warns no more."""
+    data = write_mnist(tmp_path / "data")
+    clean = federate(data, tmp_path, tmp_path / "clean")
+    (found,) = cache.glob(where)
+    text = found.read_text()
+    assert before in text
+    found.write_text(text.replace(before, after, 1))
+    with caplog.at_level(logging.WARNING, logger="perfedavg"):
+        again = federate(data, tmp_path, tmp_path / "again")
+    assert again["final"] == clean["final"]
+    warned = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(warned) == 1 and str(found.parent if found.name == "key.json" else found) in warned[0], warned
+    forget_process_caches()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="perfedavg"):
+        federate(data, tmp_path, tmp_path / "third")
+    assert not [r for r in caplog.records if "damaged" in r.getMessage()]
+
+
+def test_a_cache_entry_that_is_a_symlink_loop_is_named_removed_and_rebuilt(
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    data = write_mnist(tmp_path / "data")
+    clean = federate(data, tmp_path, tmp_path / "clean")
+    (entry,) = [p for p in cache.glob("mnist-train-*") if p.is_dir()]
+    shutil.rmtree(entry)
+    entry.symlink_to(entry.name)  # points at itself
+    with caplog.at_level(logging.WARNING, logger="perfedavg"):
+        again = federate(data, tmp_path, tmp_path / "again")
+    assert again["final"] == clean["final"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"data cache entry {entry} is damaged (not a directory)" in m for m in messages), messages
+    assert not any("cannot be written" in m for m in messages)  # the cache itself is fine
+    assert entry.is_dir() and not entry.is_symlink()

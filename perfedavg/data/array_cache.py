@@ -37,8 +37,9 @@ from perfedavg.data.integrity import file_digest
 
 log = logging.getLogger("perfedavg")
 
-#: Bump when the stored layout changes: old entries are then ignored (and rebuilt). 2: checksums in key.json.
-FORMAT_VERSION = 2
+#: Bump when the stored layout changes: old entries are then ignored (and rebuilt). 2: checksums in key.json;
+#: 3: key.json sealed (:func:`sealed`).
+FORMAT_VERSION = 3
 #: The environment variable that moves the cache.
 CACHE_DIR_VARIABLE = "PERFEDAVG_CACHE_DIR"
 
@@ -76,6 +77,34 @@ def entry_dir(name: str, key: Mapping[str, Any]) -> Path:
     return cache_root() / f"{name}-{digest(json.dumps({'format': FORMAT_VERSION, **key}, sort_keys=True, default=str))}"
 
 
+#: The field a sealed JSON record (:func:`sealed`) carries its own digest in.
+SEAL = "seal"
+
+
+def sealed(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` with a :data:`SEAL`: the SHA-256 of its canonical JSON, so that a changed byte anywhere in it (a key
+    name, a value) is found when it is read back (:func:`unseal`)."""
+    body = {k: v for k, v in record.items() if k != SEAL}
+    return {**body, SEAL: hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()}
+
+
+class Unsealed(ValueError):
+    """A JSON record written before records were sealed (not damaged: just older)."""
+
+
+def unseal(text: str) -> dict[str, Any]:
+    """The record of a sealed JSON text; ``ValueError`` naming what is wrong if it does not parse, is not a table,
+    has no seal (written before records were sealed) or does not match it."""
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise ValueError("not a table")
+    if SEAL not in record:
+        raise Unsealed("not a sealed record")
+    if sealed(record)[SEAL] != record[SEAL]:
+        raise ValueError("does not match its seal")
+    return {k: v for k, v in record.items() if k != SEAL}
+
+
 def write_json(path: Path, value: Any) -> None:
     """Write ``value`` as JSON atomically (temporary file, then rename); silently nothing if it cannot be written."""
     try:
@@ -98,14 +127,16 @@ def _read(entry: Path) -> dict[str, np.ndarray]:
     """The arrays of ``entry``, memory-mapped, after checking them against ``key.json`` once per process."""
     manifest = entry / "key.json"
     try:
-        recorded = json.loads(manifest.read_text())
+        recorded = unseal(manifest.read_text())
         names, sums = list(recorded["arrays"]), dict(recorded["checksums"])
+        if not all(isinstance(n, str) and isinstance(sums.get(n), list) and len(sums[n]) == 2 for n in names):
+            raise ValueError("its checksums do not name every array")
     except FileNotFoundError:
         raise DamagedEntry("key.json is missing") from None
     except PermissionError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DamagedEntry(f"key.json cannot be read ({type(e).__name__})") from None
+        raise DamagedEntry(f"key.json cannot be read ({type(e).__name__}: {e})") from None
     if entry not in _verified:
         for n in names:
             path = entry / f"{n}.npy"
@@ -132,7 +163,10 @@ def _remove(entry: Path) -> None:
         os.rename(entry, doomed)
     except OSError:
         return  # gone already (another process repaired it), or not ours to move: rebuilding replaces nothing
-    shutil.rmtree(doomed, ignore_errors=True)
+    if doomed.is_symlink() or not doomed.is_dir():
+        doomed.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _make_temporary(parent: Path, prefix: str) -> Path:
@@ -167,6 +201,9 @@ def load_or_build(
     time, never wrong.
     """
     entry = entry_dir(name, key)
+    if entry.is_symlink() or (os.path.lexists(entry) and not entry.is_dir()):  # e.g. a symlink loop: not ours
+        log.warning("data cache entry %s is damaged (not a directory); removed and rebuilt", entry)
+        _remove(entry)
     if entry.exists():
         try:
             return _read(entry)
@@ -194,7 +231,7 @@ def load_or_build(
             path = tmp / f"{n}.npy"
             np.save(path, np.ascontiguousarray(a))
             sums[n] = [path.stat().st_size, file_digest(path)]
-        record = {"arrays": list(arrays), "checksums": sums, "key": key}
+        record = sealed({"arrays": list(arrays), "checksums": sums, "key": key})
         (tmp / "key.json").write_text(json.dumps(record, default=str, indent=1))
         os.rename(tmp, entry)
         _verified.add(entry)

@@ -311,7 +311,7 @@ def _compute_split_key(source_json: str) -> dict[str, Any]:
         known = _read_index(_index_path(source_json))
         if known is not None and known.get("key", {}).get("contents") == contents and known.get("files") == files:
             known["signature"] = _files_signature(files)
-            array_cache.write_json(_index_path(source_json), known)
+            array_cache.write_json(_index_path(source_json), array_cache.sealed(known))
             return known["key"]
     split = _load_split(source_json, contents)
     image_key = image_column(params, split.column_names, split.features)
@@ -330,7 +330,8 @@ def _compute_split_key(source_json: str) -> dict[str, Any]:
     key.update({"split": SPLIT, "image": image_key, "label": label_key, "input_shape": shape})
     key["decoder"] = _versions("pillow", "datasets")  # a new decoder decodes again (once)
     files = _source_files(params, split)
-    array_cache.write_json(_index_path(source_json), {"key": key, "files": files, "signature": _files_signature(files)})
+    index = {"key": key, "files": files, "signature": _files_signature(files)}
+    array_cache.write_json(_index_path(source_json), array_cache.sealed(index))
     return key
 
 
@@ -446,9 +447,20 @@ def _partition_code_digest() -> str:
 
 
 def _read_index(path: Path) -> dict[str, Any] | None:
+    """The recorded key of a split and the files it came from, or ``None`` (then it is computed again and the index
+    rewritten) where there is none or it is damaged: not sealed, not matching its seal, or short of a field."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = array_cache.unseal(path.read_text())
+        if not isinstance(record.get("key"), dict) or not isinstance(record.get("files"), list):
+            raise ValueError("short of a field")
+        for field in ("image", "label"):
+            if field not in record["key"]:
+                raise ValueError(f"its key has no {field!r}")
+        return record
+    except (FileNotFoundError, array_cache.Unsealed):  # none yet, or one written before indexes were sealed
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("data cache index %s is damaged (%s); computed again", path, e)
         return None
 
 
