@@ -555,3 +555,16 @@ def test_a_cache_entry_that_is_a_symlink_loop_is_named_removed_and_rebuilt(
     assert any(f"data cache entry {entry} is damaged (not a directory)" in m for m in messages), messages
     assert not any("cannot be written" in m for m in messages)  # the cache itself is fine
     assert entry.is_dir() and not entry.is_symlink()
+
+
+def test_a_local_parquet_split_leaves_no_derived_copy_to_trust(tmp_path: Path, cache: Path) -> None:
+    """Local parquet files are read straight into the project's own checked cache: no ``datasets`` Arrow copy is
+    made (one damaged there used to be decoded under a valid checksum), and the run equals a run whose decoded cache
+    was rebuilt from scratch."""
+    import shutil
+
+    data = write_mnist(tmp_path / "data")
+    first = federate(data, tmp_path, tmp_path / "first")
+    assert not list((tmp_path / "hf").rglob("*.arrow"))  # dataset.cache_dir: where datasets would prepare its copy
+    shutil.rmtree(cache)
+    assert federate(data, tmp_path, tmp_path / "again")["final"] == first["final"]

@@ -90,7 +90,8 @@ def _source_json(params: Mapping[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _load_split(source_json: str, contents: str | None = None) -> Any:
-    """The train split through ``datasets``. For a local ``path``, ``contents`` (its files' digest) names the
+    """The train split: a local ``path`` of parquet files read directly (:func:`_local_parquet_split`), else through
+    ``datasets``. For another local ``path`` (an image folder), ``contents`` (its files' digest) names the
     ``datasets`` cache it is prepared in: ``datasets`` keys its own cache of local files by their modification times,
     so a file replaced with its mtime kept would otherwise be read from the old preparation."""
     import datasets
@@ -100,6 +101,10 @@ def _load_split(source_json: str, contents: str | None = None) -> Any:
     route_library_logs()  # hub retry warnings once, not twice
 
     params = json.loads(source_json)
+    if params.get("path"):
+        local = _local_parquet_split(params)
+        if local is not None:
+            return local
     base = params.get("cache_dir")
     kwargs: dict[str, Any] = {"cache_dir": base} if base else {}
     if params.get("path") and contents:
@@ -128,6 +133,49 @@ def _load_split(source_json: str, contents: str | None = None) -> Any:
     return split
 
 
+def _local_parquet_split(params: Mapping[str, Any]) -> Any | None:
+    """The train split of a local ``path`` of parquet files, read straight from the files (pyarrow) into memory:
+    no intermediate copy (``datasets`` would prepare its own Arrow cache, and anything decoded from a copy damaged
+    there would be stored under a valid checksum). The files are those ``datasets`` itself would take for the split
+    (its data-file patterns), in its order, with the features of their schema metadata; ``None`` where the split is
+    not all parquet (an image folder: ``datasets`` reads it)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    root = str(Path(params["path"]).expanduser())
+    try:
+        files = list(DataFilesDict.from_patterns(get_data_patterns(root), base_path=root)[SPLIT])
+    except Exception:  # noqa: BLE001 - no train split found, or an unreadable directory: datasets' own message
+        return None
+    if not files or not all(f.endswith(".parquet") for f in files):
+        return None
+    bad = _unreadable_parquet(params, files)
+    if bad is not None:
+        raise DataUnavailableError(f"dataset={params['name']}: dataset.path={params['path']}: {bad}")
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f))
+        except (OSError, pa.ArrowException) as e:  # a footer that reads, pages that do not
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataUnavailableError(
+                f"dataset={params['name']}: dataset.path={params['path']}: {_shown(Path(f), Path(root))} cannot be "
+                f"read ({first})"
+            ) from None
+    try:
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    except pa.ArrowInvalid as e:
+        raise DataUnavailableError(
+            f"dataset={params['name']}: {_where(params)}: the train files do not share one schema ({e})"
+        ) from None
+    if table.num_rows == 0:
+        raise DataUnavailableError(f"dataset={params['name']}: {_where(params)} has no rows in its {SPLIT} split")
+    features = datasets.Features.from_arrow_schema(table.schema)
+    return datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))
+
+
 def _unavailable(params: Mapping[str, Any], e: Exception, unreachable: str | None = None) -> DataUnavailableError:
     if unreachable:
         return DataUnavailableError(
@@ -153,19 +201,27 @@ def _parquet_rows(params: Mapping[str, Any]) -> int | None:
         return None
 
 
-def _unreadable_parquet(params: Mapping[str, Any]) -> str | None:
-    """``<file>: not a parquet file (<why>)`` for the first train file under a local path that pyarrow cannot open
-    (a 0-byte or cut-off file), else ``None``."""
+def _unreadable_parquet(params: Mapping[str, Any], files: list[str] | None = None) -> str | None:
+    """``<file> (<size> bytes): not a parquet file (<why>)`` for the first of ``files`` (default: the train parquet
+    files under a local path) that pyarrow cannot open (a 0-byte or cut-off file), else ``None``."""
     import pyarrow.parquet as pq
 
-    root = Path(params["path"])
-    for f in sorted(root.glob(f"{SPLIT}-*.parquet")) + sorted(root.glob(f"{SPLIT}/*.parquet")):
+    root = Path(params["path"]).expanduser()
+    found = sorted(root.glob(f"{SPLIT}-*.parquet")) + sorted(root.glob(f"{SPLIT}/*.parquet"))
+    for f in [Path(f) for f in files] if files is not None else found:
         try:
             pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer is the check
         except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged file vary
-            size = f.stat().st_size
-            return f"{f.relative_to(root).as_posix()} ({size} bytes): not a parquet file ({str(e).splitlines()[0]})"
+            return f"{_shown(f, root)} ({f.stat().st_size} bytes): not a parquet file ({str(e).splitlines()[0]})"
     return None
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies under it (messages name files as the user laid them out)."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _where(params: Mapping[str, Any]) -> str:
