@@ -568,3 +568,28 @@ def test_a_local_parquet_split_leaves_no_derived_copy_to_trust(tmp_path: Path, c
     assert not list((tmp_path / "hf").rglob("*.arrow"))  # dataset.cache_dir: where datasets would prepare its copy
     shutil.rmtree(cache)
     assert federate(data, tmp_path, tmp_path / "again")["final"] == first["final"]
+
+
+def test_a_ragged_float_image_is_named_by_its_row(tmp_path: Path, cache: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = images(6, (28, 28), seed=3)
+    rows = [(r / 255.0).astype(np.float32).tolist() for r in x]
+    rows[4] = rows[4][:20]  # 20 rows of pixels instead of 28
+    data = tmp_path / "data"
+    data.mkdir()
+    column = pa.array(rows, type=pa.list_(pa.list_(pa.float32())))
+    pq.write_table(pa.table({"image": column, "label": pa.array(y, type=pa.int64())}), data / "train-00000.parquet")
+    with pytest.raises(DataError) as e:
+        prepare(compose(overrides(data, tmp_path)))
+    message = str(e.value)
+    assert "column 'image', row 4: image of shape [20, 28], row 0's is [28, 28]" in message
+    assert "partition" not in message and "\n" not in message
+
+
+def test_a_resume_with_another_experiment_names_the_experiment(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert cli([*SMOKE, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    out = cli([f"resume={run_dir}", "experiment=paper_digits"], tmp_path)
+    one_line_exit_2(out, "experiment=paper_digits, but the run was started with experiment=smoke")

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from perfedavg.config import (
+    GROUPS,
     SWEPT_KEYS_VARIABLE,
     ConfigError,
     check_overrides,
@@ -190,7 +191,16 @@ def resume_arguments(argv: list[str]) -> list[str]:
     import yaml
 
     keys = {a.split("=", 1)[0] for a in argv if "=" in a}
-    original = [o for o in yaml.safe_load(saved.read_text()) or [] if o.split("=", 1)[0] not in keys | {"resume"}]
+    recorded = [str(o) for o in yaml.safe_load(saved.read_text()) or []]
+    groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in recorded if "=" in o}
+    for a in argv:  # another experiment or group choice is another run, not this one continued
+        key, _, value = a.partition("=")
+        if key in GROUPS and value != groups.get(key, value if key != "experiment" else "null"):
+            raise ConfigError(
+                f"resume={run_dir}: {key}={value}, but the run was started with {key}={groups.get(key, 'null')}; a "
+                f"resume continues the run with its own {key} (leave {key}= out), a run with another is a new run"
+            )
+    original = [o for o in recorded if o.split("=", 1)[0] not in keys | {"resume"}]
     state = load_checkpoint(run_dir, f"resume={run_dir}")
     if state is not None and "num_rounds" not in keys:
         original = [o for o in original if not o.startswith("num_rounds=")]

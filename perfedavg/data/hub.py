@@ -306,7 +306,20 @@ def decode_images(split: Any, image_key: str, input_shape: list[int]) -> np.ndar
             out[i] = array
             decoded_images += 1
     else:
-        out = np.asarray(split.with_format("numpy")[image_key])
+        try:
+            out = np.asarray(split.with_format("numpy")[image_key])
+        except ValueError:  # rows of different shapes (numpy: "inhomogeneous shape"): name the first odd one
+            rows = split.data.column(image_key).to_pylist()
+            common = np.asarray(rows[0]).shape
+            i, odd = next((i, np.asarray(r).shape) for i, r in enumerate(rows) if np.asarray(r).shape != common)
+            raise DataUnavailableError(
+                f"column {image_key!r}, row {i}: image of shape {list(odd)}, row 0's is {list(common)} "
+                f"(dataset.input_shape is {shape})"
+            ) from None
+        if out.dtype == object:  # ragged in a way numpy kept as objects
+            raise DataUnavailableError(
+                f"column {image_key!r}: images of different shapes (dataset.input_shape is {shape})"
+            )
         if out.dtype != np.uint8:
             out = out.astype(np.float32)
     if out.ndim == 3:
