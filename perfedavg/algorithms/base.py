@@ -270,3 +270,28 @@ class Algorithm:
     def initial_state(self, initial_weights: Tensor) -> Tensor | None:
         """A client's state before its first round (stateful algorithms), from the run's initial model ``[P]``."""
         return None
+
+
+class OwnModelAlgorithm(Algorithm):
+    """An algorithm whose per-client state is the client's own model (Ditto's personal model, Local's model): that
+    model is the one evaluated as personalized, and before the client's first round it is the run's initial model.
+    Subclasses declare ``stateful=True`` and implement :meth:`local_update`."""
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train: Batch,
+        held_out: Batch,
+        spec: LocalSpec,
+        *,
+        classification: bool,
+        state: Tensor | None = None,
+    ) -> dict[str, float]:
+        """The global model, and the client's own model (its state)."""
+        if state is None:
+            raise ValueError(f"{self.name}: evaluating a client needs its own model (state)")
+        return global_and_personal(model, loss_fn, state, *held_out, classification)
+
+    def initial_state(self, initial_weights: Tensor) -> Tensor | None:
+        return initial_weights.clone()

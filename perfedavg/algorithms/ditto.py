@@ -19,10 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from perfedavg.algorithms.base import (
-    Algorithm,
     LocalResult,
     LocalSpec,
-    global_and_personal,
+    OwnModelAlgorithm,
     loss_and_gradient_of,
     sample_batch,
 )
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from perfedavg import curvature
-    from perfedavg.curvature import Batch, LossFn
+    from perfedavg.curvature import LossFn
 else:  # loaded on first use (perfedavg.lazy_import)
     curvature = lazy_import("perfedavg.curvature")
 
@@ -77,7 +76,7 @@ def personal_update(
     return v, sum(losses) / max(1, len(losses))
 
 
-class Ditto(Algorithm):
+class Ditto(OwnModelAlgorithm):
     """Ditto as the module above defines it: FedAvg's local SGD for the global model, then the personal steps; the
     personal model is the client's state across rounds."""
 
@@ -123,22 +122,3 @@ class Ditto(Algorithm):
             num_examples=len(x),
             state=v,
         )
-
-    def evaluate(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        train: Batch,
-        held_out: Batch,
-        spec: LocalSpec,
-        *,
-        classification: bool,
-        state: Tensor | None = None,
-    ) -> dict[str, float]:
-        """The global model and the client's personal model (its state)."""
-        if state is None:
-            raise ValueError("ditto: evaluating a client needs its personal model (state)")
-        return global_and_personal(model, loss_fn, state, *held_out, classification)
-
-    def initial_state(self, initial_weights: Tensor) -> Tensor | None:
-        return initial_weights.clone()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from perfedavg.algorithms.base import Algorithm, LocalResult, LocalSpec, global_and_personal
+from perfedavg.algorithms.base import LocalResult, LocalSpec, OwnModelAlgorithm
 from perfedavg.algorithms.declaration import STEP_SEARCH, Declaration
 from perfedavg.algorithms.fedavg import sgd
 from perfedavg.lazy_import import lazy_import
@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from perfedavg import curvature
-    from perfedavg.curvature import Batch, LossFn, Weights
+    from perfedavg.curvature import LossFn, Weights
 else:  # loaded on first use (perfedavg.lazy_import)
     curvature = lazy_import("perfedavg.curvature")
 
 
-class Local(Algorithm):
+class Local(OwnModelAlgorithm):
     """Local SGD on each client's own model (its state); the global model never moves. Cost: one gradient a step."""
 
     declaration: ClassVar[Declaration] = Declaration(
@@ -65,22 +65,3 @@ class Local(Algorithm):
     def server_update(self, previous: Weights, averaged: Weights, spec: LocalSpec) -> Weights:
         """Nothing is averaged: the global model stays as it was."""
         return previous
-
-    def evaluate(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        train: Batch,
-        held_out: Batch,
-        spec: LocalSpec,
-        *,
-        classification: bool,
-        state: Tensor | None = None,
-    ) -> dict[str, float]:
-        """The global (initial) model and the client's own model (its state)."""
-        if state is None:
-            raise ValueError("local: evaluating a client needs its own model (state)")
-        return global_and_personal(model, loss_fn, state, *held_out, classification)
-
-    def initial_state(self, initial_weights: Tensor) -> Tensor | None:
-        return initial_weights.clone()

@@ -375,11 +375,10 @@ def exchange(
     watches ``stop`` itself.
     """
     messages = list(messages)
-    own = getattr(grid, "exchange", None)
-    if own is not None:
-        replies = own(messages, timeout, stop)
-        answered = {r.metadata.reply_to_message_id for r in replies}
-        return replies, [m.metadata.message_id for m in messages if m.metadata.message_id not in answered]
+    if getattr(grid, "exchange", None) is not None:  # the in-process grid: its own, as on any grid
+        from perfedavg.federation.transport import PollingTransport
+
+        return PollingTransport().exchange(grid, messages, timeout=timeout, stop=stop)
     pending = set(grid.push_messages(messages))
     with _pushed_lock:  # after the push: the pickup loop finds each of these nodes' messages stored
         _pushed_nodes.update(m.metadata.dst_node_id for m in messages)
