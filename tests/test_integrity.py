@@ -593,3 +593,27 @@ def test_a_resume_with_another_experiment_names_the_experiment(tmp_path: Path) -
     assert cli([*SMOKE, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
     out = cli([f"resume={run_dir}", "experiment=paper_digits"], tmp_path)
     one_line_exit_2(out, "experiment=paper_digits, but the run was started with experiment=smoke")
+
+
+def test_two_runs_started_at_once_get_a_directory_each(tmp_path: Path) -> None:
+    """Without ``hydra.run.dir`` each run gets Hydra's dated directory, named to the microsecond: two runs started
+    in the same second both finish, each in its own directory with its own config."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [
+        subprocess.Popen(
+            [*PERFEDAVG, *SMOKE, "num_rounds=1", f"seed={seed}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for seed in (0, 1)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    runs = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.json"))
+    assert len(runs) == 2
+    import yaml
+
+    assert sorted(yaml.safe_load((r / ".hydra" / "config.yaml").read_text())["seed"] for r in runs) == [0, 1]
