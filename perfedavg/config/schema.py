@@ -596,7 +596,7 @@ def algorithm_readers(key: str) -> tuple[str, ...] | None:
         return tuple(n for n, d in names.items() if d.key(key.removeprefix("algorithm.")) is not None)
     if key in ALGORITHM_DEPENDENT_KEYS:
         return tuple(n for n in names if key in algorithms.reads(n))
-    if key.startswith("hessian."):
+    if key == "hessian" or key.startswith("hessian."):  # the group choice and its keys
         return tuple(n for n, d in names.items() if d.uses_hessian)
     return None
 
@@ -641,6 +641,8 @@ def ineffective_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     problems = []
     for override in overrides:
         key, _, value = override.partition("=")
+        if key in GROUPS:  # a group choice (hessian=fo with Ditto: the tuner's way of naming the method) is harmless
+            continue
         problems += [
             f"{key}={value}: has no effect with {reason} (remove it, or choose one of those)"
             for reason in unread_reasons(cfg, key)

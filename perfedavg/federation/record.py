@@ -52,8 +52,8 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
     chosen: list[str] = []
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key in NOT_HPARAMS or key.startswith("hydra.") or key in chosen:
-            continue
+        if key in NOT_HPARAMS or key.startswith("hydra.") or key in chosen or not reads_key(cfg, key):
+            continue  # (a key the run does not read: e.g. tune.sh's hessian=fo for Ditto)
         if key not in params:
             found: Any = cfg
             for part in key.split("."):
