@@ -79,11 +79,7 @@ def hessian_budget_gb(cfg: Mapping[str, Any]) -> float:
 def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
     """What each client of run config ``cfg`` does in a round (its exact-Hessian budget shared as above); the
     algorithm's own keys (``algorithm.*``) as its declaration lists them, a key left unset at its declared default."""
-    from perfedavg import algorithms
-
     name = cfg["algorithm"]["name"]
-    declared = algorithms.declaration_of(name)
-    given = cfg["algorithm"]
     return LocalSpec(
         algorithm=name,
         hessian=cfg["hessian"]["mode"],
@@ -94,5 +90,15 @@ def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
         batch_size=cfg["batch_size"],
         max_memory_gb=hessian_budget_gb(cfg) if cfg["hessian"]["mode"] == "exact" else None,
         adapt_steps=cfg["adapt_steps"],
-        options={k.name: k.default if given.get(k.name) is None else given[k.name] for k in declared.keys},
+        options=algorithm_options(cfg),
     )
+
+
+def algorithm_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's values of its algorithm's own keys (``algorithm.*``, as its declaration lists them), a key left
+    unset at its declared default."""
+    from perfedavg import algorithms
+
+    given = cfg["algorithm"]
+    declared = algorithms.declaration_of(given["name"])
+    return {k.name: k.default if given.get(k.name) is None else given[k.name] for k in declared.keys}

@@ -45,8 +45,8 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
     ):
         if reads_key(cfg, key):  # only what the run reads (e.g. no delta without hessian=fd, no β for Local)
             params[key] = cfg[key]
-    spec = task.local_spec(cfg)  # the algorithm's own keys, as its declaration lists them (defaults filled in)
-    params |= {f"algorithm.{key}": value for key, value in spec.options.items()}
+    # the algorithm's own keys, as its declaration lists them (defaults filled in)
+    params |= {f"algorithm.{key}": value for key, value in task.algorithm_options(cfg).items()}
     if not algorithms.declaration_of(cfg["algorithm"]["name"]).uses_hessian:
         params.pop("hessian")
     chosen: list[str] = []
