@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from results_file import provenance
+        from perfedavg.analysis.results_file import provenance
 
         body = f"# Cost against federation size\n\n{text}\n\n![cost against size]({args.out.stem}.png)\n"
         args.out.write_text(provenance() + body)

@@ -43,9 +43,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import PlainClient, plain_round, sample  # noqa: E402
-from results_file import recording  # noqa: E402
 
 from perfedavg import task  # noqa: E402
+from perfedavg.analysis.results_file import recording  # noqa: E402
 from perfedavg.data import load_client  # noqa: E402
 from perfedavg.data.registry import data_params  # noqa: E402
 from perfedavg.run.runner import compose, prepare  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 from perfedavg.run.runner import compose, prepare, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import recording  # noqa: E402
+from perfedavg.analysis.results_file import recording  # noqa: E402
 
 #: (label, substring of "file:function" identifying the frame whose cumulative time counts for it)
 GROUPS = [

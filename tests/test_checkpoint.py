@@ -172,7 +172,7 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
 
 
 def test_resume_auto_starts_continues_and_skips_a_finished_run(tmp_path: Path) -> None:
-    """What a re-run sweep (scripts/reproduce.sh with the same SWEEP_DIR) relies on."""
+    """What a re-run sweep (perfedavg-reproduce with the same --sweep-dir) relies on."""
     auto, straight = tmp_path / "auto", tmp_path / "straight"
     out = cli([*COMMON, "num_rounds=2", "resume=auto", f"hydra.run.dir={auto}"], tmp_path)  # nothing there: fresh
     assert out.returncode == 0, out.stderr[-2000:]

@@ -68,3 +68,25 @@ def test_the_configuration_page_names_every_experiment() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
     missing = [p.stem for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml")) if f"`{p.stem}`" not in text]
     assert not missing, f"docs/configuration.md does not name: {missing}"
+
+
+def _console_scripts() -> set[str]:
+    import tomllib
+
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def test_every_command_and_script_the_docs_name_exists() -> None:
+    """A `perfedavg-…` command named anywhere in README/docs is a console script the package installs, and a
+    `scripts/…` file named outside the record of older commands (results quote what produced them, and
+    docs/reproducing.md translates those) is in the checkout."""
+    scripts = _console_scripts()
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for command in set(re.findall(r"\bperfedavg-[a-z][a-z-]*[a-z]\b", text)):
+            assert command in scripts, f"{page.name} names {command}, which pyproject.toml does not install"
+        if page.name == "results.md":
+            continue
+        current = text.split("### Commands quoted by older results")[0]
+        for path in set(re.findall(r"\bscripts/[\w./-]+\.(?:py|sh)\b", current)):
+            assert (ROOT / path).is_file(), f"{page.name} names {path}, which does not exist"

@@ -1,4 +1,5 @@
-"""The paper experiments compose as documented; a sweep through Hydra's joblib launcher feeds scripts/report.py."""
+"""The paper experiments compose as documented; perfedavg-reproduce runs a sweep through Hydra's joblib launcher and
+perfedavg-report summarises it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from perfedavg.data import check_dataset, data_params
 from perfedavg.run.runner import compose
 
 ROOT = Path(__file__).resolve().parents[1]
+REPRODUCE = [sys.executable, "-m", "perfedavg.analysis.reproduce"]
+REPORT = [sys.executable, "-m", "perfedavg.analysis.report"]
 
 
 @pytest.mark.parametrize(
@@ -61,8 +64,8 @@ METHOD_OVERRIDES = {
 
 
 def test_every_experiment_composes_with_every_method_it_has_step_sizes_for() -> None:
-    """A plain experiment takes every method of reproduce.sh; a tuned one every method of its step-size table, and
-    refuses the others by name (their step sizes were never tuned for it)."""
+    """A plain experiment takes every default method of perfedavg-reproduce; a tuned one every method of its
+    step-size table, and refuses the others by name (their step sizes were never tuned for it)."""
     for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
         table = (yaml.safe_load(path.read_text()) or {}).get("step_sizes")
         methods = list(table) if table else ["fedavg", "fo", "fd", "hvp"]
@@ -80,34 +83,24 @@ def run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complete
 
 @pytest.mark.slow
 def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
-    """A small sweep exactly as scripts/reproduce.sh launches it (joblib, 2 workers, inprocess runs), then the
-    report: its table must equal the mean ± std of each run's own metrics.json (read independently here)."""
+    """perfedavg-reproduce on a small sweep (joblib, 2 workers, in-process runs, diagnostics for Per-FedAvg), then
+    its report: the table must equal the mean ± std of each run's own metrics.json (read independently here)."""
     sweep = tmp_path / "sweep"
-    common = [
-        "experiment=smoke",
-        "num_rounds=3",
-        "eval_every=1",
-        "seed=0,1",
-        "backend=inprocess",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}",
-        "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}-seed${seed}",
-        "resume=auto",
-    ]
-    per_fedavg = ["algorithm=perfedavg", "hessian=fo,hvp", "diagnostics.every=2"]  # reproduce.sh's DIAGNOSTICS=2
-    for method in (per_fedavg, ["algorithm=fedavg", "hessian=fo"]):
-        out = run([sys.executable, "-m", "perfedavg", "-m", *common, *method], tmp_path)
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert re.search(r"\[perfedavg-fo-seed\d\] round 3/3|\[fedavg-fo-seed\d\] round 3/3", out.stderr + out.stdout)
+    args = [*REPRODUCE, "smoke", "num_rounds=3", "eval_every=1", "--seeds", "0,1", "--methods", "fedavg,fo,hvp"]
+    args += ["--diagnostics", "2", "--jobs", "2", "--sweep-dir", str(sweep)]
+    out = run(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stderr + out.stdout
+    assert "[reproduce] smoke: 6 runs (2 seeds × 3 methods: fedavg,fo,hvp), 2 at a time" in log
+    assert re.search(r"\[perfedavg-fo-seed\d\] round 3/3", log) and re.search(r"\[fedavg-fo-seed\d\] round 3/3", log)
     finished = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")}
-    out = run([sys.executable, "-m", "perfedavg", "-m", *common, *per_fedavg], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]  # the same sweep again (reproduce.sh re-run): nothing re-runs
-    assert (out.stdout + out.stderr).count("already complete (3 rounds)") == 4
-    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")} == finished
-    out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep)], tmp_path)
-    assert out.returncode == 0, out.stderr
+    assert len(finished) == 6  # FedAvg once per seed, not once per Hessian mode
     report = (sweep / "report.md").read_text()
+    out = run(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]  # the same command again: nothing re-runs, the same report
+    assert (out.stdout + out.stderr).count("already complete (3 rounds)") == 6
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")} == finished
+    assert (sweep / "report.md").read_text() == report
     expected_rows = {"FedAvg": "fedavg-fo", "Per-FedAvg (FO)": "perfedavg-fo", "Per-FedAvg (HF, hvp)": "perfedavg-hvp"}
     for method, prefix in expected_rows.items():
         finals = [json.loads((sweep / f"{prefix}-seed{s}" / "metrics.json").read_text())["final"] for s in (0, 1)]
@@ -160,7 +153,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         assert (row["seed"], row["alpha"], row["beta"], row["rounds"]) == (row["run"][-1], "0.05", "0.02", "3")
     # --out: the same report as a committed results file, its plots and CSV beside it, under its provenance
     results = tmp_path / "results" / "smoke_sweep.md"
-    out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--out", str(results)], tmp_path)
+    out = run([*REPORT, str(sweep), "--out", str(results)], tmp_path)
     assert out.returncode == 0, out.stderr
     written = results.read_text()
     renamed = report.strip().replace("](", "](smoke_sweep_").replace("[runs.csv]", "[smoke_sweep_runs.csv]")
@@ -168,44 +161,42 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     for name in ("smoke_sweep_personalized_acc.png", "smoke_sweep_curvature.png", "smoke_sweep_runs.csv"):
         assert (results.parent / name).stat().st_size > 100
     # --against: a paired table against any method (here HF against FO once more: the same rows again)
-    args = [sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--against", "Per-FedAvg (FO)"]
+    args = [*REPORT, str(sweep), "--against", "Per-FedAvg (FO)"]
     assert run(args, tmp_path).returncode == 0
     assert (sweep / "report.md").read_text().count(vs_fo + hf_row) == 2
 
 
 def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
-    script = str(ROOT / "scripts" / "report.py")
-    missing = run([sys.executable, script, str(tmp_path / "nope")], tmp_path)
+    missing = run([*REPORT, str(tmp_path / "nope")], tmp_path)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr and "Traceback" not in missing.stderr
-    empty = run([sys.executable, script, str(tmp_path)], tmp_path)
+    empty = run([*REPORT, str(tmp_path)], tmp_path)
     assert empty.returncode == 2 and "no finished runs with TensorBoard event files" in empty.stderr
 
 
 def test_reproduce_names_the_experiments_on_a_wrong_one(tmp_path: Path) -> None:
-    out = run(["bash", str(ROOT / "scripts" / "reproduce.sh"), "paper_mnst"], tmp_path)
-    assert out.returncode == 2
+    out = run([*REPRODUCE, "paper_mnst"], tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "paper_digits" in out.stderr and "paper_synthetic" in out.stderr and "paper_mnist" in out.stderr
 
 
 def test_reproduce_refuses_an_unknown_method_before_it_runs_anything(tmp_path: Path) -> None:
-    env = {**os.environ, "METHODS": "fo,hvpp", "SWEEP_DIR": str(tmp_path / "sweep")}
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "reproduce.sh"), "smoke"], capture_output=True, text=True, env=env, timeout=60
-    )
+    out = run([*REPRODUCE, "smoke", "--methods", "fo,hvpp", "--sweep-dir", str(tmp_path / "sweep")], tmp_path)
     assert out.returncode == 2 and not (tmp_path / "sweep").exists()
     assert out.stderr.strip() == (
-        "reproduce.sh: METHODS=fo,hvpp: unknown method 'hvpp'; allowed: fedavg fedavg_ft fedavg_matched fo fd hvp "
-        "exact diag pfedme ditto local"
+        "perfedavg-reproduce: error: --methods: unknown method 'hvpp'; allowed: fedavg fedavg_ft fedavg_matched fo "
+        "fd hvp exact diag pfedme ditto local"
     )
+    out = run([*REPRODUCE, "smoke", "--seeds", "0,x", "--sweep-dir", str(tmp_path / "sweep")], tmp_path)
+    assert out.returncode == 2 and "--seeds='0,x': give seeds as 0,1,2 or a range 0-4" in out.stderr
 
 
 def test_paper_mnist_tuned_is_paper_mnist_with_each_methods_tuned_step_sizes() -> None:
-    """The generated experiment (scripts/tune.sh): the paper's MNIST setting unchanged but for α and β, which are the
+    """The generated experiment (perfedavg-tune): the paper's MNIST setting unchanged but for α and β, which are the
     tuned table's entry of the run's method."""
     import yaml
 
     table = yaml.safe_load((ROOT / "conf" / "experiment" / "paper_mnist_tuned.yaml").read_text())["step_sizes"]
-    assert {"fedavg", "fo", "fd", "hvp"} <= set(table)  # the four methods of scripts/reproduce.sh
+    assert {"fedavg", "fo", "fd", "hvp"} <= set(table)  # perfedavg-reproduce's four default methods
     methods = {"fedavg": ["algorithm=fedavg"], "fo": ["hessian=fo"], "fd": ["hessian=fd"], "hvp": ["hessian=hvp"]}
     for method, overrides in methods.items():
         tuned = compose(["experiment=paper_mnist_tuned", *overrides])
@@ -218,18 +209,14 @@ def test_paper_mnist_tuned_is_paper_mnist_with_each_methods_tuned_step_sizes() -
 
 
 @pytest.mark.parametrize("rounds", [[2], [1, 2, 3], [10, 20, 30, 40, 50]], ids=["one-round", "three", "many"])
-def test_report_plots_tick_whole_rounds_only(rounds: list[int], monkeypatch) -> None:
-    import importlib.util
-
+def test_report_plots_tick_whole_rounds_only(rounds: list[int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "report", report)  # its dataclasses look their module up there
-    spec.loader.exec_module(report)
+    from perfedavg.analysis import report
+
     fig, ax = plt.subplots()
     ax.plot(rounds, np.linspace(0, 1, len(rounds)))
     report.whole_rounds(ax, rounds)

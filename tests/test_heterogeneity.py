@@ -1,6 +1,7 @@
-"""Comparisons across settings: a tuned experiment carries the setting it was tuned for (scripts/tune_report.py),
-methods tuned at different times merge into one tuned experiment, and scripts/heterogeneity.sh tunes and runs each
-level of heterogeneity and reports them side by side (scripts/heterogeneity_report.py)."""
+"""Comparisons across settings: a tuned experiment carries the setting it was tuned for
+(perfedavg.analysis.tune_report), methods tuned at different times merge into one tuned experiment, and
+perfedavg-heterogeneity tunes and runs each level of heterogeneity and reports them side by side
+(perfedavg-heterogeneity-report)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import numpy as np
 import pytest
 import yaml
 
+from perfedavg.analysis import heterogeneity_report as hr
+from perfedavg.analysis import report, tune_report
 from perfedavg.config import preparation
 from perfedavg.run import runner
 from perfedavg.run.runner import compose, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import tune_report  # noqa: E402
+HETEROGENEITY = [sys.executable, "-m", "perfedavg.analysis.heterogeneity"]
+HETEROGENEITY_REPORT = [sys.executable, "-m", "perfedavg.analysis.heterogeneity_report"]
 
 
 def test_a_tuned_experiment_keeps_the_setting_it_was_tuned_for_and_not_where_it_ran() -> None:
@@ -87,24 +89,26 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
 
 
-def test_heterogeneity_sh_refuses_a_level_that_is_not_a_number(tmp_path: Path) -> None:
-    out = run(["bash", str(ROOT / "scripts" / "heterogeneity.sh"), "smoke", "10,iid"], tmp_path, {})
-    assert out.returncode == 2 and "'iid' is not a number" in out.stderr
-    out = run(["bash", str(ROOT / "scripts" / "heterogeneity.sh"), "smoke"], tmp_path, {})
+def test_perfedavg_heterogeneity_refuses_a_level_that_is_not_a_number(tmp_path: Path) -> None:
+    out = run([*HETEROGENEITY, "smoke", "10,iid"], tmp_path, {})
+    assert out.returncode == 2 and "'iid' is not a number" in out.stderr and "Traceback" not in out.stderr
+    out = run([*HETEROGENEITY, "smoke"], tmp_path, {})
     assert out.returncode == 2 and "usage:" in out.stderr
+    assert not (tmp_path / "multirun").exists()
 
 
 @pytest.mark.slow
-def test_heterogeneity_sh_tunes_and_runs_each_level_and_reports_them_side_by_side(tmp_path: Path) -> None:
+def test_perfedavg_heterogeneity_tunes_and_runs_each_level_and_reports_them_side_by_side(tmp_path: Path) -> None:
     """Two levels of Dirichlet heterogeneity on the offline smoke setting: each level gets its own tuned experiment
     carrying that level, its test runs run at that level with its step sizes, and the report's numbers are the
     runs' own final values (FedAvg's mean ± std, the paired difference)."""
     conf = tmp_path / "conf"
     shutil.copytree(runner.CONF_DIR, conf)
     out_dir = tmp_path / "out"
-    env = {"PERFEDAVG_CONF_DIR": str(conf), "OUT_DIR": str(out_dir), "TUNE_REPORTS": str(tmp_path / "reports")}
-    env |= {"TRIALS": "2", "ROUNDS": "2", "CONFIRM": "0", "SEEDS": "0,1", "METHODS": "fedavg fo", "JOBS": "2"}
-    out = run(["bash", str(ROOT / "scripts" / "heterogeneity.sh"), "smoke", "10,0.1", "num_clients=6"], tmp_path, env)
+    args = [*HETEROGENEITY, "smoke", "10,0.1", "num_clients=6", "--out-dir", str(out_dir)]
+    args += ["--tune-reports", str(tmp_path / "reports"), "--trials", "2", "--rounds", "2", "--confirm", "0"]
+    args += ["--seeds", "0,1", "--methods", "fedavg", "fo", "--jobs", "2"]
+    out = run(args, tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
     assert out.returncode == 0, out.stderr[-3000:]
     finals: dict[tuple[float, str], dict[int, float]] = {}
     for level in (10.0, 0.1):
@@ -135,21 +139,18 @@ def test_heterogeneity_sh_tunes_and_runs_each_level_and_reports_them_side_by_sid
         top_share[level] = float(row.split(" | ")[2].split(" / ")[0])
     assert 0.1 <= top_share[10.0] < top_share[0.1] <= 1.0  # digits has 10 labels; α_D = 0.1 skews them most
     # the report alone, again: the same table
-    again = run([sys.executable, str(ROOT / "scripts" / "heterogeneity_report.py"), str(out_dir)], tmp_path, {})
+    again = run([*HETEROGENEITY_REPORT, str(out_dir)], tmp_path, {})
     assert again.returncode == 0 and again.stdout.split("| digits | 10 |")[1].split("\n")[0] in text
 
 
 def test_heterogeneity_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
-    script = str(ROOT / "scripts" / "heterogeneity_report.py")
-    out = run([sys.executable, script, str(tmp_path / "nope")], tmp_path, {})
+    out = run([*HETEROGENEITY_REPORT, str(tmp_path / "nope")], tmp_path, {})
     assert out.returncode == 2 and "not a directory" in out.stderr and "Traceback" not in out.stderr
-    out = run([sys.executable, script, str(tmp_path)], tmp_path, {})
+    out = run([*HETEROGENEITY_REPORT, str(tmp_path)], tmp_path, {})
     assert out.returncode == 2 and "no finished test runs" in out.stderr and "Traceback" not in out.stderr
 
 
-def _fake_run(method: str, seed: int, final: float, level: float = 0.1) -> object:
-    import report
-
+def _fake_run(method: str, seed: int, final: float, level: float = 0.1) -> report.Run:
     config = {"dataset": {"name": "digits", "num_classes": 10}, "partition": {"alpha": level}, "num_rounds": 3}
     config |= {"algorithm": {"name": "fedavg"}, "alpha": 0.05, "beta": 0.1, "adapt_steps": 1}
     rounds = np.array([1.0, 2.0, 3.0])
@@ -161,8 +162,6 @@ def test_runs_that_end_at_chance_level_are_named_kept_in_the_table_and_left_out_
     """A run can diverge with finite values (loss 1e17, accuracy 0.10): the federation does not stop it, so the report
     must say so. It stays in the table's numbers (it is the method's outcome on that seed) and is left out of the
     figure's point, which says how many seeds it left out."""
-    import heterogeneity_report as hr
-
     cell = hr.Cell("digits", 0.1)
     finals = {"FedAvg": [0.90, 0.91, 0.92], "Per-FedAvg (FO)": [0.92, 0.93, 0.94], hr.HF: [0.95, 0.10, 0.96]}
     for method, values in finals.items():

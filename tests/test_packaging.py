@@ -1,5 +1,7 @@
 """A wheel is a complete install: built from the checkout, installed without ``-e`` into a temporary target, it runs
-``experiment=smoke`` from a directory outside the repository (its configs ship inside the package)."""
+``experiment=smoke`` from a directory outside the repository (its configs ship inside the package), and its analysis
+commands (``perfedavg-reproduce``, ``perfedavg-tune``, ``perfedavg-report``, ``perfedavg-plot``) tune, reproduce and
+report there too."""
 
 from __future__ import annotations
 
@@ -37,18 +39,25 @@ def test_the_wheel_holds_every_package_and_config(wheel: Path) -> None:
     assert "perfedavg/conf/config.yaml" in configs
 
 
-@pytest.mark.slow
-def test_a_non_editable_install_runs_the_smoke_experiment_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
-    target = tmp_path / "site"
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """(the install target, an empty working directory outside the checkout, the environment that imports the
+    install ahead of the editable one)."""
+    target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
     )
-    work = tmp_path / "elsewhere"
-    work.mkdir()
+    work = tmp_path_factory.mktemp("elsewhere")
     env = {k: v for k, v in os.environ.items() if k != "PERFEDAVG_CONF_DIR"}
     env["PYTHONPATH"] = str(target)  # ahead of the editable install's finder
+    return target, work, env
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_runs_the_smoke_experiment_outside_the_checkout(installed) -> None:
+    target, work, env = installed
     where = subprocess.run(
         [sys.executable, "-c", "import perfedavg.config.preparation as p; print(p.__file__); print(p.CONF_DIR)"],
         check=True,
@@ -69,3 +78,59 @@ def test_a_non_editable_install_runs_the_smoke_experiment_outside_the_checkout(w
     assert done.returncode == 0, done.stderr[-3000:]
     assert "round 3/3" in done.stderr + done.stdout
     assert list((work / "outputs").rglob("metrics.json")), "the run wrote no metrics.json under the new directory"
+
+
+@pytest.mark.slow
+def test_the_installed_analysis_commands_reproduce_tune_report_and_plot_outside_the_checkout(installed) -> None:
+    """The console scripts the wheel installs (``bin/perfedavg-…``) work where there is no checkout: a one-seed
+    reproduction with its report, a one-trial tuning that writes the tuned experiment, and a plot of one run."""
+    target, work, env = installed
+
+    def command(name: str, *args: str) -> subprocess.CompletedProcess:
+        script = target / "bin" / name
+        assert script.is_file(), f"the wheel installs no {name}"
+        return subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, cwd=work, env=env, timeout=600
+        )
+
+    done = command(
+        "perfedavg-reproduce",
+        "smoke",
+        "num_rounds=2",
+        "--seeds",
+        "0",
+        "--methods",
+        "fo",
+        "--jobs",
+        "1",
+        "--sweep-dir",
+        "sweep",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (work / "sweep" / "report.md").read_text()
+    assert "| Per-FedAvg (FO) | 1 (0) | 2 |" in report, report
+    (run_dir,) = (work / "sweep").glob("perfedavg-fo-seed0")
+    done = command("perfedavg-plot", str(run_dir), "run.png")
+    assert done.returncode == 0 and (work / "run.png").read_bytes()[:4] == b"\x89PNG", done.stderr
+    done = command(
+        "perfedavg-tune",
+        "smoke",
+        "--methods",
+        "fo",
+        "--trials",
+        "1",
+        "--rounds",
+        "1",
+        "--confirm",
+        "0",
+        "--jobs",
+        "1",
+        "--tuned-config",
+        "smoke_tuned.yaml",
+        "--tune-dir",
+        "tune",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step_sizes:\n  fo: {alpha: " in (work / "smoke_tuned.yaml").read_text()
+    assert "written by: " in (work / "tune" / "tune_smoke.md").read_text()
+    assert "perfedavg 0.1.0 (installed)" in (work / "tune" / "tune_smoke.md").read_text()  # no checkout to name

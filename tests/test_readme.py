@@ -72,7 +72,7 @@ def test_the_default_run_is_not_chaotic(default_run: tuple[Path, dict], tmp_path
 
 @pytest.mark.slow
 def test_the_readme_picture_is_drawn_from_a_run(default_run: tuple[Path, dict], tmp_path: Path) -> None:
-    """scripts/plot_run.py, the command that drew the README's picture, draws the default run; and the picture the
+    """perfedavg-plot, the command that drew the README's picture, draws the default run; and the picture the
     README shows exists."""
     import subprocess
     import sys
@@ -86,7 +86,7 @@ def test_the_readme_picture_is_drawn_from_a_run(default_run: tuple[Path, dict], 
     assert overtakes and int(overtakes.group(1)) == first_for_good, (overtakes, ahead)
     out = tmp_path / "run.png"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(default_run[0]), str(out)],
+        [sys.executable, "-m", "perfedavg.analysis.plot", str(default_run[0]), str(out)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -94,7 +94,7 @@ def test_the_readme_picture_is_drawn_from_a_run(default_run: tuple[Path, dict], 
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     missing = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-m", "perfedavg.analysis.plot", str(tmp_path)], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "not a finished run directory" in missing.stderr
 

@@ -1,5 +1,5 @@
-"""TensorBoard shows everything a run logs: a real TensorBoard (its default loader, on loopback) serves a finished
-run with curvature diagnostics, and its HTTP data API is read back the way its UI reads it."""
+"""TensorBoard shows everything a run logs: a real TensorBoard (its default loader, on loopback) serves finished runs
+(Per-FedAvg with curvature diagnostics, Ditto), and its HTTP data API is read back the way its UI reads it."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def get(port: int, path: str, body: dict | None = None) -> object:
 def test_a_real_tensorboard_serves_every_documented_tag(tmp_path: Path) -> None:
     logdir = tmp_path / "logs"
     run(compose(["experiment=smoke", "backend=inprocess", "diagnostics.every=1"]), logdir / "run")
+    run(
+        compose(["experiment=smoke", "backend=inprocess", "algorithm=ditto", "seed=1", "num_rounds=1"]),
+        logdir / "ditto",
+    )
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
@@ -77,13 +81,39 @@ def test_a_real_tensorboard_serves_every_documented_tag(tmp_path: Path) -> None:
         plugins = get(port, "/data/plugins_listing")
         assert plugins["custom_scalars"]["enabled"] and plugins["hparams"]["enabled"]
         layout = get(port, "/data/plugin/custom_scalars/layout")
-        charts = {c["title"]: c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
-        assert any("eval/global_acc" in t and "eval/personalized_acc" in t for t in charts.values()), charts
+        charts = [c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]]
+        assert ["eval/personalized_acc"] in charts and ["eval/global_acc"] in charts  # one measure per chart
+        assert all(len(tags) == 1 for tags in charts), charts
+        assert layout["category"][0]["title"].startswith("accuracy")
 
         experiment = get(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
         metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
         assert {"eval/personalized_acc", "eval/global_acc", "train/loss"} <= metrics
         assert all(scalars.get(tag) is not None for tag in metrics)  # every HParams metric is a served scalar
+        # Built from both runs: every string or integer key has its values as a discrete domain (no
+        # "without discrete domain values" warning, and a filter in the side panel); what differs is marked.
+        infos = {h["name"]: h for h in experiment["hparamInfos"]}
+        assert sorted(infos["algorithm"]["domainDiscrete"]) == ["ditto", "perfedavg"]
+        assert sorted(infos["seed"]["domainDiscrete"]) == ["0", "1"]
+        assert infos["hessian"]["domainDiscrete"] == ["hvp"]  # Ditto does not read it: not recorded
+        assert "algorithm.lam" in infos and "delta" not in infos  # Ditto's own key; neither run reads delta
+        differing = {name for name, h in infos.items() if h.get("differs")}
+        assert {"algorithm", "seed", "num_rounds"} <= differing and "alpha" not in differing
+        for name, h in infos.items():
+            if h["type"] == "DATA_TYPE_STRING":
+                assert h.get("domainDiscrete"), name
+        groups = get(
+            port,
+            "/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+                "colParams": [],
+                "startIndex": 0,
+                "sliceSize": 10,
+            },
+        )
+        assert len(groups["sessionGroups"]) == 2
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,6 +1,6 @@
 """The step-size tuning protocol: a validation split disjoint from train and test, evaluation pointed at it, the
-run's objective handed to Hydra's Optuna sweeper (scripts/tune.sh), per-method step sizes in one experiment, and
-report.py reading sweeps whose methods have their own step sizes."""
+run's objective handed to Hydra's Optuna sweeper (perfedavg-tune), per-method step sizes in one experiment, and
+perfedavg-report reading sweeps whose methods have their own step sizes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from perfedavg import checkpoint, task
+from perfedavg.analysis import tune_report
 from perfedavg.config import ConfigError, preparation, validate
 from perfedavg.data import data_params, load_client
 from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
@@ -26,7 +27,7 @@ from perfedavg.federation.record import run_and_record
 from perfedavg.run import runner
 from perfedavg.run.runner import compose, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
+TUNE = [sys.executable, "-m", "perfedavg.analysis.tune"]
 
 
 def _ids(n_train: int, n_test: int) -> ClientData:
@@ -137,18 +138,18 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpro
 
 
 @pytest.mark.slow
-def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_sweep(tmp_path: Path) -> None:
-    """scripts/tune.sh on a tiny offline setting (2 trials per method, the best one confirmed): the Optuna sweeper
+def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_drives_a_sweep(tmp_path: Path) -> None:
+    """perfedavg-tune on a tiny offline setting (2 trials per method, the best one confirmed): the Optuna sweeper
     receives each run's objective (its best value is the best final personalized validation accuracy among the
     trials' metrics.json), the best trial runs again over the experiment's own rounds, the generated experiment
     carries the confirmed values, and a sweep of it is reported with them."""
     conf = tmp_path / "conf"
     shutil.copytree(runner.CONF_DIR, conf)
     tuned, summary, studies = conf / "experiment" / "smoke_tuned.yaml", tmp_path / "tune.md", tmp_path / "tune"
-    env = {"TRIALS": "2", "ROUNDS": "2", "CONFIRM": "1", "JOBS": "2", "METHODS": "fedavg fd ditto local"}
-    env |= {"TUNE_DIR": str(studies)}
-    env |= {"TUNED_CONFIG": str(tuned), "TUNE_REPORT": str(summary)}
-    out = run(["bash", str(ROOT / "scripts" / "tune.sh"), "smoke", "num_clients=6"], tmp_path, env)
+    args = [*TUNE, "smoke", "num_clients=6", "--trials", "2", "--rounds", "2", "--confirm", "1", "--jobs", "2"]
+    args += ["--methods", "fedavg", "fd", "ditto", "local", "--tune-dir", str(studies)]
+    args += ["--tuned-config", str(tuned), "--report", str(summary)]
+    out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     table = yaml.safe_load(tuned.read_text())["step_sizes"]
     assert set(table) == {"fedavg", "fd", "ditto", "local"}
@@ -192,7 +193,7 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
     ):
         out = run([*args, *method], tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
         assert out.returncode == 0, out.stderr[-3000:]
-    out = run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep)], tmp_path)
+    out = run([sys.executable, "-m", "perfedavg.analysis.report", str(sweep)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     report = (sweep / "report.md").read_text()
     for method, key in (("FedAvg", "fedavg"), ("Per-FedAvg (HF, fd)", "fd")):
@@ -202,20 +203,27 @@ def test_tune_sh_runs_optuna_studies_on_validation_data_and_its_config_drives_a_
     assert f"| Local | 1 (0) | 2 | {table['local']['alpha']:g} | – | – |" in report, report  # β unread: no value
 
 
-def test_tune_sh_names_the_experiments_and_methods_on_a_wrong_one(tmp_path: Path) -> None:
-    out = run(["bash", str(ROOT / "scripts" / "tune.sh"), "paper_mnst"], tmp_path)
-    assert out.returncode == 2 and "paper_mnist" in out.stderr
-    out = run(
-        ["bash", str(ROOT / "scripts" / "tune.sh"), "smoke"], tmp_path, {"METHODS": "sgd", "TUNE_DIR": str(tmp_path)}
-    )
-    assert out.returncode == 2 and "unknown method 'sgd'" in out.stderr
+def test_perfedavg_tune_names_the_experiments_methods_and_ranges_on_a_wrong_one(tmp_path: Path) -> None:
+    """Each refusal is one line naming the option, the value and what is allowed, before any run starts."""
+    out = run([*TUNE, "paper_mnst"], tmp_path)
+    assert out.returncode == 2 and "EXPERIMENT='paper_mnst' is not an experiment" in out.stderr
+    assert "paper_mnist" in out.stderr and "Traceback" not in out.stderr
+    for args, message in (
+        (["--methods", "fo,sgd"], "--methods: unknown method 'sgd'; allowed: fedavg fedavg_ft"),
+        (["--trials", "0"], "--trials=0: must be an integer ≥ 1"),
+        (["--val-fraction", "1"], "--val-fraction=1.0: must be in (0, 1)"),
+        (["alpha=0.1"], "alpha is chosen per method by the tuning, not a setting"),
+    ):
+        out = run([*TUNE, "smoke", *args, "--tune-dir", str(tmp_path / "t")], tmp_path)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "t").exists()  # refused before anything ran
 
 
 def test_tune_report_refuses_a_directory_without_trials(tmp_path: Path) -> None:
-    script = str(ROOT / "scripts" / "tune_report.py")
-    out = run([sys.executable, script, str(tmp_path / "nope"), "--experiment", "smoke"], tmp_path)
+    script = [sys.executable, "-m", "perfedavg.analysis.tune_report"]
+    out = run([*script, str(tmp_path / "nope"), "--experiment", "smoke"], tmp_path)
     assert out.returncode == 2 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
-    out = run([sys.executable, script, str(tmp_path), "--experiment", "smoke"], tmp_path)
+    out = run([*script, str(tmp_path), "--experiment", "smoke"], tmp_path)
     assert out.returncode == 2 and "no trials under" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -237,7 +245,7 @@ def test_a_run_that_diverges_in_a_multirun_fails_alone(tmp_path: Path) -> None:
 
 
 def fake_trial(study: Path, number: int, overrides: dict[str, object], accuracy: float) -> None:
-    """A finished trial directory as tune.sh's studies leave it (its overrides and final metrics)."""
+    """A finished trial directory as perfedavg-tune's studies leave it (its overrides and final metrics)."""
     run_dir = study / f"trial{number}"
     (run_dir / ".hydra").mkdir(parents=True)
     items = [f"{k}={v}" for k, v in {"num_rounds": 2, **overrides}.items()]
@@ -250,9 +258,6 @@ def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_pa
     """pFedMe's λ and fedavg_ft's adapt_steps, searched beside α and β, are chosen from the best trial, written into
     the tuned experiment's table, and resolve for their own method only (the others keep the schema's value, or
     none where they do not read the key)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import tune_report
-
     tune = tmp_path / "tune"
     fake_trial(tune / "fo", 0, {"alpha": 0.01, "beta": 0.02}, 0.7)
     fake_trial(tune / "pfedme", 0, {"alpha": 0.03, "beta": 0.04, "algorithm.lam": 5.0}, 0.6)

@@ -1,5 +1,5 @@
-"""``python -m perfedavg.algorithms``: what the declarations say, for shell tools (scripts/tune.sh,
-scripts/reproduce.sh) that must not list methods themselves.
+"""``python -m perfedavg.algorithms``: what the declarations say, on the command line (the analysis commands read
+the same declarations in-process).
 
   python -m perfedavg.algorithms methods              every method, one a line (fo, hvp, …, fedavg, pfedme, …)
   python -m perfedavg.algorithms overrides METHOD     the overrides that choose it (algorithm=…, hessian=…)

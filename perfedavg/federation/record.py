@@ -11,7 +11,7 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from perfedavg import algorithms, atomic, checkpoint, task
-from perfedavg.config import EXECUTION_KEYS, reads_key, swept_keys
+from perfedavg.config import EXECUTION_KEYS, reads_key
 from perfedavg.federation.loop import Federation
 from perfedavg.federation.transport import Transport
 
@@ -53,7 +53,7 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key in NOT_HPARAMS or key.startswith("hydra.") or key in chosen or not reads_key(cfg, key):
-            continue  # (a key the run does not read: e.g. tune.sh's hessian=fo for Ditto)
+            continue  # (a key the run does not read: e.g. perfedavg-tune's hessian=fo for Ditto)
         if key not in params:
             found: Any = cfg
             for part in key.split("."):
@@ -87,10 +87,7 @@ def run_and_record(
     tracker = RunLogger(run_dir, purge_step=None if state is None else int(state["round"]) + 1)
     try:
         summary = Federation(grid, cfg, run_dir, tracker, resume_state=state, transport=transport).run()
-        params, chosen = hparams_of(cfg, run_overrides(run_dir))
-        swept = [k for k in swept_keys() if k in chosen]  # in a sweep, only what varies is marked as differing
-        first = swept + [k for k in chosen if k not in swept]
-        tracker.hparams(params, list(summary["final"]), first=first, differing=swept or chosen)
+        tracker.hparams(hparams_of(cfg, run_overrides(run_dir))[0])
     finally:
         tracker.close()
     atomic.write_text(run_dir / "metrics.json", json.dumps(summary, indent=1))

@@ -7,20 +7,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-#: TensorBoard's Custom Scalars tab: per run, the curves a reader compares on one chart.
+#: TensorBoard's Custom Scalars tab: one chart per measure, one line per run in it (a chart of several tags draws
+#: each run's tags in one colour told apart only by marker shape, so global and personalized could not be told apart
+#: across runs). Accuracy first, then losses, then time.
 CUSTOM_SCALARS: dict[str, dict[str, list]] = {
-    "perfedavg": {
-        "accuracy: global vs personalized": ["Multiline", ["eval/global_acc", "eval/personalized_acc"]],
-        "loss: training, global, personalized": [
-            "Multiline",
-            ["train/loss", "eval/global_loss", "eval/personalized_loss"],
-        ],
-        "round time and its phases (s)": ["Multiline", ["time/round_s", "time/train_s", "time/eval_s"]],
-    }
+    "accuracy (test or validation)": {
+        "personalized: after one step on the client's data": ["Multiline", ["eval/personalized_acc"]],
+        "global model": ["Multiline", ["eval/global_acc"]],
+    },
+    "loss": {
+        "personalized": ["Multiline", ["eval/personalized_loss"]],
+        "global model": ["Multiline", ["eval/global_loss"]],
+        "training (clients' mean)": ["Multiline", ["train/loss"]],
+    },
+    "time (s)": {
+        "round": ["Multiline", ["time/round_s"]],
+        "training phase": ["Multiline", ["time/train_s"]],
+        "evaluation phase": ["Multiline", ["time/eval_s"]],
+    },
 }
 
 
@@ -43,50 +50,28 @@ class RunLogger:
         if finite:
             self.writer.add_histogram(tag, torch.tensor(finite, dtype=torch.float64), step, bins="auto")
 
-    def hparams(
-        self,
-        params: Mapping[str, str | float | int | bool],
-        metrics: Sequence[str],
-        first: Sequence[str] = (),
-        differing: Sequence[str] | None = None,
-    ) -> None:
-        """Record hyper-parameters in this run's own event file (HPARAMS tab), with ``metrics``: the scalar tags
-        (e.g. ``eval/personalized_acc``) whose last value the table shows. TensorBoard reads those from the run's own
-        per-round scalars, so no copy of the final values is written (copies would show as single-dot charts).
+    def hparams(self, params: Mapping[str, str | float | int | bool]) -> None:
+        """Record hyper-parameters in this run's own event file (HPARAMS tab): the session's start (its values) and
+        end (its status), and no experiment record of its own.
 
-        ``SummaryWriter.add_hparams`` would write them into a new sub-directory; writing the three summaries to
-        this writer keeps one directory per run, so a sweep's runs line up in the HPARAMS table.
+        Without one, TensorBoard builds the experiment from every run in its logdir (``backend_context.
+        _compute_experiment_from_runs``): each key's domain is the values present (a string or integer key gets its
+        discrete values, so the side panel filters by algorithm, hessian or seed), a key is marked as differing
+        when the runs differ in it, keys only some runs have (pFedMe's λ) are included, and two sweeps under one
+        logdir make one experiment. A run's own record would be taken for all of them (TensorBoard picks the first
+        it finds). The metrics are every scalar tag; TensorBoard reads their last values from the per-round
+        scalars, so no copy of the final values is written (copies would show as single-dot charts).
 
-        The HParams format knows only float numbers (TensorBoard shows 16 as "16.000"), so integers are recorded as
-        their decimal text (filtered by value, sorted as text). ``first``: names the command chose (a sweep's swept
-        keys first); they lead the table. ``differing`` (default: ``first``) are marked as differing between runs,
-        which is what TensorBoard shows by default (its first five hyper-parameters, differing ones first): in a
-        sweep, the swept keys only.
+        ``SummaryWriter.add_hparams`` would write into a new sub-directory; writing the summaries to this writer
+        keeps one directory per run. The HParams format knows only float numbers (TensorBoard shows 16 as
+        "16.000"), so integers are recorded as their decimal text: a discrete domain, filtered by value.
         """
         shown = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in params.items()}
-        exp, ssi, sei = hparams_summary(shown, dict.fromkeys(metrics, 0.0))  # only the tags are recorded
-        _lead_with(exp, list(first), list(first if differing is None else differing))
+        _, session_start, session_end = hparams_summary(shown, {})
         file_writer = self.writer._get_file_writer()  # noqa: SLF001 - the documented way add_hparams itself works
-        for summary in (exp, ssi, sei):
+        for summary in (session_start, session_end):
             file_writer.add_summary(summary)
 
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
-
-
-def _lead_with(experiment_summary: Summary, first: list[str], differing: list[str]) -> None:
-    """Reorder the Experiment record's hyper-parameters in place: ``first`` (in that order), then the rest as given;
-    mark ``differing`` as ``differs``."""
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-    value = experiment_summary.value[0]
-    data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    infos = list(data.experiment.hparam_infos)
-    rank = {name: i for i, name in enumerate(first)}
-    infos.sort(key=lambda info: rank.get(info.name, len(first)))
-    for info in infos:
-        info.differs = info.name in differing
-    data.experiment.ClearField("hparam_infos")
-    data.experiment.hparam_infos.extend(infos)
-    value.metadata.plugin_data.content = data.SerializeToString()

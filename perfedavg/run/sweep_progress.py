@@ -7,8 +7,8 @@ after each job (in whichever process ran it: joblib workers, a SLURM node) one l
     [sweep] 7/15 runs ended (1 failed) | 23m elapsed | ETA 26m
 
 is printed. The ETA extrapolates this multirun's pace so far (finished runs that ``resume=auto`` keeps end at once
-and make it optimistic early on). Several multiruns into one sweep directory (``reproduce.sh`` runs two) each count
-their own jobs. A sweeper whose job count is not known in advance gets no total.
+and make it optimistic early on). Several multiruns into one sweep directory (``perfedavg-reproduce`` runs one per
+algorithm) each count their own jobs. A sweeper whose job count is not known in advance gets no total.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """Summarise a sweep: a Markdown table and accuracy-vs-round plots from the runs' TensorBoard event files.
 
-    python scripts/report.py SWEEP_DIR
-    python scripts/report.py SWEEP_DIR [SWEEP_DIR ...] --out scripts/results/NAME.md   # committed results
+    perfedavg-report SWEEP_DIR
+    perfedavg-report SWEEP_DIR [SWEEP_DIR ...] --out scripts/results/NAME.md   # committed results
 
 Every directory under SWEEP_DIR with a ``.hydra/config.yaml`` and event files is one run; runs are grouped by
 method (algorithm and Hessian mode) and summarised over their seeds. Writes into SWEEP_DIR:
@@ -11,7 +10,7 @@ method (algorithm and Hessian mode) and summarised over their seeds. Writes into
   accuracy (mean ± sample standard deviation over seeds; losses for regression data);
 - ``personalized_acc.png`` and ``global_acc.png``: the curve per method (mean over seeds) with a band of ± one
   standard deviation;
-- when the runs logged curvature diagnostics (``diagnostics.every``, ``reproduce.sh`` with ``DIAGNOSTICS=N``): a
+- when the runs logged curvature diagnostics (``diagnostics.every``, ``perfedavg-reproduce --diagnostics N``): a
   table of them per method and ``curvature.png``, one line per run (runs that stopped early dashed: their last
   rounds are often the instructive ones);
 - ``runs.csv``: one row per finished run (method, seed, step sizes, final values), the per-seed numbers behind the
@@ -358,7 +357,7 @@ def sweep_report(
         by_method[run.method].append(run)
     name = sweep_dir.name if sweep_dir.name != "runs" else f"{sweep_dir.parent.parent.name}/{sweep_dir.parent.name}"
     text = [
-        f"{heading} {name}",  # heterogeneity.sh's OUT_DIR/<level>/runs: named by data set and level
+        f"{heading} {name}",  # perfedavg-heterogeneity's OUT_DIR/<level>/runs: named by data set and level
         "",
         f"Setting: {describe(usable[0])}.",
         "Final values are at each run's last evaluated round; mean ± sample standard deviation over seeds.",
@@ -400,8 +399,8 @@ def sweep_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dirs", type=Path, nargs="+", help="multirun directories (e.g. from reproduce.sh)")
+    parser = argparse.ArgumentParser(prog="perfedavg-report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", help="multirun directories (e.g. from perfedavg-reproduce)")
     parser.add_argument("--out", type=Path, help="also write the report here, its plots and CSV beside it")
     parser.add_argument("--title", default="Sweep reports", help="--out's heading when it holds several sweeps")
     parser.add_argument(
@@ -438,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: wrote {sweep_dir / 'report.md'} and the plots next to it", file=sys.stderr)
         sections.append(sweep_dir)
     if args.out:
-        from results_file import recording
+        from perfedavg.analysis.results_file import recording
 
         several = len(sections) > 1
         stem = args.out.stem

@@ -1,26 +1,25 @@
-#!/usr/bin/env python
-"""Read the step-size studies of ``scripts/tune.sh``, choose each method's (α, β), and write them down.
+"""Read the step-size studies of ``perfedavg-tune``, choose each method's (α, β), and write them down.
 
-    python scripts/tune_report.py TUNE_DIR --experiment paper_mnist [--methods fedavg fo fd hvp]
-    python scripts/tune_report.py TUNE_DIR --experiment paper_mnist --candidates 3   # for tune.sh's confirmation
+    python -m perfedavg.analysis.tune_report TUNE_DIR --experiment paper_mnist [--methods fedavg fo fd hvp]
 
-TUNE_DIR holds one Optuna study per method (``TUNE_DIR/<method>/trial<N>/``, each a run with ``metrics.json`` and
-``.hydra/overrides.yaml``) and, after tune.sh's second stage, the confirmation runs of its best trials over the
-experiment's own number of rounds (``TUNE_DIR/<method>/confirm-trial<N>/``). Per method the chosen values are those
-of the best finished confirmation run, or without any, of the best trial (final personalized accuracy on the
-validation split; lowest loss for regression). Writes:
+(``perfedavg-tune`` calls this itself when its studies are done; run it by hand to rewrite the files from a tuning
+directory.) TUNE_DIR holds one Optuna study per method (``TUNE_DIR/<method>/trial<N>/``, each a run with
+``metrics.json`` and ``.hydra/overrides.yaml``) and, after the tuner's second stage, the confirmation runs of its
+best trials over the experiment's own number of rounds (``TUNE_DIR/<method>/confirm-trial<N>/``). Per method the
+chosen values are those of the best finished confirmation run, or without any, of the best trial (final personalized
+accuracy on the validation split; lowest loss for regression). Writes:
 
-- ``conf/experiment/<experiment>_tuned.yaml``: the experiment with a ``step_sizes`` table (one entry per tuned
-  method, and hvp's values for ``exact``, the same product) read by ``alpha: ${per_method:alpha}``;
-- ``scripts/results/tune_<experiment>.md``: the protocol, the budget, the chosen values, each method's best trials
-  and its confirmation runs (with the command and commit that produced them);
+- the tuned experiment (``--config-out``, default ``<config dir>/experiment/<experiment>_tuned.yaml``, where
+  ``perfedavg experiment=<experiment>_tuned`` finds it): the experiment with a ``step_sizes`` table (one entry per
+  tuned method, and hvp's values for ``exact``, the same product) read by ``alpha: ${per_method:alpha}``;
+- the tuning report (``--out``, default ``TUNE_DIR/tune_<experiment>.md``): the protocol, the budget, the chosen
+  values, each method's best trials and its confirmation runs (with the command and commit that produced them);
 
 and prints the Markdown. Failed trials (e.g. runs that diverged to a non-finite model) are counted and listed.
-With ``--candidates K`` it writes nothing and prints ``method trial<N> alpha beta`` for each method's K best trials.
 
-``--overrides KEY=VALUE ...`` (what tune.sh was given after the experiment) become part of the tuned experiment where
-they say *what* is computed (``partition.alpha=0.1``, ``partition=iid``): the step sizes were tuned for that setting,
-so running the tuned experiment without it would use them elsewhere. Where and how a run computes
+``--overrides KEY=VALUE ...`` (what the tuner was given after the experiment) become part of the tuned experiment
+where they say *what* is computed (``partition.alpha=0.1``, ``partition=iid``): the step sizes were tuned for that
+setting, so running the tuned experiment without it would use them elsewhere. Where and how a run computes
 (:data:`NOT_SETTINGS`: ``dataset.path``, ``backend``, …) is left out. ``--merge`` keeps the entries of methods this
 tuning did not cover from an existing tuned experiment (same experiment and setting), so methods tuned at different
 times share one file; each tuning's command stays in its header.
@@ -34,13 +33,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import recording  # noqa: E402
+from perfedavg import algorithms
+from perfedavg.analysis.results_file import recording
+from perfedavg.config import EXECUTION_KEYS
 
-from perfedavg import algorithms  # noqa: E402
-from perfedavg.config import EXECUTION_KEYS  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 #: Methods that take another method's tuned values: the same algorithm with another estimate of the Hessian term.
 SHARED = {"exact": "hvp"}
 
@@ -69,7 +65,7 @@ SEARCHED = _searched()
 NOT_SETTINGS = EXECUTION_KEYS
 #: Config groups a setting may choose (``partition=iid``): written as the tuned experiment's defaults overrides.
 SETTING_GROUPS = ("model", "partition", "dataset")
-#: Keys tune.sh sets per method or per stage: a setting cannot fix them.
+#: Keys the tuner sets per method or per stage: a setting cannot fix them.
 TUNED_KEYS = ("algorithm", "hessian", *SEARCHED, "seed", "eval_split")
 
 
@@ -77,7 +73,7 @@ def settings(overrides: list[str]) -> dict[str, str]:
     """The ``key=value`` overrides that define the tuned experiment, in order (see the module's docstring).
 
     Raises ValueError for an override that cannot be part of an experiment file (``+key``, ``~key``, no ``=``) or
-    that tune.sh itself sets per method (``alpha``, ``algorithm``, …)."""
+    that the tuner itself sets per method (``alpha``, ``algorithm``, …)."""
     chosen: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -187,10 +183,10 @@ def tuned_yaml(
     the tuning command, or a list of them (one per merged tuning, each already naming its methods)."""
     commands = [command] if isinstance(command, str) else command
     groups, body = _setting_lines(setting or {})
-    report_name = report_name or f"scripts/results/tune_{experiment}.md"
+    report_name = report_name or f"tune_{experiment}.md"
     lines = [
         "# @package _global_",
-        f"# GENERATED by scripts/tune.sh {experiment} (scripts/tune_report.py); edit by re-running it.",
+        f"# GENERATED by perfedavg-tune {experiment} (perfedavg.analysis.tune_report); edit by re-running it.",
         f"# The {experiment} experiment with step sizes tuned per method on validation data (protocol, budget and",
         f"# best trials: {report_name}). A method without its own entry here is refused.",
         *([f"# Setting the step sizes were tuned for: {setting_text(setting or {})}."] if setting else []),
@@ -245,7 +241,7 @@ def merge_into(
     if theirs != fresh:
         raise ValueError(
             f"--merge: {existing} was tuned for another setting ({theirs}); this "
-            f"tuning's is {setting_text(setting)}: write it to another file (TUNED_CONFIG)"
+            f"tuning's is {setting_text(setting)}: write it to another file (--tuned-config)"
         )
     merged = {m: dict(v) for m, v in (loaded.get("step_sizes") or {}).items()}
     for method, source in SHARED.items():
@@ -324,7 +320,7 @@ def report(
         if confirmed and not confirmed_ranked:
             raise ValueError(
                 f"{method}: none of its {len(confirmed)} confirmation runs finished (diverged or cut off; see "
-                f"{tune_dir / method}/confirm-trial*.log); re-run tune.sh to continue cut-off ones"
+                f"{tune_dir / method}/confirm-trial*.log); re-run perfedavg-tune to continue cut-off ones"
             )
         if not done:
             raise ValueError(f"no trial finished under {tune_dir / method}")
@@ -399,63 +395,81 @@ def _chosen_lines(table: dict[str, dict[str, float]]) -> list[str]:
     return lines + [f"| {m} | " + " | ".join(str(v.get(e, "–")) for e, _ in columns) + " |" for m, v in table.items()]
 
 
+def default_config_out(experiment: str) -> Path:
+    """Where ``perfedavg experiment=<experiment>_tuned`` finds the tuned experiment: the config tree runs read."""
+    from perfedavg.config import preparation
+
+    return preparation.CONF_DIR / "experiment" / f"{experiment}_tuned.yaml"
+
+
+def write(
+    tune_dir: Path,
+    experiment: str,
+    methods: list[str],
+    config_out: Path,
+    out: Path,
+    command: str,
+    overrides: list[str],
+    merge: bool = False,
+    top: int = 5,
+) -> None:
+    """Choose each method's values from ``tune_dir`` and write the tuned experiment ``config_out`` and the report
+    ``out`` (also printed). Raises ValueError for studies without a finished trial or a refused ``--merge``."""
+    setting = settings(overrides)
+    text, table = report(tune_dir, experiment, methods, top, setting)
+    commands: list[str] = [command]
+    report_name = _shown(out)
+    if merge and config_out.exists():
+        table, commands, earlier = merge_into(
+            config_out, experiment, setting, table, f"({', '.join(methods)}) {command}"
+        )
+        report_name = ", ".join(dict.fromkeys(n for n in (earlier, report_name) if n))
+    config_out.parent.mkdir(parents=True, exist_ok=True)
+    config_out.write_text(tuned_yaml(experiment, table, commands, setting, report_name))
+    with recording(str(out)):
+        print(text)
+    print(f"tune_report: wrote {config_out} and {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tune_dir", type=Path, help="the studies' directory (scripts/tune.sh's TUNE_DIR)")
+    parser.add_argument("tune_dir", type=Path, help="the studies' directory (perfedavg-tune's --tune-dir)")
     parser.add_argument("--experiment", required=True, help="the tuned experiment (conf/experiment/<name>.yaml)")
     parser.add_argument(
         "--methods", nargs="+", default=["fedavg", "fo", "fd", "hvp"], choices=list(algorithms.methods())
     )
-    parser.add_argument("--candidates", type=int, help="print each method's K best trials and write nothing")
     parser.add_argument("--top", type=int, default=5, help="best trials listed per method")
-    parser.add_argument("--config-out", type=Path, help="default: conf/experiment/<experiment>_tuned.yaml")
-    parser.add_argument("--out", type=Path, help="default: scripts/results/tune_<experiment>.md")
+    parser.add_argument("--config-out", type=Path, help="default: <config dir>/experiment/<experiment>_tuned.yaml")
+    parser.add_argument("--out", type=Path, help="default: TUNE_DIR/tune_<experiment>.md")
     parser.add_argument("--command", help="the tuning command, recorded in the generated config")
     parser.add_argument("--merge", action="store_true", help="keep the other methods' entries of --config-out")
     parser.add_argument(
-        "--check", action="store_true", help="only check --overrides (and --merge's target) before tuning starts"
-    )
-    parser.add_argument(
-        "--overrides", nargs=argparse.REMAINDER, default=[], help="tune.sh's overrides (last): the setting tuned"
+        "--overrides", nargs=argparse.REMAINDER, default=[], help="the tuner's overrides (last): the setting tuned"
     )
     args = parser.parse_args(argv)
-    if not args.check and not args.tune_dir.is_dir():
+    if not args.tune_dir.is_dir():
         print(f"tune_report: error: TUNE_DIR={args.tune_dir} is not a directory", file=sys.stderr)
         return 2
-    config_out = args.config_out or ROOT / "conf" / "experiment" / f"{args.experiment}_tuned.yaml"
-    out = args.out or ROOT / "scripts" / "results" / f"tune_{args.experiment}.md"
-    command = args.command or " ".join(["scripts/tune_report.py", *(sys.argv[1:] if argv is None else argv)])
+    config_out = args.config_out or default_config_out(args.experiment)
+    out = args.out or args.tune_dir / f"tune_{args.experiment}.md"
+    command = args.command or " ".join(
+        ["python -m perfedavg.analysis.tune_report", *(sys.argv[1:] if argv is None else argv)]
+    )
     try:
-        setting = settings(args.overrides)
-        if args.check:
-            if args.merge and config_out.exists():
-                merge_into(config_out, args.experiment, setting, {}, "")
-            return 0
-        if args.candidates:
-            print("\n".join(candidates(args.tune_dir, args.methods, args.candidates)))
-            return 0
-        text, table = report(args.tune_dir, args.experiment, args.methods, args.top, setting)
-        commands: list[str] = [command]
-        report_name = _shown(out)
-        if args.merge and config_out.exists():
-            table, commands, earlier = merge_into(
-                config_out, args.experiment, setting, table, f"({', '.join(args.methods)}) {command}"
-            )
-            report_name = ", ".join(dict.fromkeys(n for n in (earlier, report_name) if n))
+        write(
+            args.tune_dir, args.experiment, args.methods, config_out, out, command, args.overrides, args.merge, args.top
+        )
     except ValueError as e:
         print(f"tune_report: error: {e}", file=sys.stderr)
         return 2
-    config_out.write_text(tuned_yaml(args.experiment, table, commands, setting, report_name))
-    with recording(str(out)):
-        print(text)
-    print(f"tune_report: wrote {config_out} and {out}", file=sys.stderr)
     return 0
 
 
 def _shown(path: Path) -> str:
-    """``path`` relative to the checkout where it lies inside it (how the generated header names the report)."""
+    """``path`` relative to the working directory where it lies below it (how the generated header names the
+    report)."""
     try:
-        return str(path.resolve().relative_to(ROOT))
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 

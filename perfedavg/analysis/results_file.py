@@ -1,7 +1,8 @@
-"""Benchmarks and profiles that write their Markdown into ``scripts/results/`` say where it came from.
+"""Reports, tuning summaries and benchmarks that write a Markdown result say where it came from.
 
 ``with recording(path):`` copies everything printed to ``path`` as well, under a comment naming the command line,
-the commit (with ``+changes`` if the working tree differed from it), the time and the machine.
+the code's commit (with ``+changes`` if the working tree differed from it; the installed version outside a
+checkout), the time and the machine.
 """
 
 from __future__ import annotations
@@ -17,16 +18,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def provenance() -> str:
-    root = Path(__file__).resolve().parent.parent
+def code_version() -> str:
+    """The commit of the checkout perfedavg is imported from (``+changes`` when its tracked files differ), or the
+    installed version (``perfedavg 0.1.0``) when it is not a git checkout."""
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        )
-        rev = commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+        if commit.returncode == 0 and (root / "perfedavg" / "analysis").is_dir():
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+            )
+            return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
     except OSError:
-        rev = "unknown"
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"perfedavg {version('perfedavg')} (installed)"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def provenance() -> str:
+    rev = code_version()
     command = " ".join([Path(sys.executable).name, *sys.argv])
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = f"{platform.machine()}, {os.cpu_count()} cores"

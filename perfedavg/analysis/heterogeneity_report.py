@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """Compare methods across degrees of heterogeneity: a Markdown report and one figure from the test runs of
-``scripts/heterogeneity.sh``.
+``perfedavg-heterogeneity``.
 
-    python scripts/heterogeneity_report.py OUT_DIR [OUT_DIR ...] [--key partition.alpha] [--out F.md] [--figure F.png]
+    perfedavg-heterogeneity-report OUT_DIR [OUT_DIR ...] [--key partition.alpha] [--out F.md] [--figure F.png]
 
 Every run under the OUT_DIRs (``OUT_DIR/<level>/runs/<run>/``, found by their ``.hydra/config.yaml`` as
-``scripts/report.py`` finds them) belongs to one cell: its data set and its value of ``--key`` (the level; for
+``perfedavg-report`` finds them) belongs to one cell: its data set and its value of ``--key`` (the level; for
 ``partition.alpha``, the Dirichlet concentration α_D: large is near-IID, small is extreme). Per cell and method it
 gives the final personalized test accuracy (mean ± sample std over seeds) and, on the same seeds, the difference to
 FedAvg and HF (hvp) − FO: the mean, its 95 % interval (t distribution) and the paired t-test's p. Runs that stopped
@@ -29,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402  (scripts/report.py: reading runs, method names, the paired test)
-from results_file import recording  # noqa: E402
+from perfedavg.analysis import report  # reading runs, method names, the paired test
+from perfedavg.analysis.results_file import recording
 
 TAG = "eval/personalized_acc"
 LOSS = "eval/personalized_loss"
@@ -116,7 +114,7 @@ def collect(out_dirs: list[Path], key: str) -> list[Cell]:
     """The cells of every run under ``out_dirs``, by data set, then by level from the least heterogeneous."""
     cells: dict[tuple[str, float], Cell] = {}
     for out_dir in out_dirs:
-        sweeps = sorted(out_dir.glob("*/runs")) or [out_dir]  # heterogeneity.sh's layout, or one sweep
+        sweeps = sorted(out_dir.glob("*/runs")) or [out_dir]  # perfedavg-heterogeneity's layout, or one sweep
         runs = [run for sweep in sweeps for run in report.find_runs(sweep)[0]]  # not the tuning's (validation) runs
         for run in runs:
             ident = (str(run.config["dataset"]["name"]), level_of(run, key))
@@ -183,7 +181,7 @@ def summary_table(cells: list[Cell], key: str) -> str:
 
 
 def cell_section(cell: Cell, key: str) -> str:
-    """A cell's own table: per method its step sizes and final accuracies, as scripts/report.py writes them."""
+    """A cell's own table: per method its step sizes and final accuracies, as perfedavg-report writes them."""
     lines = [f"### {_title(cell.dataset)}, {key} = {cell.level:g}", "", report.table(cell.runs, report.CLASSIFICATION)]
     if cell.stopped:
         lines += ["", "Stopped before their last round (not in the numbers):", ""]
@@ -257,8 +255,8 @@ def plot(cells: list[Cell], key: str, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dirs", type=Path, nargs="+", help="heterogeneity.sh's OUT_DIRs (one per data set)")
+    parser = argparse.ArgumentParser(prog="perfedavg-heterogeneity-report", description=__doc__.splitlines()[0])
+    parser.add_argument("out_dirs", type=Path, nargs="+", help="perfedavg-heterogeneity's OUT_DIRs (one per data set)")
     parser.add_argument("--key", default="partition.alpha", help="the config key whose value is the level")
     parser.add_argument("--out", help="also write the report here (Markdown)")
     parser.add_argument("--figure", type=Path, help="the figure (PNG); default: next to --out, else not drawn")

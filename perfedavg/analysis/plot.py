@@ -1,12 +1,12 @@
-#!/usr/bin/env python
 """One picture of one run: global against personalized accuracy (or loss) per round, and the training loss.
 
-    python scripts/plot_run.py RUN_DIR [OUT.png]
+    perfedavg-plot RUN_DIR [OUT.png]
 
 Reads ``RUN_DIR/metrics.json`` (written by every run) and writes ``OUT.png`` (default ``RUN_DIR/run.png``): the left
 panel shows what Per-FedAvg is for, the global model before and the personalized model after one step of
 adaptation on each client's own data; the right panel the clients' mean training loss. The README's picture of the
-default run is made with ``bash scripts/run.sh hydra.run.dir=RUN_DIR`` followed by this script.
+default run is made with ``bash scripts/run.sh hydra.run.dir=RUN_DIR`` followed by
+``perfedavg-plot RUN_DIR docs/img/default_run.png``.
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="perfedavg-plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run directory (with metrics.json)")
     parser.add_argument("out", type=Path, nargs="?", help="the PNG to write (default: RUN_DIR/run.png)")
     args = parser.parse_args(argv)
     metrics_file = args.run_dir / "metrics.json"
     if not metrics_file.is_file():
-        print(f"plot_run: error: {metrics_file} does not exist (not a finished run directory)", file=sys.stderr)
+        print(f"perfedavg-plot: error: {metrics_file} does not exist (not a finished run directory)", file=sys.stderr)
         return 2
     rounds = json.loads(metrics_file.read_text())["rounds"]
     kind = "acc" if any("eval/global_acc" in r for r in rounds) else "loss"
     evaluated = [r for r in rounds if f"eval/global_{kind}" in r]
     if not evaluated:
-        print(f"plot_run: error: {metrics_file} has no evaluated round", file=sys.stderr)
+        print(f"perfedavg-plot: error: {metrics_file} has no evaluated round", file=sys.stderr)
         return 2
 
     import matplotlib
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.run_dir / "run.png"
     fig.savefig(out)
     plt.close(fig)
-    print(f"plot_run: wrote {out}")
+    print(f"perfedavg-plot: wrote {out}")
     return 0
 
 

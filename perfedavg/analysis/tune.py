@@ -1,0 +1,199 @@
+"""``perfedavg-tune``: tune each method's step sizes for one experiment on validation data and write the tuned
+experiment.
+
+    perfedavg-tune paper_mnist dataset.path=/path/to/mnist
+    perfedavg-tune paper_digits --trials 4 --rounds 20            # a quick look, offline
+
+Methods (``--methods``, default ``fedavg fo fd hvp``): any of ``python -m perfedavg.algorithms methods`` (FedAvg,
+Per-FedAvg's Hessian modes, pFedMe, Ditto, the FedAvg baselines, Local, installed plugins), each tuned on its own:
+at large α the Hessian estimates behave differently (on paper_mnist, with fd's best values hvp diverged at round
+13). ``exact`` takes hvp's values (the same product, exactly). A method's study searches its algorithm's declared
+search space (``python -m perfedavg.algorithms search METHOD``: α and β log-uniform in [3e-4, 0.3], and e.g. λ for
+pFedMe and Ditto, fedavg_ft's adapt_steps), given to the Optuna sweeper as overrides.
+
+Protocol: each client holds out ``--val-fraction`` of its training split (``dataset.val_fraction``) and evaluation
+reports on it (``eval_split=val``), so tuning never sees test data; seed 0; in-process runs, ``--jobs`` at a time.
+
+1. Search: one Optuna study per method (hydra-optuna-sweeper, TPE, sampler seed 0; ``conf/hydra/sweeper/
+   step_sizes.yaml``): ``--trials`` runs of ``--rounds`` rounds, objective the final personalized validation accuracy
+   (the loss, minimized, for regression).
+2. Confirm: the best ``--confirm`` trials of each method run again over the experiment's own ``num_rounds``; the
+   chosen values are the best confirmed run's (a trial that diverges later is not chosen). ``--confirm 0`` skips it.
+
+Writes the tuned experiment (``--tuned-config``, default ``<config dir>/experiment/EXPERIMENT_tuned.yaml``: run it as
+``perfedavg experiment=EXPERIMENT_tuned``) and the tuning report (``--report``, default
+``TUNE_DIR/tune_EXPERIMENT.md``). ``--merge`` keeps the entries of the methods not tuned now from an existing tuned
+experiment (e.g. to add ``--methods pfedme ditto``). The overrides after EXPERIMENT that say what is computed
+(``partition.alpha=0.1``, not ``dataset.path=…``) are written into the tuned experiment: its step sizes hold for that
+setting. Cut off? Run it again with the same ``--tune-dir``: finished studies are kept (an unfinished one starts
+over) and confirmation runs continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from perfedavg import algorithms
+from perfedavg.analysis import launch, tune_report
+from perfedavg.analysis.launch import AnalysisError, Job, say
+from perfedavg.errors import exit_on_user_error
+
+TOOL = "tune"
+DEFAULT_METHODS = ("fedavg", "fo", "fd", "hvp")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="perfedavg-tune", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("experiment", help="conf/experiment/<name>.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. dataset.path=…)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="space- or comma-separated")
+    p.add_argument("--trials", type=int, default=20, help="Optuna trials per method (default 20)")
+    p.add_argument("--rounds", type=int, default=300, help="rounds per trial (default 300)")
+    p.add_argument("--confirm", type=int, default=3, help="best trials confirmed over num_rounds (default 3; 0: none)")
+    p.add_argument("--jobs", type=int, default=launch.default_jobs(), help="runs at a time (default: the CPUs)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="each client's held-out validation share")
+    p.add_argument("--tune-dir", type=Path, help="the studies (default multirun/tune-EXPERIMENT)")
+    p.add_argument("--tuned-config", type=Path, help="default <config dir>/experiment/EXPERIMENT_tuned.yaml")
+    p.add_argument("--report", type=Path, help="default TUNE_DIR/tune_EXPERIMENT.md")
+    p.add_argument("--merge", action="store_true", help="keep the other methods' entries of --tuned-config")
+    return p
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every refusal before the first run: numbers in range, the experiment, the methods, the setting and
+    ``--merge``'s target."""
+    for option, value, low in (("--trials", args.trials, 1), ("--rounds", args.rounds, 1), ("--jobs", args.jobs, 1)):
+        if value < low:
+            raise AnalysisError(f"{option}={value}: must be an integer ≥ {low}")
+    if args.confirm < 0:
+        raise AnalysisError(f"--confirm={args.confirm}: must be an integer ≥ 0")
+    if not 0 < args.val_fraction < 1:
+        raise AnalysisError(f"--val-fraction={args.val_fraction}: must be in (0, 1)")
+    launch.check_experiment(args.experiment)
+    args.methods = launch.split_methods(args.methods)
+    try:
+        setting = tune_report.settings(args.overrides)
+        if args.merge and args.tuned_config.exists():
+            tune_report.merge_into(args.tuned_config, args.experiment, setting, {}, "")
+    except ValueError as e:
+        raise AnalysisError(str(e)) from None
+
+
+def direction(experiment: str, overrides: list[str]) -> str:
+    """Accuracy is maximized; for a regression experiment the objective is the personalized loss, minimized."""
+    from perfedavg.run.runner import compose
+
+    return (
+        "maximize" if compose([f"experiment={experiment}", *overrides]).dataset.task == "classification" else "minimize"
+    )
+
+
+def validation(val_fraction: float) -> list[str]:
+    """What every tuning run shares: evaluation on the held-out validation split, in-process, seed 0."""
+    return [f"dataset.val_fraction={val_fraction}", "eval_split=val", "backend=inprocess", "client_cpus=1", "seed=0"]
+
+
+def search(args: argparse.Namespace, tune_dir: Path) -> None:
+    """Stage 1: one Optuna study per method (a finished one is kept)."""
+    maximize = direction(args.experiment, args.overrides)
+    say(TOOL, f"1/2 search: one study per method ({' '.join(args.methods)})")
+    for method in args.methods:
+        study = tune_dir / method
+        if (study / "optimization_results.yaml").is_file():
+            say(TOOL, f"{method}: finished study kept ({study})")
+            continue
+        shutil.rmtree(study, ignore_errors=True)
+        space = algorithms.methods()[method][1].search_space()
+        say(TOOL, f"{method}: {args.trials} trials × {args.rounds} rounds, {args.jobs} at a time → {study}")
+        code = launch.perfedavg(
+            [
+                "-m",
+                f"experiment={args.experiment}",
+                *algorithms.method_overrides(method),
+                f"num_rounds={args.rounds}",
+                f"eval_every={args.rounds}",
+                *validation(args.val_fraction),
+                "hydra/sweeper=step_sizes",
+                *(f"{key}={s.sweep()}" for key, s in space.items()),
+                f"hydra.sweeper.direction={maximize}",
+                f"hydra.sweeper.n_trials={args.trials}",
+                f"hydra.sweeper.n_jobs={args.jobs}",
+                "hydra/launcher=joblib",
+                f"hydra.launcher.n_jobs={args.jobs}",
+                f"hydra.sweep.dir={study}",
+                "hydra.sweep.subdir=trial${hydra.job.num}",
+                *args.overrides,
+            ]
+        )
+        if code != 0:
+            raise SystemExit(
+                f"[{TOOL}] {method}: the study stopped (exit {code}); run the same command to start it over"
+            )
+
+
+def confirm(args: argparse.Namespace, tune_dir: Path) -> None:
+    """Stage 2: the best ``--confirm`` trials of each study again over the experiment's own ``num_rounds`` (still
+    on validation data): step sizes that win over ``--rounds`` rounds can diverge later. Each resumes if cut off."""
+    say(TOOL, f"2/2 confirm: the best {args.confirm} trials of each method over the experiment's num_rounds")
+    try:
+        lines = tune_report.candidates(tune_dir, args.methods, args.confirm)
+    except ValueError as e:
+        raise SystemExit(f"[{TOOL}] {e}") from None
+    jobs = []
+    for line in lines:
+        method, trial, *chosen = line.split()
+        run_dir = tune_dir / method / f"confirm-{trial}"
+        say(TOOL, f"{method}: confirming {' '.join(chosen)} → {run_dir} (log: {run_dir}.log)")
+        overrides = [f"experiment={args.experiment}", *algorithms.method_overrides(method), *chosen]
+        overrides += [*validation(args.val_fraction), "resume=auto", f"hydra.run.dir={run_dir}", *args.overrides]
+        jobs.append(Job(f"{method}: confirm-{trial}", overrides, Path(f"{run_dir}.log")))
+    launch.run_parallel(TOOL, jobs, args.jobs)  # a run that stops is reported; its trial is not chosen
+    say(TOOL, "confirmation done")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The tuning as one command with every budget value spelled out (recorded in the tuned experiment)."""
+    words = ["perfedavg-tune", args.experiment, *args.overrides, "--methods", *args.methods]
+    words += ["--trials", str(args.trials), "--rounds", str(args.rounds), "--confirm", str(args.confirm)]
+    words += ["--val-fraction", f"{args.val_fraction:g}"]
+    return shlex.join(words)
+
+
+def main(argv: list[str] | None = None) -> int:
+    with exit_on_user_error("perfedavg-tune"):
+        args = parser().parse_intermixed_args(argv)
+        tune_dir = args.tune_dir or Path("multirun") / f"tune-{args.experiment}"
+        args.tuned_config = args.tuned_config or tune_report.default_config_out(args.experiment)
+        check(args)
+        start = time.monotonic()
+        search(args, tune_dir)
+        say(TOOL, f"studies done in {time.monotonic() - start:.0f} s")
+        if args.confirm > 0:
+            confirm(args, tune_dir)
+        say(TOOL, f"all done in {time.monotonic() - start:.0f} s")
+        report = args.report or tune_dir / f"tune_{args.experiment}.md"
+        try:
+            tune_report.write(
+                tune_dir,
+                args.experiment,
+                args.methods,
+                args.tuned_config,
+                report,
+                command_line(args),
+                args.overrides,
+                args.merge,
+            )
+        except ValueError as e:
+            raise SystemExit(f"[{TOOL}] {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
