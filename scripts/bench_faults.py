@@ -4,8 +4,8 @@ the time a hung client holds up its round under ``round_timeout_s``, and what a 
     .venv/bin/python scripts/bench_faults.py [--repeats 3] [--out scripts/results/faults.md]
 
 Each measurement is a fresh ``perfedavg`` process (the default Net on digits, 10 clients all sampled, Ray with one
-actor per core unless in-process) with a fault injected by ``scripts/faults.py``; the signal goes to the run's whole
-process group, as a terminal's Ctrl-C or a batch scheduler's SIGTERM does. Printed: medians (and ranges) over the
+actor per core unless in-process) with a fault injected by ``perfedavg.testing.faults``; the signal goes to the run's
+whole process group, as a terminal's Ctrl-C or a batch scheduler's SIGTERM does. Printed: medians (and ranges) over the
 repeats, and whether every repeat stopped cleanly (exit 128 + signal, no traceback, the resume line, no process left).
 Takes about 5 minutes with 3 repeats on 2 cores.
 """
@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from faults import signal_mid_run  # noqa: E402
+from perfedavg.testing.faults import signal_mid_run
 
 BASE = ["num_clients=10", "fraction=1.0"]
 #: Signal scenarios: (label, backend, signal, faults, overrides).
@@ -89,7 +88,7 @@ def measure_signals(repeats: int, work: Path) -> list[str]:
 
 
 def finished_run(backend: str, faults: list[str], overrides: list[str], run_dir: Path) -> list[dict]:
-    command = [sys.executable, str(Path(__file__).with_name("faults.py")), *faults, "--"]
+    command = [sys.executable, "-m", "perfedavg.testing.faults", *faults, "--"]
     args = [*BASE, "num_rounds=4", f"backend={backend}", *overrides]
     out = subprocess.run(
         [*command, *args, f"hydra.run.dir={run_dir}"],

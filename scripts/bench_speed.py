@@ -10,7 +10,7 @@ For each data set (``experiment=paper_mnist`` with ``dataset.path`` when ``--mni
 ``experiment=paper_cifar10`` when ``--cifar10`` is, and ``experiment=paper_digits`` unless ``--no-digits``) and each
 Hessian mode (fo, fd, hvp) it runs ``--rounds`` training rounds of
 
-* the plain loop (``scripts/plain_loop.py``: clients one after another, deepcopy per step, DataLoader batches,
+* the plain loop (``perfedavg/testing/plain_loop.py``: clients one after another, deepcopy per step, DataLoader batches,
   finite differences through ``load_state_dict``), on the same client tensors perfedavg builds, with 1 and with
   all torch threads; the faster of the two is the reference;
 * perfedavg ``backend=inprocess`` (clients in sequence in one process, ``client_cpus=1``);
@@ -41,14 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plain_loop import PlainClient, plain_round, sample  # noqa: E402
-
-from perfedavg import task  # noqa: E402
-from perfedavg.analysis.results_file import recording  # noqa: E402
-from perfedavg.data import load_client  # noqa: E402
-from perfedavg.data.registry import data_params  # noqa: E402
-from perfedavg.run.runner import compose, prepare  # noqa: E402
+from perfedavg import task
+from perfedavg.analysis.results_file import recording
+from perfedavg.data import load_client
+from perfedavg.data.registry import data_params
+from perfedavg.run.runner import compose, prepare
+from perfedavg.testing.plain_loop import PlainClient, plain_round, sample
 
 # ---------------------------------------------------------------------------------------------------------------
 # Memory of a process tree (Linux /proc)

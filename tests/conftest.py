@@ -50,3 +50,10 @@ def silent_and_closed_ports():
         yield silent.getsockname()[1], closed_port
     finally:
         silent.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (in their collected order, then the rest in theirs): run in parallel
+    (``pytest -n``, as scripts/test.sh does), the long ones start while the short ones fill the gaps, instead of
+    one long test finishing alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -21,6 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fake_images import images, write_parquet
+from support import without_times
+
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden" / "metrics.json"
 
@@ -61,9 +64,6 @@ RUNS: dict[str, list[str]] = {
 
 def write_data(root: Path) -> dict[str, str]:
     """Tiny parquet data sets in the hub's layout (deterministic: seeded pixels, lossless PNG)."""
-    sys.path.insert(0, str(HERE))
-    from fake_images import images, write_parquet
-
     grey = write_parquet(root / "grey", *images(24, (28, 28), seed=1))
     rgb = write_parquet(root / "rgb", *images(8, (32, 32, 3), seed=2), image_key="img")
     return {"grey": str(grey), "rgb": str(rgb)}
@@ -81,7 +81,7 @@ def run_all(root: Path) -> dict[str, list[dict[str, float]]]:
     for name, overrides in RUNS.items():
         cfg = prepare(compose([o.format(**paths) for o in overrides]))
         summary = run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, root / name)
-        out[name] = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in summary["rounds"]]
+        out[name] = without_times(summary["rounds"])
     return out
 
 

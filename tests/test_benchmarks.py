@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_scale_measures_each_size_and_backend_it_is_given(tmp_path: Path) -> None:
     out_file = tmp_path / "scale.md"
     args = [sys.executable, str(ROOT / "scripts" / "bench_scale.py"), "--sizes", "4,12", "--backends", "inprocess"]

@@ -6,29 +6,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from support import PERFEDAVG, cli, without_times
 
 from perfedavg import checkpoint
 from perfedavg.config import ConfigError, resume
 from perfedavg.run.runner import compose, prepare
 
-PERFEDAVG = [sys.executable, "-m", "perfedavg"]
 COMMON = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=6", "local_steps=10"]
 
 
-def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*PERFEDAVG, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def non_time(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["perfedavg", "ditto", "local"])
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path, algorithm: str) -> None:
     """Also for Ditto and Local, whose clients' own models (Context.state) die with the process: the resumed run sends
@@ -69,7 +60,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
     a = json.loads((full / "metrics.json").read_text())
     b = json.loads((killed / "metrics.json").read_text())
     assert b["final"] == a["final"]
-    assert non_time(b["rounds"]) == non_time(a["rounds"])
+    assert without_times(b["rounds"]) == without_times(a["rounds"])
 
     # One TensorBoard log: every round once, the interrupted run's stale events purged.
     acc = EventAccumulator(str(killed), size_guidance={"scalars": 0}).Reload()
@@ -77,6 +68,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
     assert acc.Scalars("train/loss")[-1].value == pytest.approx(a["final"]["train/loss"])
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_config_that_changes_results(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert cli([*COMMON, "num_rounds=2", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
@@ -171,6 +163,7 @@ def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpo
     assert list(tmp_path.glob("events.out.tfevents*"))  # the log so far is kept
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_continues_and_skips_a_finished_run(tmp_path: Path) -> None:
     """What a re-run sweep (perfedavg-reproduce with the same --sweep-dir) relies on."""
     auto, straight = tmp_path / "auto", tmp_path / "straight"
@@ -182,7 +175,8 @@ def test_resume_auto_starts_continues_and_skips_a_finished_run(tmp_path: Path) -
     assert "continuing from the checkpoint of round 2" in out.stdout + out.stderr
     assert cli([*COMMON, "num_rounds=4", f"hydra.run.dir={straight}"], tmp_path).returncode == 0
     resumed = json.loads((auto / "metrics.json").read_text())
-    assert non_time(resumed["rounds"]) == non_time(json.loads((straight / "metrics.json").read_text())["rounds"])
+    uninterrupted = json.loads((straight / "metrics.json").read_text())["rounds"]
+    assert without_times(resumed["rounds"]) == without_times(uninterrupted)
     before = (auto / "metrics.json").stat().st_mtime_ns
     out = cli([*COMMON, "num_rounds=4", "resume=auto", f"hydra.run.dir={auto}"], tmp_path)  # finished: kept
     assert out.returncode == 0 and "already complete (4 rounds)" in out.stdout + out.stderr
@@ -219,6 +213,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Pa
     assert caplog.text.count("using the previous checkpoint") == 1
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_a_clear_error_and_exit_2(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert cli([*COMMON, "num_rounds=2", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0

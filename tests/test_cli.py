@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import PERFEDAVG, cli
 
 from perfedavg import task
 from perfedavg.cli.main import check_composes
 from perfedavg.config import ConfigError, check_overrides, to_container, validate
 from perfedavg.run.runner import CONF_DIR, compose, prepare
-
-PERFEDAVG = [sys.executable, "-m", "perfedavg"]
-
-
-def cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*PERFEDAVG, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-
 
 BAD_INPUTS = [
     # (overrides, fragments the message must contain)

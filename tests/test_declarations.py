@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 import torch
 import yaml
+from support import cli, without_times
 
 from perfedavg import algorithms, curvature
 from perfedavg.algorithms import Algorithm, LocalResult, LocalSpec
@@ -24,17 +25,6 @@ from perfedavg.run.runner import CONF_DIR, compose, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=4", "local_steps=3"]
-
-
-def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "perfedavg", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
-    )
 
 
 def test_every_built_in_algorithm_has_its_config_file_with_its_declared_defaults_and_vice_versa() -> None:
@@ -121,8 +111,7 @@ def test_local_runs_on_both_backends_with_the_same_metrics(tmp_path: Path) -> No
     for backend in ("inprocess", "ray"):
         cfg = compose([*SMALL, "algorithm=local", "num_rounds=3", "alpha=0.05", f"backend={backend}"])
         metrics[backend] = run(cfg, tmp_path / backend)
-    strip = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metrics["ray"]["rounds"]]
-    assert strip == [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metrics["inprocess"]["rounds"]]
+    assert without_times(metrics["ray"]["rounds"]) == without_times(metrics["inprocess"]["rounds"])
     final = metrics["ray"]["final"]
     assert final["eval/personalized_loss"] < final["eval/global_loss"]
     assert len({r["eval/global_loss"] for r in metrics["ray"]["rounds"]}) == 1  # the global model never moves

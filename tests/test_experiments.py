@@ -4,15 +4,14 @@ perfedavg-report summarises it."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from support import run_command
 
 from perfedavg import task
 from perfedavg.config import ConfigError, to_container, validate
@@ -63,6 +62,7 @@ METHOD_OVERRIDES = {
 }
 
 
+@pytest.mark.slow
 def test_every_experiment_composes_with_every_method_it_has_step_sizes_for() -> None:
     """A plain experiment takes every default method of perfedavg-reproduce; a tuned one every method of its
     step-size table, and refuses the others by name (their step sizes were never tuned for it)."""
@@ -76,11 +76,6 @@ def test_every_experiment_composes_with_every_method_it_has_step_sizes_for() -> 
                 validate(compose([f"experiment={path.stem}", *METHOD_OVERRIDES[method]]))
 
 
-def run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
 @pytest.mark.slow
 def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     """perfedavg-reproduce on a small sweep (joblib, 2 workers, in-process runs, diagnostics for Per-FedAvg), then
@@ -88,7 +83,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = [*REPRODUCE, "smoke", "num_rounds=3", "eval_every=1", "--seeds", "0,1", "--methods", "fedavg,fo,hvp"]
     args += ["--diagnostics", "2", "--jobs", "2", "--sweep-dir", str(sweep)]
-    out = run(args, tmp_path)
+    out = run_command(args, tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stderr + out.stdout
     assert "[reproduce] smoke: 6 runs (2 seeds × 3 methods: fedavg,fo,hvp), 2 at a time" in log
@@ -96,7 +91,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     finished = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")}
     assert len(finished) == 6  # FedAvg once per seed, not once per Hessian mode
     report = (sweep / "report.md").read_text()
-    out = run(args, tmp_path)
+    out = run_command(args, tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]  # the same command again: nothing re-runs, the same report
     assert (out.stdout + out.stderr).count("already complete (3 rounds)") == 6
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")} == finished
@@ -153,7 +148,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         assert (row["seed"], row["alpha"], row["beta"], row["rounds"]) == (row["run"][-1], "0.05", "0.02", "3")
     # --out: the same report as a committed results file, its plots and CSV beside it, under its provenance
     results = tmp_path / "results" / "smoke_sweep.md"
-    out = run([*REPORT, str(sweep), "--out", str(results)], tmp_path)
+    out = run_command([*REPORT, str(sweep), "--out", str(results)], tmp_path)
     assert out.returncode == 0, out.stderr
     written = results.read_text()
     renamed = report.strip().replace("](", "](smoke_sweep_").replace("[runs.csv]", "[smoke_sweep_runs.csv]")
@@ -162,31 +157,31 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
         assert (results.parent / name).stat().st_size > 100
     # --against: a paired table against any method (here HF against FO once more: the same rows again)
     args = [*REPORT, str(sweep), "--against", "Per-FedAvg (FO)"]
-    assert run(args, tmp_path).returncode == 0
+    assert run_command(args, tmp_path).returncode == 0
     assert (sweep / "report.md").read_text().count(vs_fo + hf_row) == 2
 
 
 def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
-    missing = run([*REPORT, str(tmp_path / "nope")], tmp_path)
+    missing = run_command([*REPORT, str(tmp_path / "nope")], tmp_path)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr and "Traceback" not in missing.stderr
-    empty = run([*REPORT, str(tmp_path)], tmp_path)
+    empty = run_command([*REPORT, str(tmp_path)], tmp_path)
     assert empty.returncode == 2 and "no finished runs with TensorBoard event files" in empty.stderr
 
 
 def test_reproduce_names_the_experiments_on_a_wrong_one(tmp_path: Path) -> None:
-    out = run([*REPRODUCE, "paper_mnst"], tmp_path)
+    out = run_command([*REPRODUCE, "paper_mnst"], tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "paper_digits" in out.stderr and "paper_synthetic" in out.stderr and "paper_mnist" in out.stderr
 
 
 def test_reproduce_refuses_an_unknown_method_before_it_runs_anything(tmp_path: Path) -> None:
-    out = run([*REPRODUCE, "smoke", "--methods", "fo,hvpp", "--sweep-dir", str(tmp_path / "sweep")], tmp_path)
+    out = run_command([*REPRODUCE, "smoke", "--methods", "fo,hvpp", "--sweep-dir", str(tmp_path / "sweep")], tmp_path)
     assert out.returncode == 2 and not (tmp_path / "sweep").exists()
     assert out.stderr.strip() == (
         "perfedavg-reproduce: error: --methods: unknown method 'hvpp'; allowed: fedavg fedavg_ft fedavg_matched fo "
         "fd hvp exact diag pfedme ditto local"
     )
-    out = run([*REPRODUCE, "smoke", "--seeds", "0,x", "--sweep-dir", str(tmp_path / "sweep")], tmp_path)
+    out = run_command([*REPRODUCE, "smoke", "--seeds", "0,x", "--sweep-dir", str(tmp_path / "sweep")], tmp_path)
     assert out.returncode == 2 and "--seeds='0,x': give seeds as 0,1,2 or a range 0-4" in out.stderr
 
 

@@ -8,30 +8,14 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
+from support import ANN_SMALL, federate, without_times
 
 from perfedavg.engines.client_app import app as client_app
 from perfedavg.engines.client_app import build_client_app
 from perfedavg.engines.inprocess_grid import InProcessGrid
 from perfedavg.federation import FederationError
-from perfedavg.federation.record import run_and_record
 from perfedavg.federation.round_math import aggregate, sample_clients
 from perfedavg.run.runner import compose, prepare, run
-
-ANN_SMALL = [
-    "model=ann",
-    "dataset=regression",
-    "num_clients=4",
-    "num_rounds=3",
-    "fraction=0.5",
-    "local_steps=3",
-    "batch_size=8",
-]
-
-
-def federate(overrides: list[str], tmp_path: Path, app: ClientApp = client_app) -> dict:
-    cfg = prepare(compose(overrides))
-    return run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, tmp_path)
 
 
 def test_exact_and_hvp_give_the_same_rounds_and_fo_differs(tmp_path: Path) -> None:
@@ -49,9 +33,8 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None
     a = federate([*ANN_SMALL, "hessian=fd"], tmp_path / "a")["rounds"]
     b = federate([*ANN_SMALL, "hessian=fd"], tmp_path / "b")["rounds"]
     c = federate([*ANN_SMALL, "hessian=fd", "seed=1"], tmp_path / "c")["rounds"]
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
-    assert strip(a) == strip(b)
-    assert strip(a) != strip(c)
+    assert without_times(a) == without_times(b)
+    assert without_times(a) != without_times(c)
 
 
 def test_personalization_beats_the_global_model_with_two_labels_per_client(tmp_path: Path) -> None:
@@ -130,11 +113,10 @@ def test_metrics_do_not_depend_on_the_engine_or_the_number_of_actors(tmp_path: P
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     overrides = [*ANN_SMALL, "hessian=hvp", "fraction=1.0"]
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
     summary = run(compose(overrides), tmp_path / "ray2")
-    one_actor = strip(run(compose([*overrides, "client_cpus=2"]), tmp_path / "ray1")["rounds"])
-    local = strip(federate(overrides, tmp_path / "local")["rounds"])
-    assert strip(summary["rounds"]) == one_actor == local
+    one_actor = without_times(run(compose([*overrides, "client_cpus=2"]), tmp_path / "ray1")["rounds"])
+    local = without_times(federate(overrides, tmp_path / "local")["rounds"])
+    assert without_times(summary["rounds"]) == one_actor == local
     assert summary["client_failures"] == 0
     acc = EventAccumulator(str(tmp_path / "ray2"), size_guidance={"scalars": 0, "histograms": 0}).Reload()
     tags = set(acc.Tags()["scalars"])
@@ -189,10 +171,9 @@ def test_device_auto_on_a_cpu_machine_equals_device_cpu(tmp_path: Path, monkeypa
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
     auto = federate([*ANN_SMALL, "device=auto"], tmp_path / "auto")["rounds"]
     cpu = federate([*ANN_SMALL, "device=cpu"], tmp_path / "cpu")["rounds"]
-    assert strip(auto) == strip(cpu)
+    assert without_times(auto) == without_times(cpu)
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,14 @@ perfedavg-heterogeneity tunes and runs each level of heterogeneity and reports t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from support import run_command
 
 from perfedavg.analysis import heterogeneity_report as hr
 from perfedavg.analysis import report, tune_report
@@ -84,15 +83,10 @@ def _resolved(config: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(config), resolve=True)
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **env}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
-
-
 def test_perfedavg_heterogeneity_refuses_a_level_that_is_not_a_number(tmp_path: Path) -> None:
-    out = run([*HETEROGENEITY, "smoke", "10,iid"], tmp_path, {})
+    out = run_command([*HETEROGENEITY, "smoke", "10,iid"], tmp_path)
     assert out.returncode == 2 and "'iid' is not a number" in out.stderr and "Traceback" not in out.stderr
-    out = run([*HETEROGENEITY, "smoke"], tmp_path, {})
+    out = run_command([*HETEROGENEITY, "smoke"], tmp_path)
     assert out.returncode == 2 and "usage:" in out.stderr
     assert not (tmp_path / "multirun").exists()
 
@@ -107,8 +101,8 @@ def test_perfedavg_heterogeneity_tunes_and_runs_each_level_and_reports_them_side
     out_dir = tmp_path / "out"
     args = [*HETEROGENEITY, "smoke", "10,0.1", "num_clients=6", "--out-dir", str(out_dir)]
     args += ["--tune-reports", str(tmp_path / "reports"), "--trials", "2", "--rounds", "2", "--confirm", "0"]
-    args += ["--seeds", "0,1", "--methods", "fedavg", "fo", "--jobs", "2"]
-    out = run(args, tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
+    args += ["--seeds", "0,1", "--methods", "fedavg", "fo", "--jobs", "1"]  # runs in parallel: test_experiments
+    out = run_command(args, tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)}, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     finals: dict[tuple[float, str], dict[int, float]] = {}
     for level in (10.0, 0.1):
@@ -126,7 +120,7 @@ def test_perfedavg_heterogeneity_tunes_and_runs_each_level_and_reports_them_side
             step = tuned["step_sizes"][method]
             assert (float(f"{saved['alpha']:.3g}"), float(f"{saved['beta']:.3g}")) == (step["alpha"], step["beta"])
             final = json.loads(metrics.read_text())["final"]["eval/personalized_acc"]
-            finals.setdefault((level, method), {})[saved["seed"]] = final
+            finals.setdefault((level, method))[saved["seed"]] = final
     text = (out_dir / "report.md").read_text()
     assert (out_dir / "heterogeneity.png").stat().st_size > 10_000
     top_share = {}
@@ -139,14 +133,14 @@ def test_perfedavg_heterogeneity_tunes_and_runs_each_level_and_reports_them_side
         top_share[level] = float(row.split(" | ")[2].split(" / ")[0])
     assert 0.1 <= top_share[10.0] < top_share[0.1] <= 1.0  # digits has 10 labels; α_D = 0.1 skews them most
     # the report alone, again: the same table
-    again = run([*HETEROGENEITY_REPORT, str(out_dir)], tmp_path, {})
+    again = run_command([*HETEROGENEITY_REPORT, str(out_dir)], tmp_path)
     assert again.returncode == 0 and again.stdout.split("| digits | 10 |")[1].split("\n")[0] in text
 
 
 def test_heterogeneity_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
-    out = run([*HETEROGENEITY_REPORT, str(tmp_path / "nope")], tmp_path, {})
+    out = run_command([*HETEROGENEITY_REPORT, str(tmp_path / "nope")], tmp_path)
     assert out.returncode == 2 and "not a directory" in out.stderr and "Traceback" not in out.stderr
-    out = run([*HETEROGENEITY_REPORT, str(tmp_path)], tmp_path, {})
+    out = run_command([*HETEROGENEITY_REPORT, str(tmp_path)], tmp_path)
     assert out.returncode == 2 and "no finished test runs" in out.stderr and "Traceback" not in out.stderr
 
 

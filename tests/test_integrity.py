@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 from conftest import forget_process_caches
 from fake_images import images, write_parquet
+from support import PERFEDAVG, cli, without_times
 
 from perfedavg import checkpoint
 from perfedavg.config import ConfigError
 from perfedavg.data import DataError, array_cache
 from perfedavg.run.runner import compose, prepare, run
-
-PERFEDAVG = [sys.executable, "-m", "perfedavg"]
 
 
 @pytest.fixture
@@ -59,11 +58,6 @@ def overrides(data: Path, tmp_path: Path, *extra: str) -> list[str]:
 def federate(data: Path, tmp_path: Path, run_dir: Path, *extra: str) -> dict:
     forget_process_caches()  # each run as a new process would see the machine
     return run(compose(overrides(data, tmp_path, *extra)), run_dir)
-
-
-def cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run([*PERFEDAVG, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=environment)
 
 
 def one_line_exit_2(out: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -380,6 +374,7 @@ def test_nan_pixels_are_refused_naming_their_row(tmp_path: Path, cache: Path) ->
 SMOKE = ["experiment=smoke", "num_rounds=2", "backend=inprocess"]
 
 
+@pytest.mark.slow
 def test_a_sweep_jobs_directory_resumes_by_the_path_it_printed(tmp_path: Path) -> None:
     """A sweep job's directory name holds ``=`` and ``,`` (``1_seed=1``); ``resume=`` takes it as printed."""
     import json
@@ -396,6 +391,7 @@ def test_a_sweep_jobs_directory_resumes_by_the_path_it_printed(tmp_path: Path) -
     assert [r["round"] for r in rounds] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_damaged_metrics_json_is_named_and_rewritten_from_the_checkpoint(tmp_path: Path) -> None:
     """``resume=auto`` over a finished run whose metrics.json was cut short: one warning naming the file, exit 0,
     and the file written anew with the same final metrics (from the checkpoint's history; no round runs again)."""
@@ -428,6 +424,7 @@ def test_json_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> Non
     assert target.read_text() == '{"a": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_gives_the_longer_runs_metrics_evaluation_included(tmp_path: Path) -> None:
     """4 rounds extended to 8 with half the clients evaluated every 3 rounds: every round's metrics, the evaluation
     sample's included, equal a fresh 8-round run's (the sample is drawn from the seed and the round). The short run's
@@ -442,10 +439,7 @@ def test_extending_a_finished_run_gives_the_longer_runs_metrics_evaluation_inclu
     assert cli([*args, "num_rounds=8", f"hydra.run.dir={fresh}"], tmp_path).returncode == 0
     extended, whole = (json.loads((d / "metrics.json").read_text()) for d in (short, fresh))
 
-    def strip(rows: list[dict]) -> list[dict]:
-        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-    for longer, fresh_row in zip(strip(extended["rounds"]), strip(whole["rounds"]), strict=True):
+    for longer, fresh_row in zip(without_times(extended["rounds"]), without_times(whole["rounds"]), strict=True):
         extra = {k: v for k, v in longer.items() if k not in fresh_row}
         assert {k: longer[k] for k in fresh_row} == fresh_row
         assert not extra or (longer["round"] == 4 and all(k.startswith(("eval/", "clients/eval")) for k in extra))
@@ -453,6 +447,7 @@ def test_extending_a_finished_run_gives_the_longer_runs_metrics_evaluation_inclu
     assert [r["round"] for r in whole["rounds"] if "eval/global_loss" in r] == [3, 6, 8]
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_thread_count(tmp_path: Path) -> None:
     """``client_cpus`` is each client's torch thread count, which can move the last bits: a resume refuses to
     change it, naming it."""
@@ -595,6 +590,7 @@ def test_a_resume_with_another_experiment_names_the_experiment(tmp_path: Path) -
     one_line_exit_2(out, "experiment=paper_digits, but the run was started with experiment=smoke")
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_get_a_directory_each(tmp_path: Path) -> None:
     """Without ``hydra.run.dir`` each run gets Hydra's dated directory, named to the microsecond: two runs started
     in the same second both finish, each in its own directory with its own config."""

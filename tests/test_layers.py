@@ -36,3 +36,24 @@ def test_an_import_up_a_layer_is_caught(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stdout[-2000:]
     assert "perfedavg.data is not allowed to import perfedavg.federation" in out.stdout
     assert "perfedavg.data.types -> perfedavg.federation.loop" in out.stdout
+
+
+def test_no_test_imports_another_test_module_or_a_script_by_path() -> None:
+    """Shared helpers live in tests/support.py (and the data writers beside it); what benchmarks and tests both
+    drive (fault injection, the plain loop) ships in perfedavg.testing. A test module imported by another runs its
+    module-level code twice and couples unrelated files; a script found through ``sys.path`` breaks when it moves."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+            is_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if is_call and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append"):
+                found.append(f"{path.name}:{node.lineno} changes sys.path")
+    assert not found, found

@@ -1,20 +1,16 @@
-"""The speed benchmark's baseline (scripts/plain_loop.py) does the same work as perfedavg: fed the same minibatches,
-its Per-FedAvg step (fo, fd, hvp) and FedAvg-style averaging reach the same weights. A baseline that skipped work
-would make the speed comparison meaningless."""
+"""The speed benchmark's baseline (perfedavg.testing.plain_loop) does the same work as perfedavg: fed the same
+minibatches, its Per-FedAvg step (fo, fd, hvp) and FedAvg-style averaging reach the same weights. A baseline that
+skipped work would make the speed comparison meaningless."""
 
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from plain_loop import PlainClient  # noqa: E402
-
-from perfedavg import algorithms, curvature, task  # noqa: E402
+from perfedavg import algorithms, curvature, task
+from perfedavg.testing.plain_loop import PlainClient
 
 
 @pytest.mark.parametrize("mode", ["fo", "fd", "hvp"])

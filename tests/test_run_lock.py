@@ -6,23 +6,16 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import cli
 
 from perfedavg.config import ConfigError
 from perfedavg.run import lock as run_lock
 from perfedavg.run.runner import compose, run
 
 SMALL = ["model=ann", "dataset=regression", "backend=inprocess", "num_clients=4", "num_rounds=2", "local_steps=2"]
-
-
-def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "perfedavg", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
-    )
 
 
 def live_lock(run_dir: Path, pid: int | None = None, host: str | None = None) -> None:
@@ -51,6 +44,7 @@ def test_a_second_run_into_a_live_runs_directory_is_refused_before_anything_is_w
     assert not list(run_dir.glob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_resume_of_a_live_run_is_refused(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert cli([*SMALL, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0

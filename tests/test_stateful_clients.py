@@ -5,37 +5,30 @@ are resent after a node loses them, and round-trip through checkpoints."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import Context, Message
-from test_federation import ANN_SMALL, federate
+from support import ANN_SMALL, federate, without_times
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from faults import Fault, faulty_client_app  # noqa: E402
-
-from perfedavg import (  # noqa: E402
-    algorithms,  # noqa: E402
+from perfedavg import (
+    algorithms,
     checkpoint,
     curvature,
     task,
 )
-from perfedavg.algorithms import LocalSpec, ditto, fedavg  # noqa: E402
-from perfedavg.algorithms.pfedme import PFedMe  # noqa: E402
-from perfedavg.config import ConfigError  # noqa: E402
-from perfedavg.engines.client_app import build_client_app  # noqa: E402
-from perfedavg.engines.inprocess_grid import InProcessGrid  # noqa: E402
-from perfedavg.federation.record import run_and_record  # noqa: E402
-from perfedavg.federation.state_records import STATE_ARRAYS, STATE_ROUND, unpack_state  # noqa: E402
-from perfedavg.run.runner import compose, prepare, run  # noqa: E402
+from perfedavg.algorithms import LocalSpec, ditto, fedavg
+from perfedavg.algorithms.pfedme import PFedMe
+from perfedavg.config import ConfigError
+from perfedavg.engines.client_app import build_client_app
+from perfedavg.engines.inprocess_grid import InProcessGrid
+from perfedavg.federation.record import run_and_record
+from perfedavg.federation.state_records import STATE_ARRAYS, STATE_ROUND, unpack_state
+from perfedavg.run.runner import compose, prepare, run
+from perfedavg.testing.faults import Fault, faulty_client_app
 
 ALL_CLIENTS = [*ANN_SMALL, "fraction=1.0", "num_rounds=4"]
-
-
-def strip(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
 def column(summary: dict, key: str) -> list[float]:
@@ -166,7 +159,7 @@ def test_ditto_under_ray_with_a_dead_worker_equals_the_in_process_run_with_a_fai
     ray = run(compose(args), tmp_path / "ray", client_app=faulty_client_app(Fault("die", 1, 2)))
     local = federate(args, tmp_path / "local", faulty_client_app(Fault("raise", 1, 2)))
     assert column(ray, "clients/failed") == column(local, "clients/failed") == [0, 1, 0, 0]
-    assert strip(ray["rounds"]) == strip(local["rounds"])
+    assert without_times(ray["rounds"]) == without_times(local["rounds"])
 
 
 def test_task_local_spec_carries_the_algorithm_keys() -> None:

@@ -1,6 +1,6 @@
 """Faults of long runs: a client that hangs (``round_timeout_s``), a Ray worker process that dies, and a stop signal
 (Ctrl-C, SIGTERM) under both backends, also while a client hangs. Each test injects the fault through a client mod
-(``scripts/faults.py``) or a real signal to the run's process group."""
+(``perfedavg.testing.faults``) or a real signal to the run's process group."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message
-from test_federation import federate
+from support import federate, without_times
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from faults import Fault, Stopped, faulty_client_app, signal_mid_run  # noqa: E402
-
-from perfedavg.engines.client_app import build_client_app  # noqa: E402
-from perfedavg.run.runner import compose, run  # noqa: E402
+from perfedavg.engines.client_app import build_client_app
+from perfedavg.run.runner import compose, run
+from perfedavg.testing.faults import Fault, Stopped, faulty_client_app, signal_mid_run
 
 SMALL = ["model=ann", "dataset=regression", "num_clients=4", "fraction=1.0", "local_steps=3", "batch_size=8"]
 
@@ -104,6 +102,7 @@ def assert_stopped_cleanly(stopped: Stopped, signum: int) -> int:
     return stopped.checkpointed
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     args = [*SMALL, "backend=inprocess", "num_rounds=400", "local_steps=20"]
     stopped = signal_mid_run(args, tmp_path / "stopped", signal.SIGINT)
@@ -121,8 +120,7 @@ def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterru
     )
     assert resumed.returncode == whole.returncode == 0
     rows = [json.loads((tmp_path / d / "metrics.json").read_text())["rounds"] for d in ("stopped", "whole")]
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]  # noqa: E731
-    assert strip(rows[0]) == strip(rows[1])
+    assert without_times(rows[0]) == without_times(rows[1])
 
 
 @pytest.mark.slow

@@ -5,9 +5,7 @@ perfedavg-report reading sweeps whose methods have their own step sizes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import run_command
 
 from perfedavg import checkpoint, task
 from perfedavg.analysis import tune_report
@@ -132,11 +131,6 @@ def test_per_method_step_sizes_resolve_for_each_method_and_name_a_missing_one(tm
         validate(compose(["experiment=probe", "hessian=fd"]))
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
-
-
 @pytest.mark.slow
 def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_drives_a_sweep(tmp_path: Path) -> None:
     """perfedavg-tune on a tiny offline setting (2 trials per method, the best one confirmed): the Optuna sweeper
@@ -149,7 +143,7 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
     args = [*TUNE, "smoke", "num_clients=6", "--trials", "2", "--rounds", "2", "--confirm", "1", "--jobs", "2"]
     args += ["--methods", "fedavg", "fd", "ditto", "local", "--tune-dir", str(studies)]
     args += ["--tuned-config", str(tuned), "--report", str(summary)]
-    out = run(args, tmp_path)
+    out = run_command(args, tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     table = yaml.safe_load(tuned.read_text())["step_sizes"]
     assert set(table) == {"fedavg", "fd", "ditto", "local"}
@@ -182,18 +176,13 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
     assert "Per-FedAvg (HF, fd)" in text and "2 trials × 2 rounds + 1 confirmation runs" in text
     assert f"Confirmation over {smoke_rounds} rounds" in text
 
-    sweep = tmp_path / "sweep"
+    sweep = tmp_path / "sweep"  # one sweep of the four methods; hessian=fd is read by Per-FedAvg's run only
     args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke_tuned", "num_clients=6", "num_rounds=2"]
-    args += ["backend=inprocess", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${algorithm.name}-${hessian.mode}"]
-    for method in (
-        ["algorithm=fedavg", "hessian=fo"],
-        ["algorithm=perfedavg", "hessian=fd"],
-        ["algorithm=ditto"],
-        ["algorithm=local"],
-    ):
-        out = run([*args, *method], tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
-        assert out.returncode == 0, out.stderr[-3000:]
-    out = run([sys.executable, "-m", "perfedavg.analysis.report", str(sweep)], tmp_path)
+    args += ["backend=inprocess", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${algorithm.name}"]
+    args += ["algorithm=fedavg,perfedavg,ditto,local", "hessian=fd"]
+    out = run_command(args, tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_command([sys.executable, "-m", "perfedavg.analysis.report", str(sweep)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     report = (sweep / "report.md").read_text()
     for method, key in (("FedAvg", "fedavg"), ("Per-FedAvg (HF, fd)", "fd")):
@@ -205,7 +194,7 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
 
 def test_perfedavg_tune_names_the_experiments_methods_and_ranges_on_a_wrong_one(tmp_path: Path) -> None:
     """Each refusal is one line naming the option, the value and what is allowed, before any run starts."""
-    out = run([*TUNE, "paper_mnst"], tmp_path)
+    out = run_command([*TUNE, "paper_mnst"], tmp_path)
     assert out.returncode == 2 and "EXPERIMENT='paper_mnst' is not an experiment" in out.stderr
     assert "paper_mnist" in out.stderr and "Traceback" not in out.stderr
     for args, message in (
@@ -214,26 +203,27 @@ def test_perfedavg_tune_names_the_experiments_methods_and_ranges_on_a_wrong_one(
         (["--val-fraction", "1"], "--val-fraction=1.0: must be in (0, 1)"),
         (["alpha=0.1"], "alpha is chosen per method by the tuning, not a setting"),
     ):
-        out = run([*TUNE, "smoke", *args, "--tune-dir", str(tmp_path / "t")], tmp_path)
+        out = run_command([*TUNE, "smoke", *args, "--tune-dir", str(tmp_path / "t")], tmp_path)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "t").exists()  # refused before anything ran
 
 
 def test_tune_report_refuses_a_directory_without_trials(tmp_path: Path) -> None:
     script = [sys.executable, "-m", "perfedavg.analysis.tune_report"]
-    out = run([*script, str(tmp_path / "nope"), "--experiment", "smoke"], tmp_path)
+    out = run_command([*script, str(tmp_path / "nope"), "--experiment", "smoke"], tmp_path)
     assert out.returncode == 2 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
-    out = run([*script, str(tmp_path), "--experiment", "smoke"], tmp_path)
+    out = run_command([*script, str(tmp_path), "--experiment", "smoke"], tmp_path)
     assert out.returncode == 2 and "no trials under" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_a_run_that_diverges_in_a_multirun_fails_alone(tmp_path: Path) -> None:
     """In a sweep a diverging run is recorded as a failed job (what the Optuna sweeper counts as a failed trial):
     the other runs finish, and the multirun exits non-zero naming the failure."""
     sweep = tmp_path / "sweep"
     args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke", "num_rounds=2", "backend=inprocess"]
     args += ["beta=0.1,1e30", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
-    out = run(args, tmp_path)
+    out = run_command(args, tmp_path)
     assert out.returncode == 1
     log = out.stdout + out.stderr
     assert "federation stopped: round 1" in log and "non-finite" in log

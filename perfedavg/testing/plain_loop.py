@@ -5,7 +5,8 @@ Clients run one after another; each copies the global model, draws minibatches f
 takes its temporary step on a ``deepcopy`` of the model, and (``hessian="fd"``) forms the finite-difference
 Hessian-vector product by loading perturbed weights with ``load_state_dict`` and restoring them afterwards.
 ``hessian="hvp"`` uses a double backward, ``"fo"`` skips the correction. The server averages the state dicts.
-No evaluation: the benchmark times training rounds. Not used by perfedavg itself.
+No evaluation: the benchmark times training rounds. Not used by perfedavg itself; ``tests/test_plain_loop.py``
+checks that it does the same work (the same weights from the same minibatches).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Inject a fault into one client of a perfedavg run: a client that hangs, a worker process that dies, a client that
 raises. Used by ``tests/test_stopping.py`` and ``scripts/bench_faults.py``; also a way to rehearse a fault by hand:
 
-    python scripts/faults.py stall:1:2:600 -- num_rounds=5 fraction=1.0 round_timeout_s=10
-    python scripts/faults.py die:1:2 -- num_rounds=4 fraction=1.0
+    python -m perfedavg.testing.faults stall:1:2:600 -- num_rounds=5 fraction=1.0 round_timeout_s=10
+    python -m perfedavg.testing.faults die:1:2 -- num_rounds=4 fraction=1.0
 
 A fault is ``KIND:CLIENT:ROUND[:SECONDS]``: in round ROUND, client CLIENT's training (not its evaluation) first
 
@@ -12,8 +12,7 @@ A fault is ``KIND:CLIENT:ROUND[:SECONDS]``: in round ROUND, client CLIENT's trai
 
 The words after ``--`` are the ``perfedavg`` command's; the run goes through that command unchanged (Hydra, the
 checks, the exit codes), with the fault wrapped around its ClientApp as a Flower mod. Under Ray the mod reaches the
-workers by reference to this module (the workers' ``PYTHONPATH`` is the driver's ``sys.path``, which holds this
-directory).
+workers by reference to this module, which they import from the installed package.
 """
 
 from __future__ import annotations
@@ -135,7 +134,7 @@ def signal_mid_run(
     """Start ``perfedavg`` (with ``faults``, specs as in the module's docstring) in a process group of its own, and
     send ``signum`` to the whole group, as a terminal's Ctrl-C or a batch scheduler does, ``delay_s`` after round
     ``after_round`` is checkpointed. Kills the group and raises if the run ends before that or is alive 60 s after."""
-    command = [sys.executable, __file__, *faults, "--"] if faults else [sys.executable, "-m", "perfedavg"]
+    command = [sys.executable, "-m", *(["perfedavg.testing.faults", *faults, "--"] if faults else ["perfedavg"])]
     proc = subprocess.Popen(
         [*command, *overrides, f"hydra.run.dir={run_dir}"],
         cwd=run_dir.parent,
@@ -166,7 +165,7 @@ def signal_mid_run(
 
 def main(argv: list[str]) -> None:
     if "--" not in argv:
-        sys.exit("usage: python scripts/faults.py KIND:CLIENT:ROUND[:SECONDS] … -- [perfedavg overrides]")
+        sys.exit("usage: python -m perfedavg.testing.faults KIND:CLIENT:ROUND[:SECONDS] … -- [perfedavg overrides]")
     cut = argv.index("--")
     try:
         faults = [Fault.parse(spec) for spec in argv[:cut]]
