@@ -167,7 +167,9 @@ def test_a_key_read_by_some_run_of_a_sweep_is_accepted() -> None:
 
 @pytest.mark.slow
 def test_multirun_gives_one_run_directory_per_job(tmp_path: Path) -> None:
-    out = cli(["-m", "hessian=hvp,fo", "num_clients=3", "num_rounds=1", "fraction=1.0", "local_steps=1"], tmp_path)
+    overrides = ["hessian=hvp,fo", "num_clients=3", "num_rounds=1", "fraction=1.0", "local_steps=1"]
+    overrides.append("backend=inprocess")  # one Ray run per job costs seconds each; Ray's own tests: test_stopping
+    out = cli(["-m", *overrides], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = sorted(p.parent for p in tmp_path.glob("multirun/*/*/*/metrics.json"))
     assert len(jobs) == 2
@@ -180,7 +182,7 @@ def test_multirun_gives_one_run_directory_per_job(tmp_path: Path) -> None:
     log = out.stdout + out.stderr
     assert "round 1/1" in log and "tensorboard --logdir" in log
     assert log.count("round 1/1 |") == 2  # one progress line per job
-    assert "DEPRECATED" not in log and "alembic" not in log  # Flower and its libraries stay quiet by default
+    assert "DEPRECATED" not in log and "alembic" not in log  # Hydra's plugin scan stays quiet (Ray's: test_stopping)
 
 
 def test_a_nearly_full_disk_is_refused_before_the_run(monkeypatch, tmp_path: Path) -> None:

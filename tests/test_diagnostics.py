@@ -28,7 +28,7 @@ def dense_hessian(model: nn.Module, loss_fn, batch, w: torch.Tensor) -> torch.Te
     def f(flat: torch.Tensor) -> torch.Tensor:
         return loss_fn(torch.func.functional_call(model, layout.as_dict(flat), (batch[0],)), batch[1])
 
-    return torch.autograd.functional.hessian(f, w)
+    return torch.autograd.functional.hessian(f, w, vectorize=True)  # rows by vmap: the values of row by row
 
 
 @pytest.mark.parametrize("alpha, delta", [(0.05, 1e-3), (0.3, 1e-2)])

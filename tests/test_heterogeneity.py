@@ -120,7 +120,7 @@ def test_perfedavg_heterogeneity_tunes_and_runs_each_level_and_reports_them_side
             step = tuned["step_sizes"][method]
             assert (float(f"{saved['alpha']:.3g}"), float(f"{saved['beta']:.3g}")) == (step["alpha"], step["beta"])
             final = json.loads(metrics.read_text())["final"]["eval/personalized_acc"]
-            finals.setdefault((level, method))[saved["seed"]] = final
+            finals.setdefault((level, method), {})[saved["seed"]] = final
     text = (out_dir / "report.md").read_text()
     assert (out_dir / "heterogeneity.png").stat().st_size > 10_000
     top_share = {}

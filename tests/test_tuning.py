@@ -141,14 +141,14 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
     shutil.copytree(runner.CONF_DIR, conf)
     tuned, summary, studies = conf / "experiment" / "smoke_tuned.yaml", tmp_path / "tune.md", tmp_path / "tune"
     args = [*TUNE, "smoke", "num_clients=6", "--trials", "2", "--rounds", "2", "--confirm", "1", "--jobs", "2"]
-    args += ["--methods", "fedavg", "fd", "ditto", "local", "--tune-dir", str(studies)]
+    args += ["--methods", "fd", "ditto", "local", "--tune-dir", str(studies)]  # FedAvg's study is fd's, without HF
     args += ["--tuned-config", str(tuned), "--report", str(summary)]
     out = run_command(args, tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     table = yaml.safe_load(tuned.read_text())["step_sizes"]
-    assert set(table) == {"fedavg", "fd", "ditto", "local"}
+    assert set(table) == {"fd", "ditto", "local"}
     smoke_rounds = compose(["experiment=smoke"]).num_rounds
-    for method in ("fedavg", "fd", "ditto", "local"):
+    for method in ("fd", "ditto", "local"):
         study = studies / method
         trials = sorted(study.glob("trial*/metrics.json"))
         assert len(trials) == 2
@@ -176,17 +176,17 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
     assert "Per-FedAvg (HF, fd)" in text and "2 trials × 2 rounds + 1 confirmation runs" in text
     assert f"Confirmation over {smoke_rounds} rounds" in text
 
-    sweep = tmp_path / "sweep"  # one sweep of the four methods; hessian=fd is read by Per-FedAvg's run only
+    sweep = tmp_path / "sweep"  # one sweep of the three methods; hessian=fd is read by Per-FedAvg's run only
     args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke_tuned", "num_clients=6", "num_rounds=2"]
     args += ["backend=inprocess", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${algorithm.name}"]
-    args += ["algorithm=fedavg,perfedavg,ditto,local", "hessian=fd"]
+    args += ["algorithm=perfedavg,ditto,local", "hessian=fd"]
     out = run_command(args, tmp_path, {"PERFEDAVG_CONF_DIR": str(conf)})
     assert out.returncode == 0, out.stderr[-3000:]
     out = run_command([sys.executable, "-m", "perfedavg.analysis.report", str(sweep)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     report = (sweep / "report.md").read_text()
-    for method, key in (("FedAvg", "fedavg"), ("Per-FedAvg (HF, fd)", "fd")):
-        assert f"| {method} | 1 (0) | 2 | {table[key]['alpha']:g} | {table[key]['beta']:g} | – |" in report, report
+    fd = table["fd"]
+    assert f"| Per-FedAvg (HF, fd) | 1 (0) | 2 | {fd['alpha']:g} | {fd['beta']:g} | – |" in report, report
     ditto = table["ditto"]
     assert f"| Ditto | 1 (0) | 2 | {ditto['alpha']:g} | {ditto['beta']:g} | {ditto['lam']:g} |" in report, report
     assert f"| Local | 1 (0) | 2 | {table['local']['alpha']:g} | – | – |" in report, report  # β unread: no value

@@ -39,7 +39,7 @@ from perfedavg.federation.round_math import (
     mean_metric,
     sample_clients,
 )
-from perfedavg.federation.stopping import STOP, FederationInterrupted
+from perfedavg.federation.stopping import STOP, FederationInterrupted, stopping_caused_it
 from perfedavg.federation.transport import PollingTransport, Transport
 
 log = logging.getLogger("perfedavg")
@@ -94,7 +94,12 @@ class Federation:
         for server_round in range(first, total + 1):
             if STOP.is_set():
                 raise FederationInterrupted.now(self.completed)
-            weights, metrics, per_client = self._round(server_round, weights, total)
+            try:
+                weights, metrics, per_client = self._round(server_round, weights, total)
+            except Exception:
+                if stopping_caused_it():
+                    raise FederationInterrupted.now(self.completed) from None
+                raise
             self.history.rounds.append({"round": server_round, **metrics})
             self.reporter.report(server_round, metrics, per_client, self.round_histograms)
             self._checkpoint(server_round, weights)

@@ -63,6 +63,21 @@ def stop_signal() -> int:
     return _received[0] if _received else int(signal.SIGINT)
 
 
+#: How long a round that failed outside the main thread waits for a stop signal that may have caused it.
+SIGNAL_GRACE_S = 2.0
+
+
+def stopping_caused_it() -> bool:
+    """Whether a round that just failed was ended by a stop signal. A signal sent to the whole process group (a
+    terminal's Ctrl-C, a batch scheduler's SIGTERM) also ends Ray's workers, and their failures can reach the round
+    loop's thread before the main thread has run the handler that sets :data:`STOP`: outside the main thread, wait up
+    to :data:`SIGNAL_GRACE_S` for it (a failure without a signal is reported that much later). In the main thread
+    the handler has already run."""
+    if threading.current_thread() is threading.main_thread():
+        return STOP.is_set()
+    return STOP.wait(SIGNAL_GRACE_S)
+
+
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
     if STOP.is_set():  # the second one: no more waiting
