@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from perfedavg import curvature as C
 from perfedavg.curvature import backpack as diag_backpack
+from perfedavg.curvature import dense, diagonal
 from perfedavg.models import ANN, MLP, Net
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -284,7 +285,7 @@ def test_memory_guard_refuses_net_28x28_before_allocating() -> None:
 
 
 def test_default_budget_is_half_the_available_memory(monkeypatch) -> None:
-    monkeypatch.setattr(C, "available_memory_bytes", lambda: 24 * 10**9)
+    monkeypatch.setattr(dense, "available_memory_bytes", lambda: 24 * 10**9)
     assert C.default_memory_budget_gb() == pytest.approx(12.0)
     with pytest.raises(C.HessianTooLargeError, match="12.00 GB"):
         C.check_hessian_fits(125_765, torch.float32)
@@ -425,7 +426,7 @@ def test_functional_losses_take_the_one_pass_diagonal_and_match_dense(name: str,
     ids=["lambda", "partial-label-smoothing", "module-label-smoothing"],
 )
 def test_diag_fallback_says_why_once_and_stays_exact(loss_fn, reason: str, monkeypatch) -> None:
-    monkeypatch.setattr(C, "_DIAG_FALLBACK_WARNED", set())
+    monkeypatch.setattr(diagonal, "_DIAG_FALLBACK_WARNED", set())
     model, _, batch = CASES[4].build(torch.float64)  # the small MLP: the fallback is quick
     with pytest.warns(C.DiagFallbackWarning, match=reason) as record:
         d = C.hessian_diag(model, loss_fn, batch)
@@ -436,7 +437,7 @@ def test_diag_fallback_says_why_once_and_stays_exact(loss_fn, reason: str, monke
 
 
 def test_diag_fallback_for_an_unsupported_layer_names_it(monkeypatch) -> None:
-    monkeypatch.setattr(C, "_DIAG_FALLBACK_WARNED", set())
+    monkeypatch.setattr(diagonal, "_DIAG_FALLBACK_WARNED", set())
     model, loss_fn, batch = CASES[8].build(torch.float64)
     with pytest.warns(C.DiagFallbackWarning, match="BatchNorm1d layer"):
         C.hessian_diag(model, loss_fn, batch)

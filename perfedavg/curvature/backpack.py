@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from perfedavg.curvature import Batch
+from perfedavg.curvature.layout import Batch
 
 #: Layers BackPACK's ``DiagHessian`` differentiates exactly (a subset of its extensions: the ones this project
 #: uses or that are parameter-free and elementwise/linear). Anything else in the graph means the fallback.

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from perfedavg import curvature
-from perfedavg.curvature import Batch, LossFn
+from perfedavg.curvature.layout import Batch, LossFn
 
 #: The diagnostics, in the order they are documented; each is logged as ``curvature/<name>``.
 NAMES: tuple[str, ...] = ("correction_ratio", "cosine_to_fo", "fd_rel_error", "top_eigenvalue")
