@@ -11,6 +11,11 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="perfedavg-hf-"))
 # Decoded image arrays and partitions (perfedavg.data.array_cache) go to a temporary cache, not the user's.
 os.environ.setdefault("PERFEDAVG_CACHE_DIR", tempfile.mkdtemp(prefix="perfedavg-cache-"))
+# A pytest-xdist worker (scripts/test.sh) shares the CPUs with the other workers: BLAS threads of its own would
+# oversubscribe them (measured: an in-process eigensolver test 2.5 s alone, 18 s beside another worker). numpy and
+# scipy read this at import; PyTorch's own pool is set in pytest_configure. Runs in subprocesses set their own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 import pytest  # noqa: E402 - after the environment above is set
@@ -50,6 +55,14 @@ def silent_and_closed_ports():
         yield silent.getsockname()[1], closed_port
     finally:
         silent.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One PyTorch thread per xdist worker (see the top of this file); a plain ``pytest`` keeps PyTorch's default."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
