@@ -19,14 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 import pytest  # noqa: E402 - after the environment above is set
-
-
-def forget_process_caches() -> None:
-    """What a new process starts with: no loaded split, no decoded arrays, no partitions, no verified cache entry."""
-    from perfedavg.data import array_cache, hub
-
-    hub.forget_loaded()
-    array_cache.forget_verified()
+from support import forget_process_caches  # noqa: E402
 
 
 @pytest.fixture

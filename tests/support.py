@@ -51,6 +51,14 @@ def without_times(rows: list[dict], also: tuple[str, ...] = ()) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(prefixes)} for r in rows]
 
 
+def forget_process_caches() -> None:
+    """What a new process starts with: no loaded split, no decoded arrays, no partitions, no verified cache entry."""
+    from perfedavg.data import array_cache, hub
+
+    hub.forget_loaded()
+    array_cache.forget_verified()
+
+
 def federate(overrides: list[str], tmp_path: Path, app: ClientApp | None = None) -> dict:
     """A whole federation in this process on the in-process grid (``app`` defaults to perfedavg's ClientApp); returns
     the run's summary (``rounds``, ``final``) as ``metrics.json`` holds it."""

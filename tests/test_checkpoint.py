@@ -6,11 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import PERFEDAVG, cli, without_times
+from support import cli, without_times
 
 from perfedavg import checkpoint
 from perfedavg.config import ConfigError, resume
@@ -32,25 +33,25 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
     out = cli([*args, f"num_rounds={rounds}", f"hydra.run.dir={full}"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
 
+    # Killed mid-round 4, wherever the machine's speed would have it: every client hangs in round 4's training
+    # (perfedavg.testing.faults), so the kill comes after round 3's checkpoint and before round 4's.
+    hang = [f"stall:{client}:4:600" for client in range(6)]
     proc = subprocess.Popen(
-        [*PERFEDAVG, *args, f"num_rounds={rounds}", f"hydra.run.dir={killed}"],
+        [sys.executable, "-m", "perfedavg.testing.faults", *hang, "--", *args, f"num_rounds={rounds}"]
+        + [f"hydra.run.dir={killed}"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
-    state = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        state = checkpoint.load(killed)
-        if state is not None and state["round"] >= 3:
-            break
-        time.sleep(0.01)
+    while time.monotonic() < deadline and proc.poll() is None and (checkpoint.load(killed) or {}).get("round") != 3:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     saved = checkpoint.load(killed)
     done = saved["round"]
-    assert 3 <= done < rounds, f"the run was not interrupted mid-way (checkpoint at round {done})"
+    assert done == 3, f"the run was not killed in round 4 (checkpoint at round {done})"
     assert bool(saved.get("client_states")) == (algorithm in ("ditto", "local"))
     assert not (killed / "metrics.json").exists()
 

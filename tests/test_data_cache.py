@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import forget_process_caches
 from fake_images import images, write_image_folder, write_parquet
+from support import forget_process_caches
 
 from perfedavg.data import array_cache, hub, load_client
 from perfedavg.data.client_cache import ClientCache, bound_bytes, nbytes

@@ -9,16 +9,17 @@ equal a clean run's; where it refuses, one line and exit 2, and nothing is writt
 from __future__ import annotations
 
 import logging
+import math
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import forget_process_caches
 from fake_images import images, write_parquet
-from support import PERFEDAVG, cli, without_times
+from support import PERFEDAVG, cli, forget_process_caches, without_times
 
 from perfedavg import checkpoint
 from perfedavg.config import ConfigError
@@ -188,7 +189,13 @@ def test_checkpoint_digest_round_trips(tmp_path: Path) -> None:
         "config": {"alpha": 0.1, "model": {"hidden": [8, 4]}},
     }
     checkpoint.save(tmp_path, state)
-    assert checkpoint.load(tmp_path)["round"] == 3
+    loaded = checkpoint.load(tmp_path)
+    assert set(loaded) >= set(state)  # the digest and format fields come on top
+    assert all(torch.equal(loaded["weights"][k], w) for k, w in state["weights"].items())
+    assert loaded["weights"]["b"].shape == (0,)
+    assert (loaded["sample_rng"], loaded["eval_rng"]) == (state["sample_rng"], state["eval_rng"])
+    assert math.isnan(loaded["rounds"][0]["train/loss"]) and loaded["rounds"][0]["round"] == 1
+    assert (loaded["round"], loaded["client_failures"], loaded["config"]) == (3, 0, state["config"])
 
 
 # --- 3. a run remembers its data ------------------------------------------------------------------------------------
@@ -237,7 +244,8 @@ def test_a_second_run_into_a_live_runs_directory_writes_nothing(tmp_path: Path) 
         text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "held"
+        ready, _, _ = select.select([holder.stdout], [], [], 120)  # a holder that never starts fails, not hangs
+        assert ready and holder.stdout.readline().strip() == "held"
         out = cli(["experiment=smoke", "backend=inprocess", f"hydra.run.dir={run_dir}"], tmp_path)
         one_line_exit_2(out, "in use by another run")
         assert sorted(p.name for p in run_dir.iterdir()) == [".perfedavg.lock"]
