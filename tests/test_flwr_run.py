@@ -82,13 +82,13 @@ def test_the_exit_code_is_the_runs_outcome(tmp_path: Path) -> None:
         assert "done in" in ok.stdout
         assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 1
     finally:  # the local SuperLink `flwr run` started for this FLWR_HOME (its SuperExec follows its parent)
-        ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, timeout=30).stdout
         for line in ps.splitlines():
             if "flower-superlink" in line and str(flwr_home) in line:
                 os.kill(int(line.split()[0]), signal.SIGTERM)
         deadline = time.monotonic() + 20  # a loaded 2-core machine takes a few seconds to shut the SuperLink down
         while True:
-            ps = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True).stdout
+            ps = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True, timeout=30).stdout
             if str(flwr_home) not in ps or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -251,7 +251,7 @@ def test_a_second_run_into_a_live_runs_directory_writes_nothing(tmp_path: Path) 
         assert sorted(p.name for p in run_dir.iterdir()) == [".perfedavg.lock"]
     finally:
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=30)
 
 
 # --- 5. data validated where it enters ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
         check=True,
+        timeout=600,
         capture_output=True,
         cwd=out,
     )
@@ -47,6 +48,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
         check=True,
+        timeout=600,
         capture_output=True,
     )
     work = tmp_path_factory.mktemp("elsewhere")
@@ -61,6 +63,7 @@ def test_a_non_editable_install_runs_the_smoke_experiment_outside_the_checkout(i
     where = subprocess.run(
         [sys.executable, "-c", "import perfedavg.config.preparation as p; print(p.__file__); print(p.CONF_DIR)"],
         check=True,
+        timeout=600,
         capture_output=True,
         text=True,
         cwd=work,

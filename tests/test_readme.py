@@ -94,7 +94,7 @@ def test_the_readme_picture_is_drawn_from_a_run(default_run: tuple[Path, dict], 
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     missing = subprocess.run(
-        [sys.executable, "-m", "perfedavg.analysis.plot", str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-m", "perfedavg.analysis.plot", str(tmp_path)], capture_output=True, text=True, timeout=120
     )
     assert missing.returncode == 2 and "not a finished run directory" in missing.stderr
 

@@ -27,7 +27,7 @@ def live_lock(run_dir: Path, pid: int | None = None, host: str | None = None) ->
 
 def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
-    proc.wait()
+    proc.wait(timeout=60)
     return proc.pid
 
 

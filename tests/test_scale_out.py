@@ -55,7 +55,8 @@ def ray_head():
     )
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], capture_output=True).returncode:
+    status = [str(BIN / "ray"), "status", f"--address={address}"]
+    while subprocess.run(status, capture_output=True, timeout=60).returncode:
         assert head.poll() is None, "ray start --head exited"
         assert time.monotonic() < deadline, "the Ray head did not come up in 120 s"
         time.sleep(2)
@@ -76,7 +77,9 @@ def test_a_simulation_joins_a_running_ray_cluster(ray_head: str, tmp_path: Path,
     assert f"joined the Ray cluster at {ray_head}: 1 node(s), 2 CPUs" in caplog.text
     alone = run(compose([*overrides, "backend=inprocess"]), tmp_path / "inprocess")
     assert joined["final"] == alone["final"]  # same federation, wherever its clients ran
-    status = subprocess.run([str(BIN / "ray"), "status", f"--address={ray_head}"], capture_output=True, text=True)
+    status = subprocess.run(
+        [str(BIN / "ray"), "status", f"--address={ray_head}"], capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 0, "the run stopped the cluster it joined"
 
 

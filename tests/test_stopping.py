@@ -113,10 +113,17 @@ def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterru
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     perfedavg = [sys.executable, "-m", "perfedavg"]
     resumed = subprocess.run(
-        [*perfedavg, f"resume={tmp_path / 'stopped'}", f"num_rounds={done + 3}"], cwd=tmp_path, env=env, text=True
+        [*perfedavg, f"resume={tmp_path / 'stopped'}", f"num_rounds={done + 3}"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        timeout=300,
     )
     whole = subprocess.run(
-        [*perfedavg, *args, f"num_rounds={done + 3}", f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path, env=env
+        [*perfedavg, *args, f"num_rounds={done + 3}", f"hydra.run.dir={tmp_path / 'whole'}"],
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert resumed.returncode == whole.returncode == 0
     rows = [json.loads((tmp_path / d / "metrics.json").read_text())["rounds"] for d in ("stopped", "whole")]

@@ -119,7 +119,7 @@ def checkpointed_round(run_dir: Path) -> int:
 
 def processes_left(pgid: int) -> list[str]:
     """Live (not zombie) processes of a process group."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, timeout=30).stdout
     return [line for line in out.splitlines() if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")]
 
 
@@ -150,7 +150,8 @@ def signal_mid_run(
     time.sleep(delay_s)
     if proc.poll() is not None or checkpointed_round(run_dir) < after_round:
         os.killpg(proc.pid, signal.SIGKILL)
-        raise RuntimeError(f"the run did not reach round {after_round} in time: {proc.communicate()[0][-3000:]}")
+        output = proc.communicate(timeout=60)[0]
+        raise RuntimeError(f"the run did not reach round {after_round} in time: {output[-3000:]}")
     started = time.monotonic()
     os.killpg(proc.pid, signum)
     try:
