@@ -1,4 +1,4 @@
-"""The networks the project trains: the two seed models and the Per-FedAvg paper's MLP.
+"""The networks the project trains: the two seed models, the Per-FedAvg paper's MLP and the FedAvg paper's CNN.
 
 Parameter counts (P), which decide what the curvature modes cost:
 
@@ -6,6 +6,8 @@ Parameter counts (P), which decide what the curvature modes cost:
 * ``Net(h, w)``: 32·C·9 + 32 + 32·h·w·K + K; with the seed's C = 1, K = 5 that is 325 + 160·h·w
   (Net(12, 12): 23,365; Net(28, 28): 125,765).
 * ``MLP(d, K)``: d·80 + 80 + 80·60 + 60 + 60·K + K (784 → 10: 68,270).
+* ``CNN(C, h, w, K)``: 32·C·25 + 32 + 64·32·25 + 64 + 64·⌊h/4⌋·⌊w/4⌋·512 + 512 + 512·K + K (MNIST: 1,663,370;
+  CIFAR-10: 2,156,490).
 """
 
 from __future__ import annotations
@@ -73,6 +75,49 @@ class MLP(nn.Module):
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class CNN(nn.Module):
+    """The FedAvg paper's CNN (McMahan et al., 2017): two 5×5 convolutions (32 and 64 channels, padding 2), each
+    followed by ReLU and 2×2 max pooling, a fully connected layer of 512 units with ReLU, and a linear layer to the
+    classes (the softmax is in the cross-entropy loss).
+
+    Input ``[N, C, h, w]`` with h, w ≥ 4, output logits ``[N, K]``; ``channels`` and ``hidden`` resize it (the tests
+    use a tiny one). An ``nn.Sequential`` of layers BackPACK differentiates exactly, so ``hessian=diag`` takes the
+    one-pass path.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        h: int,
+        w: int,
+        num_classes: int = 10,
+        channels: tuple[int, int] = (32, 64),
+        hidden: int = 512,
+    ) -> None:
+        super().__init__()
+        if min(in_channels, num_classes, hidden, *channels) < 1 or len(channels) != 2 or min(h, w) < 4:
+            raise ValueError(
+                f"CNN needs positive sizes, two conv widths and inputs of at least 4×4, got C={in_channels}, "
+                f"{h}×{w}, channels={tuple(channels)}, hidden={hidden}, K={num_classes}"
+            )
+        first, second = channels
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, first, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(second * (h // 4) * (w // 4), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from perfedavg.algorithms.base import LocalSpec
-from perfedavg.models import ANN, MLP, Net
+from perfedavg.models import ANN, CNN, MLP, Net
 
 
 def build_model(model_cfg: Mapping[str, Any], seed: int) -> nn.Module:
@@ -27,7 +27,11 @@ def build_model(model_cfg: Mapping[str, Any], seed: int) -> nn.Module:
             return Net(height, width, in_channels=channels, num_classes=int(model_cfg["num_outputs"]))
         if name == "mlp":
             return MLP(math.prod(shape), int(model_cfg["num_outputs"]), hidden=tuple(model_cfg["hidden"]))
-    raise ValueError(f"model={name!r} is not one of: ann, net, mlp")
+        if name == "cnn":
+            channels, height, width = shape
+            widths, (hidden,) = tuple(model_cfg["channels"]), model_cfg["hidden"]
+            return CNN(channels, height, width, int(model_cfg["num_outputs"]), channels=widths, hidden=hidden)
+    raise ValueError(f"model={name!r} is not one of: ann, net, mlp, cnn")
 
 
 def compute_device(cfg: Mapping[str, Any]) -> torch.device:

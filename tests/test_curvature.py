@@ -21,7 +21,7 @@ from torch.func import functional_call
 from perfedavg import curvature as C
 from perfedavg.curvature import backpack as diag_backpack
 from perfedavg.curvature import dense, diagonal
-from perfedavg.models import ANN, MLP, Net
+from perfedavg.models import ANN, CNN, MLP, Net
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -97,6 +97,14 @@ CASES = [
     Case("unused-param", WithUnused, nn.MSELoss, regression_batch(), seed=6),
     Case("functional-loss", lambda: MLP(12, 3, hidden=(5,)), lambda: F.cross_entropy, image_batch(1, 3, 4, 3), seed=7),
     Case("batchnorm-train", WithBatchNorm, nn.MSELoss, regression_batch(), seed=8),
+    # the FedAvg paper's CNN, tiny: both convolutions, ReLU, max pooling, the hidden and output layers
+    Case(
+        "cnn-tiny",
+        lambda: CNN(1, 4, 4, 3, channels=(2, 2), hidden=4),
+        nn.CrossEntropyLoss,
+        image_batch(1, 4, 4, 3),
+        seed=9,
+    ),
 ]
 IDS = [c.name for c in CASES]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -167,14 +175,16 @@ def test_hessian_diag_equals_dense_diagonal(case: Case, dtype: torch.dtype, trut
         (
             c,
             c.name
-            in {"ann-mse", "net-4x4-ce", "net-5x3-ce", "net-3ch-sum", "mlp-elu-ce", "frozen-param", "functional-loss"},
+            in {"ann-mse", "net-4x4-ce", "net-5x3-ce", "net-3ch-sum", "mlp-elu-ce", "frozen-param", "functional-loss"}
+            | {"cnn-tiny"},
         )
         for c in CASES
     ],
     ids=IDS,
 )
 def test_diag_fast_path_taken_exactly_where_supported(case: Case, fast: bool) -> None:
-    """Seed models, frozen params and functional losses use BackPACK; unused params and BatchNorm fall back."""
+    """Seed models, the CNN, frozen params and functional losses use BackPACK; unused params and BatchNorm fall
+    back."""
     model, loss_fn, batch = case.build(torch.float64)
     assert (diag_backpack.diag_hessian(model, loss_fn, batch) is not None) == fast
 

@@ -40,6 +40,7 @@ class ModelName(StrEnum):
     ann = "ann"
     net = "net"
     mlp = "mlp"
+    cnn = "cnn"
 
 
 class DatasetName(StrEnum):
@@ -99,7 +100,8 @@ class ModelConf:
     name: ModelName = MISSING
     input_shape: list[int] = MISSING  # per-example input shape, from the dataset
     num_outputs: int = MISSING  # classes or regression targets, from the dataset
-    hidden: list[int] = field(default_factory=lambda: [80, 60])  # MLP only
+    hidden: list[int] = field(default_factory=lambda: [80, 60])  # MLP: its hidden widths; CNN: [its FC width]
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # CNN only: its two convolutions' widths
 
 
 @dataclass
@@ -449,11 +451,28 @@ def _model_dataset_problems(cfg: DictConfig) -> list[str]:
         return []
     if task is not Task.classification:
         return [f"model={name.value}: is a classifier; dataset={data_name} is a {task.value} dataset (use model=ann)"]
-    if name is ModelName.net and len(shape) != 3:
-        return [f"model=net: needs image inputs [channels, height, width]; dataset={data_name} gives {shape}"]
+    if name in (ModelName.net, ModelName.cnn) and len(shape) != 3:
+        return [f"model={name.value}: needs image inputs [channels, height, width]; dataset={data_name} gives {shape}"]
+    if name is ModelName.cnn:
+        return _cnn_problems(model, shape, data_name)
     if name is ModelName.mlp and any(h < 1 for h in model.hidden):
         return [f"model.hidden={list(model.hidden)}: hidden layer widths must be positive"]
     return []
+
+
+def _cnn_problems(model: Any, shape: list[int], data_name: str) -> list[str]:
+    """What keeps ``model=cnn`` from being built: its sizes, and inputs too small for two 2×2 poolings."""
+    problems = []
+    if len(model.channels) != 2 or any(c < 1 for c in model.channels):
+        given = list(model.channels)
+        problems.append(f"model.channels={given}: the CNN has two convolutions; give two positive widths")
+    if len(model.hidden) != 1 or model.hidden[0] < 1:
+        problems.append(f"model.hidden={list(model.hidden)}: the CNN has one hidden layer; give one positive width")
+    if min(shape[1:]) < 4:
+        problems.append(
+            f"model=cnn: pools twice by 2 and needs inputs of at least 4×4; dataset={data_name} gives {shape}"
+        )
+    return problems
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
@@ -577,7 +596,8 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "partition.classes_per_client": ("partition.name", ("pathological",)),
     "partition.shards_per_client": ("partition.name", ("shard",)),
     "partition.images_per_class": ("partition.name", ("paper",)),
-    "model.hidden": ("model.name", ("mlp",)),
+    "model.hidden": ("model.name", ("mlp", "cnn")),
+    "model.channels": ("model.name", ("cnn",)),
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
     "ray_address": ("backend", ("ray",)),
