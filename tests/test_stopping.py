@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -256,3 +257,51 @@ def test_ctrl_c_before_the_federation_starts_is_one_line_and_exit_130(monkeypatc
         cli.main()
     assert stopped.value.code == 130
     assert capsys.readouterr().err == "perfedavg: interrupted before the federation started; nothing to continue\n"
+
+
+DRIVER = """
+import os, signal, subprocess, sys, time
+from perfedavg.federation import stopping
+
+child = subprocess.Popen(["sleep", "300"], stdout=subprocess.DEVNULL)  # a descendant, as Ray's raylet is of the run
+orphan = subprocess.run(  # a process of the group whose parent is gone, as Ray's agents once the raylet has ended
+    ["bash", "-c", "(exec -a ray::FakeAgent sleep 300 >/dev/null 2>&1 </dev/null) & echo $!"],
+    capture_output=True,
+    text=True,
+    timeout=30,
+).stdout.strip()
+print(child.pid, orphan, flush=True)
+with stopping.stop_on_signals():
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)  # the second: exit at once
+    time.sleep(60)
+"""
+
+
+def test_a_second_stop_signal_leaves_no_process_of_the_run_behind(tmp_path: Path) -> None:
+    """The immediate exit of a second Ctrl-C first kills what would outlive the run: its descendants (Ray's node
+    processes) and the Ray processes of its process group already orphaned (Ray's agents, seen left running after a
+    double Ctrl-C of a Ray run). Driven here without Ray: a child, and an orphan named like Ray's agent."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path
+    )
+    try:
+        out, _ = driver.communicate(timeout=60)
+        assert driver.returncode == 128 + signal.SIGINT, out
+        pids = [int(p) for p in out.split()]
+        deadline = time.monotonic() + 10  # SIGKILL is sent before the exit; the kernel may take a moment to reap
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        assert not [p for p in pids if _alive(p)], pids
+    finally:  # whatever the outcome, nothing of the test's process group stays
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False

@@ -83,6 +83,7 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     if STOP.is_set():  # the second one: no more waiting
         log.warning("%s again: exiting now", signal.Signals(signum).name)
         logging.shutdown()
+        kill_leftovers()
         os._exit(128 + signum)
     STOP.set()
     log.warning(
@@ -91,6 +92,53 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     )
     if _client_running:
         raise ClientCutOff("interrupted")
+
+
+def _processes() -> list[tuple[int, int, int, str]]:
+    """``(pid, ppid, pgid, command line)`` of every process this user can see (Linux ``/proc``; elsewhere none)."""
+    found = []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, …
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # it ended meanwhile
+            continue
+        found.append((int(entry.name), int(fields[1]), int(fields[2]), command))
+    return found
+
+
+def leftovers(pid: int | None = None) -> list[int]:
+    """What an immediate exit of ``pid`` (default: this process) would leave running: its descendants, and the Ray
+    processes of its process group that have already lost their parent (Ray's agents, once the signal that reached
+    the whole group has ended the raylet that started them)."""
+    pid = os.getpid() if pid is None else pid
+    table = _processes()
+    pgid = os.getpgid(pid)
+    children: dict[int, list[int]] = {}
+    for child, parent, _, _ in table:
+        children.setdefault(parent, []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    group = {p for p, _, g, _ in table if g == pgid}
+    # lost their parent: re-parented to init or to a subreaper outside the group
+    orphans = {p for p, parent, g, command in table if g == pgid and parent not in group and "ray" in command.lower()}
+    return sorted((found | orphans) - {pid})
+
+
+def kill_leftovers() -> None:
+    """SIGKILL :func:`leftovers`: before an immediate exit (the second stop signal), so that no Ray process of this
+    run outlives it. Best effort: a process that ended meanwhile, or one not ours to kill, is skipped."""
+    for leftover in leftovers():
+        with contextlib.suppress(OSError):
+            os.kill(leftover, signal.SIGKILL)
 
 
 @contextlib.contextmanager
