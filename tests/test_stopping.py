@@ -293,6 +293,13 @@ def test_a_second_stop_signal_leaves_no_process_of_the_run_behind(tmp_path: Path
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.1)
         assert not [p for p in pids if _alive(p)], pids
+        # what counts as Ray's: its titles and its package's programs, not a wrapper whose path says "ray"
+        from perfedavg.federation import stopping
+
+        assert stopping._is_ray("ray::DashboardAgent") and stopping._is_ray(
+            "/x/.venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node_ip_address=127.0.0.1"
+        )
+        assert not stopping._is_ray("bash /home/raymond/perfedavg/scripts/run.sh")
     finally:  # whatever the outcome, nothing of the test's process group stays
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)

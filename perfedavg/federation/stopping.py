@@ -129,8 +129,14 @@ def leftovers(pid: int | None = None) -> list[int]:
                 todo.append(child)
     group = {p for p, _, g, _ in table if g == pgid}
     # lost their parent: re-parented to init or to a subreaper outside the group
-    orphans = {p for p, parent, g, command in table if g == pgid and parent not in group and "ray" in command.lower()}
+    orphans = {p for p, parent, g, command in table if g == pgid and parent not in group and _is_ray(command)}
     return sorted((found | orphans) - {pid})
+
+
+def _is_ray(command: str) -> bool:
+    """A Ray process by its command line: a worker or agent (``ray::…`` titles) or a program of the installed ``ray``
+    package (raylet, GCS, dashboard). Not any command that merely contains "ray" (a path like /home/ray/…)."""
+    return command.startswith("ray::") or f"site-packages{os.sep}ray{os.sep}" in command
 
 
 def kill_leftovers() -> None:
