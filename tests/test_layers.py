@@ -38,7 +38,7 @@ def test_an_import_up_a_layer_is_caught(tmp_path: Path) -> None:
     assert "perfedavg.data.types -> perfedavg.federation.loop" in out.stdout
 
 
-def test_no_test_imports_another_test_module_or_a_script_by_path() -> None:
+def test_no_test_imports_another_test_module_conftest_or_a_script_by_path() -> None:
     """Shared helpers live in tests/support.py (and the data writers beside it); what benchmarks and tests both
     drive (fault injection, the plain loop) ships in perfedavg.testing. A test module imported by another runs its
     module-level code twice and couples unrelated files; a script found through ``sys.path`` breaks when it moves."""
@@ -52,7 +52,8 @@ def test_no_test_imports_another_test_module_or_a_script_by_path() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+            imported = [n for n in names if n.split(".")[0].startswith("test_") or n.split(".")[0] == "conftest"]
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in imported]
             is_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             if is_call and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append"):
                 found.append(f"{path.name}:{node.lineno} changes sys.path")

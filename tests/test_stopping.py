@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message
-from support import federate, without_times
+from support import cli, federate, without_times
 
 from perfedavg.engines.client_app import build_client_app
 from perfedavg.run.runner import compose, run
@@ -111,22 +111,9 @@ def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterru
     assert stopped.seconds < 20 and done < 400
 
     # Continue to round done + 3 with the printed command, and compare with a run of that length in one go.
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    perfedavg = [sys.executable, "-m", "perfedavg"]
-    resumed = subprocess.run(
-        [*perfedavg, f"resume={tmp_path / 'stopped'}", f"num_rounds={done + 3}"],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        timeout=300,
-    )
-    whole = subprocess.run(
-        [*perfedavg, *args, f"num_rounds={done + 3}", f"hydra.run.dir={tmp_path / 'whole'}"],
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
-    assert resumed.returncode == whole.returncode == 0
+    resumed = cli([f"resume={tmp_path / 'stopped'}", f"num_rounds={done + 3}"], tmp_path)
+    whole = cli([*args, f"num_rounds={done + 3}", f"hydra.run.dir={tmp_path / 'whole'}"], tmp_path)
+    assert resumed.returncode == whole.returncode == 0, resumed.stderr[-2000:] + whole.stderr[-2000:]
     rows = [json.loads((tmp_path / d / "metrics.json").read_text())["rounds"] for d in ("stopped", "whole")]
     assert without_times(rows[0]) == without_times(rows[1])
 

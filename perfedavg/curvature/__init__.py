@@ -123,7 +123,6 @@ __all__ = [
     "available_memory_bytes",
     "check_hessian_fits",
     "check_mode",
-    "check_vector",
     "correction",
     "default_memory_budget_gb",
     "fd_hvp",
