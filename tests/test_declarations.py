@@ -45,7 +45,14 @@ def test_an_algorithm_that_keeps_the_base_evaluation_reads_adapt_steps() -> None
 
     assert algorithms.reads("fedavg") == Plain.reads() == {"alpha", "beta", "adapt_steps"}
     assert "adapt_steps" not in algorithms.reads("ditto") and "adapt_steps" not in algorithms.reads("local")
-    assert algorithms.reads("perfedavg") == {"alpha", "beta", "adapt_steps", "delta", "diagnostics.every"}
+    assert algorithms.reads("perfedavg") == {
+        "alpha",
+        "beta",
+        "adapt_steps",
+        "delta",
+        "diagnostics.every",
+        "stability.every",
+    }
 
 
 def test_keys_are_checked_against_the_chosen_algorithms_declaration() -> None:

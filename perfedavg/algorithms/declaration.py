@@ -18,7 +18,14 @@ from typing import Any
 
 #: The shared run keys whose use depends on the algorithm (every other top-level key is read by every run).
 #: ``adapt_steps`` is read by every algorithm that keeps the base class's personalize-then-evaluate.
-ALGORITHM_DEPENDENT_KEYS: tuple[str, ...] = ("alpha", "beta", "adapt_steps", "delta", "diagnostics.every")
+ALGORITHM_DEPENDENT_KEYS: tuple[str, ...] = (
+    "alpha",
+    "beta",
+    "adapt_steps",
+    "delta",
+    "diagnostics.every",
+    "stability.every",
+)
 
 #: The Hessian modes of an algorithm that uses one (``hessian=…``); each is a method of its own in the result tables,
 #: in this order: first order, the Hessian-free estimates (the paper's fd, the exact product), then the dense ones.

@@ -10,7 +10,8 @@ from perfedavg.config.schema import reads_key
 
 #: Keys that may differ between a run and its resumption: they do not change any result.
 #: (``num_rounds`` may be raised to extend a finished run; ``step_sizes`` acts only through ``alpha`` and ``beta``,
-#: which are compared; ``diagnostics`` only adds curves, tests/test_diagnostics.py.) ``client_cpus`` is not among
+#: which are compared; ``diagnostics`` and ``stability`` only add curves,
+#: tests/test_diagnostics.py and tests/test_stability.py.) ``client_cpus`` is not among
 #: them: it is each client's torch thread count, and another count can change the last bits of a reduction.
 RESUMABLE_DIFFERENCES = frozenset(
     {
@@ -22,6 +23,7 @@ RESUMABLE_DIFFERENCES = frozenset(
         "ray_address",
         "step_sizes",
         "diagnostics",
+        "stability",  # the monitor only measures (its own minibatch generator) and warns
         "round_timeout_s",  # an operational limit (a resume may raise it for a slow machine)
         "data_fingerprint",  # compared on its own (preparation.check_resumable), with its own message
     }

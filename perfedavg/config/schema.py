@@ -147,6 +147,16 @@ class DiagnosticsConf:
 
 
 @dataclass
+class StabilityConf:
+    """The stability monitor (perfedavg.curvature.stability): λ_max of each trained client's minibatch Hessian."""
+
+    every: int = 10  # every this many rounds (0: off)
+    iterations: int = 20  # Lanczos steps per client (Hessian-vector products)
+    warn_above: float = 2.0  # the α·λ_max a client is counted unstable above
+    warn_fraction: float = 0.1  # warn when at least this share of the monitored clients is above warn_above
+
+
+@dataclass
 class Config:
     """The run config's schema. ``algorithm`` (its ``name`` and its own keys) is typed by :func:`schema` from the
     algorithms' declarations (:mod:`perfedavg.algorithms.declaration`); ``step_sizes`` maps a method to its tuned
@@ -182,6 +192,7 @@ class Config:
     # Per-method α, β (e.g. tuned: conf/experiment/paper_mnist_tuned.yaml), read by `alpha: ${per_method:alpha}`
     step_sizes: dict[str, dict[str, Any]] | None = None
     diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)  # perfedavg.curvature.diagnostics
+    stability: StabilityConf = field(default_factory=StabilityConf)  # perfedavg.curvature.stability
     resume: str | None = None  # a run directory whose last checkpoint to continue from; auto: this run's own (sweeps)
 
 
@@ -371,10 +382,26 @@ def validate(cfg: DictConfig) -> None:
     problems += _algorithm_problems(cfg)
     if cfg.diagnostics.every < 0:
         problems.append(f"diagnostics.every={cfg.diagnostics.every}: must be ≥ 0 (rounds between diagnostics; 0: off)")
+    problems += _stability_problems(cfg.stability)
     problems += _partition_problems(cfg)
     problems += _model_dataset_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _stability_problems(stability: DictConfig) -> list[str]:
+    problems = []
+    if stability.every < 0:
+        problems.append(f"stability.every={stability.every}: must be ≥ 0 (rounds between stability probes; 0: off)")
+    if stability.iterations < 1:
+        problems.append(f"stability.iterations={stability.iterations}: must be ≥ 1 (Lanczos steps per client)")
+    if not (math.isfinite(stability.warn_above) and stability.warn_above > 0):
+        problems.append(f"stability.warn_above={stability.warn_above}: must be a positive number (an α·λ_max level)")
+    if not (0 < stability.warn_fraction <= 1):
+        problems.append(
+            f"stability.warn_fraction={stability.warn_fraction}: must be in (0, 1] (a share of the monitored clients)"
+        )
+    return problems
 
 
 def _algorithm_problems(cfg: DictConfig) -> list[str]:

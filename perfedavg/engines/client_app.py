@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from perfedavg import algorithms, curvature, task
-from perfedavg.curvature import diagnostics
+from perfedavg.curvature import diagnostics, stability
 from perfedavg.data import ClientData, data_params, load_client
 from perfedavg.data.client_cache import ClientCache
 from perfedavg.federation.state_records import STATE_ARRAYS, STATE_ROUND, pack_state, unpack_state
@@ -162,6 +162,23 @@ def client_state(message: Message, context: Context, worker: Worker, cid: int) -
     )
 
 
+def stability_probe(
+    cfg: dict[str, Any], server_round: int, cid: int, data: ClientData, worker: Worker
+) -> dict[str, float]:
+    """The stability monitor's reply fields where this round is probed (``stability.every``) and the algorithm reads
+    it: λ_max of one minibatch Hessian at the model's current (received) weights and the seconds it took; else
+    nothing. Draws from its own generator: the training that follows is the same bit for bit."""
+    monitor = cfg.get("stability", {})
+    every = int(monitor.get("every", 0))
+    if every <= 0 or server_round % every or "stability.every" not in algorithms.reads(worker.spec.algorithm):
+        return {}
+    start = time.perf_counter()
+    generator = stability.probe_generator(cfg["seed"], cid, server_round)
+    batch = algorithms.sample_batch(data.x_train, data.y_train, worker.spec.batch_size, generator)
+    value = stability.sharpness(worker.model, worker.loss_fn, batch, int(monitor["iterations"]), seed=server_round)
+    return {stability.REPLY_KEY: value, stability.REPLY_SECONDS: time.perf_counter() - start}
+
+
 def train(message: Message, context: Context) -> Message:
     """Local update from the global weights; reply with the new weights, training metrics and, for a stateful
     algorithm, the client's new state (also kept in ``context.state``)."""
@@ -169,6 +186,7 @@ def train(message: Message, context: Context) -> Message:
     server_round, cfg, cid, data, worker = _receive(message, context)
     model = worker.model
     every = int(cfg.get("diagnostics", {}).get("every", 0))
+    probed = stability_probe(cfg, server_round, cid, data, worker)  # at the received weights, before training
     result = worker.algorithm.local_update(
         model,
         worker.loss_fn,
@@ -187,6 +205,7 @@ def train(message: Message, context: Context) -> Message:
             "curvature-s": result.curvature_s,
             **{diagnostics.TAG_PREFIX + k: v for k, v in result.diagnostics.items()},
             **({"diagnostics-s": result.diagnostics_s} if result.diagnostics else {}),
+            **probed,
         }
     )
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 
 from perfedavg import algorithms, checkpoint, task
 from perfedavg.curvature import Weights
+from perfedavg.curvature.stability import REPLY_KEY, REPLY_SECONDS, StabilityWatch
 from perfedavg.federation import FederationError, step_estimate
 from perfedavg.federation.client_states import ClientStateStore
 from perfedavg.federation.clients import ClientChannel
@@ -82,6 +83,13 @@ class Federation:
         self.sample_rng = np.random.default_rng([cfg["seed"], 1])
         self.history = History()
         self.round_histograms: dict[str, list[float]] = {}  # this round's per-client values besides evaluation's
+        monitor = cfg.get("stability", {})
+        self.stability = StabilityWatch(
+            cfg["alpha"],
+            float(monitor.get("warn_above", 2.0)),
+            float(monitor.get("warn_fraction", 0.1)),
+            warns=self.algorithm.declaration.uses_hessian and cfg["hessian"]["mode"] != "fo",
+        )
         self.completed = int(resume_state["round"]) if resume_state else 0  # the last checkpointed round
 
     def run(self) -> dict[str, Any]:
@@ -140,9 +148,12 @@ class Federation:
         self._count_failures(server_round, "training", failures)
         self._unsure(cid for cid, _ in failures)
         updates, rows, non_finite = [], [], 0
+        probed = []  # the stability monitor's rows: every reply's, a non-finite update's included
         for reply in replies:
             update = reply.content["arrays"].to_torch_state_dict()
             row = dict(reply.content["metrics"])
+            if REPLY_KEY in row:
+                probed.append(row)
             if not (all_finite(update) and math.isfinite(row["train-loss"])):
                 log.warning("round %d: client %d sent a non-finite update; excluded", server_round, row["client-id"])
                 failures.append((int(row["client-id"]), "non-finite update"))
@@ -180,6 +191,14 @@ class Federation:
         }
         means, self.round_histograms = diagnostic_means(rows)
         metrics.update(means)
+        if probed:
+            watched = self.stability.observe(
+                server_round, [float(r[REPLY_KEY]) for r in probed], [float(r[REPLY_SECONDS]) for r in probed]
+            )
+            metrics.update(watched.metrics)
+            self.round_histograms.update(watched.histograms)
+            if watched.warning:
+                log.warning(watched.warning)
         return new, metrics
 
     def evaluate_round(self, server_round: int, weights: Weights) -> tuple[dict[str, float], list[float]]:
