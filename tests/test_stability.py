@@ -123,6 +123,7 @@ def test_first_order_runs_are_measured_but_not_warned_about(tmp_path: Path, capl
         ("stability.iterations=0", "stability.iterations=0: must be ≥ 1"),
         ("stability.warn_above=0", "stability.warn_above=0.0: must be a positive number"),
         ("stability.warn_fraction=1.5", "stability.warn_fraction=1.5: must be in (0, 1]"),
+        ("stability.safeguard=-1", "stability.safeguard=-1.0: must be a positive number c"),
     ],
 )
 def test_bad_monitor_settings_are_named(override: str, named: str) -> None:
@@ -134,3 +135,34 @@ def test_the_monitor_is_refused_where_the_algorithm_does_not_read_it() -> None:
     with pytest.raises(ConfigError, match="stability.every=5: has no effect with algorithm=ditto"):
         check_composes(["algorithm=ditto", "stability.every=5"])
     check_composes(["algorithm=ditto"])  # its default (on) is no override: accepted, and never read
+
+
+def test_the_safeguard_caps_each_clients_step_and_only_where_it_must(tmp_path: Path) -> None:
+    assert stability.guarded_alpha(0.1, 20.0, 1.0) == 0.05
+    assert stability.guarded_alpha(0.1, 5.0, 1.0) == 0.1
+    assert stability.guarded_alpha(0.1, math.nan, 1.0) == 0.1 and stability.guarded_alpha(0.1, -3.0, 1.0) == 0.1
+    off = federate([*SMALL, "stability.every=0", "alpha=0.6"], tmp_path / "off")
+    loose = federate([*SMALL, "stability.every=0", "alpha=0.6", "stability.safeguard=1e9"], tmp_path / "loose")
+    tight = federate([*SMALL, "stability.every=0", "alpha=0.6", "stability.safeguard=1"], tmp_path / "tight")
+    # a cap that never binds: the paper's algorithm bit for bit (the probe draws from its own generator)
+    strip = [{k: v for k, v in r.items() if not k.startswith("stability/")} for r in loose["rounds"]]
+    assert without_times(strip) == without_times(off["rounds"])
+    assert all(r["stability/guarded_fraction"] == 0 for r in loose["rounds"])
+    # a binding cap: every round probed, the lowered steps reported, a different run
+    assert [r["round"] for r in tight["rounds"] if "stability/guarded_alpha" in r] == [1, 2, 3, 4]
+    assert all(r["stability/guarded_alpha"] < 0.6 for r in tight["rounds"])
+    assert tight["rounds"][0]["stability/guarded_fraction"] > 0
+    assert tight["final"]["eval/personalized_acc"] != off["final"]["eval/personalized_acc"]
+
+
+def test_a_resume_must_keep_the_safeguard() -> None:
+    from perfedavg.config.resume import result_differences
+
+    base = {"alpha": 0.1, "stability": {"every": 10, "iterations": 20, "safeguard": None}}
+    assert result_differences(base, {**base, "stability": {"every": 1, "iterations": 5, "safeguard": None}}) == []
+    guarded = {**base, "stability": {"every": 10, "iterations": 20, "safeguard": 1.0}}
+    assert result_differences(base, guarded) == ["stability.safeguard: None → 1.0"]
+    fewer = {**base, "stability": {"every": 10, "iterations": 5, "safeguard": 1.0}}
+    assert result_differences(guarded, fewer) == ["stability.iterations: 20 → 5"]
+    old = {"alpha": 0.1}  # a checkpoint older than the monitor resumes under today's defaults
+    assert result_differences(old, base) == []

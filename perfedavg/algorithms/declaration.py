@@ -25,6 +25,7 @@ ALGORITHM_DEPENDENT_KEYS: tuple[str, ...] = (
     "delta",
     "diagnostics.every",
     "stability.every",
+    "stability.safeguard",
 )
 
 #: The Hessian modes of an algorithm that uses one (``hessian=…``); each is a method of its own in the result tables,

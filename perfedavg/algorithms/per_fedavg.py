@@ -38,7 +38,7 @@ class PerFedAvg(Algorithm):
     declaration: ClassVar[Declaration] = Declaration(
         name="perfedavg",
         title="Per-FedAvg",
-        reads=frozenset({"alpha", "beta", "diagnostics.every", "stability.every"}),
+        reads=frozenset({"alpha", "beta", "diagnostics.every", "stability.every", "stability.safeguard"}),
         uses_hessian=True,
         reference="Fallah, Mokhtari, Ozdaglar, NeurIPS 2020",
         order=20,

@@ -23,11 +23,15 @@ RESUMABLE_DIFFERENCES = frozenset(
         "ray_address",
         "step_sizes",
         "diagnostics",
-        "stability",  # the monitor only measures (its own minibatch generator) and warns
+        "stability",  # the monitor only measures (its own minibatch generator) and warns; its safeguard: below
         "round_timeout_s",  # an operational limit (a resume may raise it for a slow machine)
         "data_fingerprint",  # compared on its own (preparation.check_resumable), with its own message
     }
 )
+
+
+#: The stability keys that change results where the safeguard is on (perfedavg.curvature.stability).
+SAFEGUARD_KEYS = ("stability.safeguard", "stability.iterations")
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -61,4 +65,9 @@ def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
             continue
         if a.get(key, "<missing>") != b.get(key, "<missing>"):
             lines.append(f"{key}: {a.get(key, '<missing>')} → {b.get(key, '<missing>')}")
+    # The stability safeguard changes the trajectory: where either run has it, it and its estimate must agree.
+    if a.get("stability.safeguard") is not None or b.get("stability.safeguard") is not None:
+        for key in SAFEGUARD_KEYS:
+            if a.get(key) != b.get(key):
+                lines.append(f"{key}: {a.get(key, '<missing>')} → {b.get(key, '<missing>')}")
     return lines

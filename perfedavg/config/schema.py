@@ -154,6 +154,7 @@ class StabilityConf:
     iterations: int = 20  # Lanczos steps per client (Hessian-vector products)
     warn_above: float = 2.0  # the α·λ_max a client is counted unstable above
     warn_fraction: float = 0.1  # warn when at least this share of the monitored clients is above warn_above
+    safeguard: float | None = None  # c: every trained client's inner step min(α, c / λ_max) (an extension; null: off)
 
 
 @dataclass
@@ -400,6 +401,11 @@ def _stability_problems(stability: DictConfig) -> list[str]:
     if not (0 < stability.warn_fraction <= 1):
         problems.append(
             f"stability.warn_fraction={stability.warn_fraction}: must be in (0, 1] (a share of the monitored clients)"
+        )
+    if stability.safeguard is not None and not (math.isfinite(stability.safeguard) and stability.safeguard > 0):
+        problems.append(
+            f"stability.safeguard={stability.safeguard}: must be a positive number c (each client's inner step "
+            "becomes min(alpha, c / λ_max)) or null (off)"
         )
     return problems
 

@@ -34,6 +34,8 @@ TAG_PREFIX = "stability/"
 #: The client's reply keys: its λ_max and the seconds the probe took.
 REPLY_KEY = "stability-lambda-max"
 REPLY_SECONDS = "stability-s"
+#: The client's reply key for the inner step the safeguard gave it (only where it lowered α).
+REPLY_ALPHA = "stability-alpha"
 
 
 def probe_generator(seed: int, client_id: int, server_round: int) -> torch.Generator:
@@ -80,14 +82,22 @@ class StabilityWatch:
         self.warn_fraction = float(warn_fraction)
         self.warned = False
 
-    def observe(self, server_round: int, lambda_max: Sequence[float], seconds: Sequence[float]) -> RoundStability:
+    def observe(
+        self,
+        server_round: int,
+        lambda_max: Sequence[float],
+        seconds: Sequence[float],
+        guarded: Sequence[float] | None = None,
+    ) -> RoundStability:
         """The round's metrics from the monitored clients' ``lambda_max`` (non-finite values count as past every
         limit: a client whose Hessian product overflows is not stable) and the probes' ``seconds``:
 
         * ``stability/alpha_lambda_max``, ``…_max``: the clients' mean and largest α·λ_max (finite values);
         * ``stability/fraction_above_1``, ``…_2``: the share of clients with α·λ_max > 1 (reversal), > 2 (growth);
         * ``stability/safe_alpha``: ``1 / max λ_max``, the α that keeps every monitored client's α·λ_max ≤ 1;
-        * ``time/stability_s``: the probes' mean time.
+        * ``time/stability_s``: the probes' mean time;
+        * with the safeguard (``guarded``: each client's inner step): ``stability/guarded_fraction``, the share of
+          clients whose α it lowered, and ``stability/guarded_alpha``, their mean inner step.
         """
         scaled = [self.alpha * float(v) if math.isfinite(float(v)) else math.inf for v in lambda_max]
         finite = [s for s in scaled if math.isfinite(s)]
@@ -100,6 +110,9 @@ class StabilityWatch:
             TAG_PREFIX + "safe_alpha": safe_alpha(lambda_max),
             "time/stability_s": sum(seconds) / len(seconds) if seconds else math.nan,
         }
+        if guarded is not None:
+            metrics[TAG_PREFIX + "guarded_fraction"] = sum(a < self.alpha for a in guarded) / len(guarded)
+            metrics[TAG_PREFIX + "guarded_alpha"] = sum(guarded) / len(guarded)
         share = sum(s > self.warn_above for s in scaled) / n
         warning = None
         if self.warns and share >= self.warn_fraction and not self.warned:
@@ -113,6 +126,14 @@ class StabilityWatch:
         self.warned = share >= self.warn_fraction
         histograms = {TAG_PREFIX + "alpha_lambda_max_per_client": finite}
         return RoundStability(metrics, histograms, warning)
+
+
+def guarded_alpha(alpha: float, lambda_max: float, c: float) -> float:
+    """The safeguard's inner step ``min(α, c / λ_max)``: α where λ_max is not positive or not finite (a probe that
+    failed leaves the paper's step)."""
+    if math.isfinite(lambda_max) and lambda_max > 0:
+        return min(alpha, c / lambda_max)
+    return alpha
 
 
 def safe_alpha(lambda_max: Sequence[float], target: float = 1.0) -> float:

@@ -16,6 +16,7 @@ client failed); every training reply sends the new state back, for the server's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -163,20 +164,33 @@ def client_state(message: Message, context: Context, worker: Worker, cid: int) -
 
 
 def stability_probe(
-    cfg: dict[str, Any], server_round: int, cid: int, data: ClientData, worker: Worker
+    cfg: dict[str, Any], server_round: int, cid: int, data: ClientData, worker: Worker, *, evaluation: bool = False
 ) -> dict[str, float]:
-    """The stability monitor's reply fields where this round is probed (``stability.every``) and the algorithm reads
-    it: λ_max of one minibatch Hessian at the model's current (received) weights and the seconds it took; else
-    nothing. Draws from its own generator: the training that follows is the same bit for bit."""
+    """The stability monitor's reply fields where this round is probed (``stability.every``, or every round with
+    ``stability.safeguard``) and the algorithm reads it: λ_max of one minibatch Hessian at the model's current
+    (received) weights and the seconds it took; else nothing. Draws from its own generator: the training that
+    follows is the same bit for bit (unless the safeguard then changes its α: :func:`guarded_spec`). ``evaluation``:
+    for an evaluation, which probes only for the safeguard (its personalization step is guarded like training's)."""
     monitor = cfg.get("stability", {})
     every = int(monitor.get("every", 0))
-    if every <= 0 or server_round % every or "stability.every" not in algorithms.reads(worker.spec.algorithm):
+    due = monitor.get("safeguard") is not None or (not evaluation and every > 0 and server_round % every == 0)
+    if not due or "stability.every" not in algorithms.reads(worker.spec.algorithm):
         return {}
     start = time.perf_counter()
     generator = stability.probe_generator(cfg["seed"], cid, server_round)
     batch = algorithms.sample_batch(data.x_train, data.y_train, worker.spec.batch_size, generator)
     value = stability.sharpness(worker.model, worker.loss_fn, batch, int(monitor["iterations"]), seed=server_round)
     return {stability.REPLY_KEY: value, stability.REPLY_SECONDS: time.perf_counter() - start}
+
+
+def guarded_spec(cfg: dict[str, Any], spec: algorithms.LocalSpec, probed: dict[str, float]) -> algorithms.LocalSpec:
+    """``spec`` with the safeguard's inner step ``min(α, c / λ_max)`` where ``stability.safeguard`` is c (an
+    extension beyond the paper, docs/curvature.md#stability); ``spec`` itself otherwise."""
+    c = cfg.get("stability", {}).get("safeguard")
+    if c is None or stability.REPLY_KEY not in probed:
+        return spec
+    alpha = stability.guarded_alpha(spec.alpha, probed[stability.REPLY_KEY], float(c))
+    return spec if alpha == spec.alpha else dataclasses.replace(spec, alpha=alpha)
 
 
 def train(message: Message, context: Context) -> Message:
@@ -187,12 +201,15 @@ def train(message: Message, context: Context) -> Message:
     model = worker.model
     every = int(cfg.get("diagnostics", {}).get("every", 0))
     probed = stability_probe(cfg, server_round, cid, data, worker)  # at the received weights, before training
+    spec = guarded_spec(cfg, worker.spec, probed)
+    if spec is not worker.spec:
+        probed[stability.REPLY_ALPHA] = spec.alpha
     result = worker.algorithm.local_update(
         model,
         worker.loss_fn,
         data.x_train,
         data.y_train,
-        worker.spec,
+        spec,
         client_generator(cfg["seed"], cid, server_round),
         state=client_state(message, context, worker, cid),
         diagnose=every > 0 and server_round % every == 0,  # only Per-FedAvg has a meta-step to measure
@@ -220,14 +237,15 @@ def evaluate(message: Message, context: Context) -> Message:
     """Global and personalized metrics of the received weights on the run's ``eval_split`` (the client's test split,
     or its validation split when tuning); the algorithm personalizes (:meth:`Algorithm.evaluate`)."""
     start = time.perf_counter()
-    _, cfg, cid, data, worker = _receive(message, context)
+    server_round, cfg, cid, data, worker = _receive(message, context)
     x_eval, y_eval = data.eval_split(cfg["eval_split"])
+    spec = guarded_spec(cfg, worker.spec, stability_probe(cfg, server_round, cid, data, worker, evaluation=True))
     metrics = worker.algorithm.evaluate(
         worker.model,
         worker.loss_fn,
         (data.x_train, data.y_train),
         (x_eval, y_eval),
-        worker.spec,
+        spec,
         classification=worker.classification,
         state=client_state(message, context, worker, cid),
     )

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 
 from perfedavg import algorithms, checkpoint, task
 from perfedavg.curvature import Weights
-from perfedavg.curvature.stability import REPLY_KEY, REPLY_SECONDS, StabilityWatch
+from perfedavg.curvature.stability import REPLY_ALPHA, REPLY_KEY, REPLY_SECONDS, StabilityWatch
 from perfedavg.federation import FederationError, step_estimate
 from perfedavg.federation.client_states import ClientStateStore
 from perfedavg.federation.clients import ClientChannel
@@ -88,8 +88,12 @@ class Federation:
             cfg["alpha"],
             float(monitor.get("warn_above", 2.0)),
             float(monitor.get("warn_fraction", 0.1)),
-            warns=self.algorithm.declaration.uses_hessian and cfg["hessian"]["mode"] != "fo",
+            # no warning for FO (it applies no (I − αH)) nor under the safeguard (it keeps each α·λ_max ≤ c)
+            warns=self.algorithm.declaration.uses_hessian
+            and cfg["hessian"]["mode"] != "fo"
+            and monitor.get("safeguard") is None,
         )
+        self.guarded = monitor.get("safeguard") is not None
         self.completed = int(resume_state["round"]) if resume_state else 0  # the last checkpointed round
 
     def run(self) -> dict[str, Any]:
@@ -193,7 +197,10 @@ class Federation:
         metrics.update(means)
         if probed:
             watched = self.stability.observe(
-                server_round, [float(r[REPLY_KEY]) for r in probed], [float(r[REPLY_SECONDS]) for r in probed]
+                server_round,
+                [float(r[REPLY_KEY]) for r in probed],
+                [float(r[REPLY_SECONDS]) for r in probed],
+                [float(r.get(REPLY_ALPHA, self.cfg["alpha"])) for r in probed] if self.guarded else None,
             )
             metrics.update(watched.metrics)
             self.round_histograms.update(watched.histograms)
