@@ -5,11 +5,12 @@ collapsed: does it warn, how many rounds ahead, and how often for nothing (scrip
     python -m perfedavg.analysis.stability_check report OUT [--write scripts/results/stability]
 
 ``run`` launches every (setting, method, seed) of :data:`SETTINGS` in-process with the monitor on every round
-(``stability.every=1``: the most warnings it can give) into ``OUT/<setting>/<method>-seed<S>``; it resumes what an
-earlier call left (``resume=auto``). ``report`` reads those runs' checkpoints (a diverged run's too) and writes one
-CSV row per run and the markdown summary. The warning rule is replayed from the logged share of clients above
-``warn_above`` (``stability/fraction_above_2``), so the same runs also say what a probe every 10 rounds (the default)
-would have said.
+(``stability.every=1``: the most warnings it can give; FO, never warned about, every 10 outside MNIST's paper
+split) into ``OUT/<setting>/<method>-seed<S>``; it resumes what an earlier call left (``resume=auto``). ``report``
+reads those runs' checkpoints (a diverged run's too) and writes one CSV row per run, the markdown summary and the
+figure. The warning rule is replayed from the logged share of clients above ``warn_above``
+(``stability/fraction_above_2``), so the same runs also say what a probe every 10 rounds (the default) would have
+said.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Setting:
     rounds: int
     methods: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    fo_every: int = 10  # FO's probe cadence: FO is never warned about, its runs are the comparison's baseline
 
 
 #: The settings: MNIST's paper split at its tuned α = 0.144 (HF hvp seed 1 collapses at round 12 on this project's
@@ -46,7 +48,7 @@ class Setting:
 #: Each setting also runs HF with the safeguard (``hvp-safeguard``: ``stability.safeguard=1``, every client's inner
 #: step min(α, 1/λ_max)) and FO at its own tuned steps, to see whether the safeguard keeps HF's gain.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("mnist_paper", "paper_mnist_tuned", "mnist", 100, ("fo", "hvp", "hvp-safeguard")),
+    Setting("mnist_paper", "paper_mnist_tuned", "mnist", 100, ("fo", "hvp", "hvp-safeguard"), fo_every=1),
     Setting(
         "fashion_mnist_dirichlet0.1",
         "dirichlet_fashion_mnist_alpha0.1_tuned",
@@ -54,6 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
         300,
         ("hvp", "hvp-safeguard", "fo"),
     ),
+    Setting("mnist_dirichlet0.1", "dirichlet_mnist_alpha0.1_tuned", "mnist", 300, ("hvp", "hvp-safeguard", "fo")),
     Setting(
         "fashion_mnist_dirichlet0.3",
         "dirichlet_fashion_mnist_alpha0.3_tuned",
@@ -61,7 +64,6 @@ SETTINGS: tuple[Setting, ...] = (
         300,
         ("hvp", "hvp-safeguard", "fo"),
     ),
-    Setting("mnist_dirichlet0.1", "dirichlet_mnist_alpha0.1_tuned", "mnist", 300, ("hvp", "hvp-safeguard", "fo")),
 )
 
 #: A method's overrides: the Hessian mode, and the safeguard's c where it has one.
@@ -111,7 +113,7 @@ def _jobs(out: Path, paths: dict[str, str], methods: Sequence[str]) -> list[Job]
                     f"num_rounds={s.rounds}",
                     f"dataset.path={paths[s.dataset]}",
                     "backend=inprocess",
-                    "stability.every=1",
+                    f"stability.every={s.fo_every if method == 'fo' else 1}",
                     f"hydra.run.dir={run_dir}",
                     "resume=auto",
                 ]
@@ -187,6 +189,108 @@ def rows(out: Path) -> list[dict[str, object]]:
                     }
                 )
     return found
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _int(cell: str) -> int | None:
+    return int(cell) if cell not in ("", None) else None
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> str:
+    """``mean [low, high], k/n`` of a − b over the seeds both have (95 % t interval); "–" under two pairs."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    if len(diffs) < 2:
+        return "–"
+    mean = statistics.mean(diffs)
+    if statistics.stdev(diffs) == 0:
+        return f"{mean:+.4f}, {sum(d > 0 for d in diffs)}/{len(diffs)}"
+    low, high = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}], {sum(d > 0 for d in diffs)}/{len(diffs)}"
+
+
+def summary(rows: Sequence[dict[str, str]]) -> str:
+    """The results file's tables, from the CSV's rows alone (a test re-derives the committed text from the CSV)."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["method"]), []).append(r)
+    out = [
+        "| setting | method | α | runs | collapsed (seed: round) | warned (probe every round) | warned before the "
+        "collapse: lead in rounds | warned at the default cadence (every 10) | warned, no collapse | median α·λ_max "
+        "(client mean) | largest α·λ_max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (setting, method), runs in groups.items():
+        if method == "hvp-safeguard":
+            continue
+        collapsed = [r for r in runs if r["collapse_round"]]
+        cells = [setting, method, runs[0]["alpha"], str(len(runs))]
+        cells.append(", ".join(f"{r['seed']}: {r['collapse_round']}" for r in collapsed) or "none")
+        if method == "fo":  # never warned about (perfedavg.curvature.stability.StabilityWatch)
+            cells += ["– (FO: not warned about)"] * 4
+        else:
+            warned = [r for r in runs if r["first_warning_every1"]]
+            leads = [
+                int(r["collapse_round"]) - int(r["first_warning_every1"])
+                for r in collapsed
+                if r["first_warning_every1"]
+            ]
+            lead = f"{len(leads)}/{len(collapsed)}" + (f": {', '.join(map(str, leads))}" if leads else "")
+            default = [r for r in runs if r["first_warning_every10"]]
+            caught = [r for r in collapsed if r["first_warning_every10"]]
+            idle = [r for r in warned if not r["collapse_round"]]
+            cells += [
+                f"{len(warned)}/{len(runs)}",
+                lead if collapsed else "–",
+                f"{len(default)}/{len(runs)} ({len(caught)} of the {len(collapsed)} collapses)",
+                f"{len(idle)}/{len(runs) - len(collapsed)}",
+            ]
+        medians = [float(r["median_alpha_lambda_max"]) for r in runs if r["median_alpha_lambda_max"]]
+        tops = [float(r["max_alpha_lambda_max"]) for r in runs if r["max_alpha_lambda_max"]]
+        cells += [f"{statistics.median(medians):.2f}" if medians else "–", f"{max(tops):.2f}" if tops else "–"]
+        out.append("| " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "| setting | FO: personalized | HF (hvp): personalized, collapsed | HF + safeguard (c = 1): personalized, "
+        "collapsed | HF − FO | HF + safeguard − FO | HF + safeguard − HF |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+
+        def finals(method: str, setting: str = setting) -> dict[int, float]:
+            return {
+                int(r["seed"]): float(r["final_personalized_acc"])
+                for r in groups.get((setting, method), [])
+                if r["final_personalized_acc"] and r["stopped"] == "False"
+            }
+
+        def collapsed(method: str, setting: str = setting) -> str:
+            runs = groups.get((setting, method), [])
+            return f"{sum(bool(r['collapse_round']) for r in runs)}/{len(runs)}"
+
+        fo, hvp, guarded = finals("fo"), finals("hvp"), finals("hvp-safeguard")
+        if not guarded:
+            continue
+        out.append(
+            f"| {setting} | {_mean_sd(list(fo.values()))} | {_mean_sd(list(hvp.values()))}, {collapsed('hvp')} | "
+            f"{_mean_sd(list(guarded.values()))}, {collapsed('hvp-safeguard')} | {_paired(hvp, fo)} | "
+            f"{_paired(guarded, fo)} | {_paired(guarded, hvp)} |"
+        )
+    return "\n".join(out)
 
 
 def write_csv(found: Sequence[dict[str, object]], path: Path) -> None:
