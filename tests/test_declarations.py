@@ -52,6 +52,7 @@ def test_an_algorithm_that_keeps_the_base_evaluation_reads_adapt_steps() -> None
         "delta",
         "diagnostics.every",
         "stability.every",
+        "stability.safeguard",
     }
 
 

@@ -9,7 +9,7 @@ collapsed: does it warn, how many rounds ahead, and how often for nothing (scrip
 split) into ``OUT/<setting>/<method>-seed<S>``; it resumes what an earlier call left (``resume=auto``). ``report``
 reads those runs' checkpoints (a diverged run's too) and writes one CSV row per run, the markdown summary and the
 figure. The warning rule is replayed from the logged share of clients above ``warn_above``
-(``stability/fraction_above_2``), so the same runs also say what a probe every 10 rounds (the default) would have
+(``stability/fraction_above_2``), so the same runs also say what a probe every 20 rounds (the default) would have
 said.
 """
 
@@ -20,11 +20,12 @@ import csv
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from perfedavg.analysis.launch import AnalysisError, Job, default_jobs, run_parallel, say
+from perfedavg.analysis.results_file import provenance
 
 TOOL = "stability-check"
 
@@ -79,9 +80,27 @@ METHODS: dict[str, tuple[str, ...]] = {
 #: 10³–10¹⁷ times it.)
 COLLAPSE_FACTOR = 100.0
 #: The default monitor's cadence (conf/config.yaml stability.every), replayed from the every-round probes.
-DEFAULT_EVERY = 10
+DEFAULT_EVERY = 20
 #: The default warning rule (conf/config.yaml): a share ≥ 0.1 of the monitored clients above α·λ_max = 2.
 WARN_FRACTION = 0.1
+
+RESULTS_HEAD = """# The stability monitor on real collapses, and the safeguard
+
+What `stability.*` (docs/curvature.md#stability) says on the project's tuned settings: each trained client's λ_max
+(20 Lanczos steps on one minibatch at the global weights it received) against the run's α, probed every round here
+(`stability.every=1`; FO every 10 outside MNIST's paper split). A run *collapsed* at the first round whose training
+loss is not finite or above 100× its first round's, or where it stopped on a diverged update. *Warned*: the default
+rule (at least 10 % of the round's clients with α·λ_max > 2; FO runs are measured but never warned about), replayed
+from the logged share, at every round and at the default cadence (rounds 20, 40, …). HF + safeguard:
+`stability.safeguard=1`, every client's inner step min(α, 1/λ_max) in training and in the personalization step.
+Personalized accuracy: the last evaluated round's, over runs that did not stop; differences paired by seed (mean,
+95 % t interval, seeds ahead). Per run: [{name}_runs.csv]({name}_runs.csv).
+
+"""
+
+RESULTS_TAIL = """
+![largest α·λ_max per round and the training loss, MNIST's paper split]({name}.png)
+"""
 
 FIELDS = (
     "setting",
@@ -94,9 +113,11 @@ FIELDS = (
     "collapse_round",
     "final_personalized_acc",
     "first_warning_every1",
-    "first_warning_every10",
+    "first_warning_every20",
     "median_alpha_lambda_max",
     "max_alpha_lambda_max",
+    "median_probe_s",
+    "median_client_compute_s",
 )
 
 
@@ -183,9 +204,14 @@ def rows(out: Path) -> list[dict[str, object]]:
                         "collapse_round": collapse if collapse is not None else "",
                         "final_personalized_acc": round(evaluated[-1]["eval/personalized_acc"], 4) if evaluated else "",
                         "first_warning_every1": first_warning(rounds, 1, collapse) or "",
-                        "first_warning_every10": first_warning(rounds, DEFAULT_EVERY, collapse) or "",
+                        "first_warning_every20": first_warning(rounds, DEFAULT_EVERY, collapse) or "",
                         "median_alpha_lambda_max": round(statistics.median(means), 3) if means else "",
                         "max_alpha_lambda_max": round(max(scaled), 3) if scaled else "",
+                        # a probed round's client time includes its probe (the training handler's whole time)
+                        "median_probe_s": _median(r.get("time/stability_s") for r in rounds),
+                        "median_client_compute_s": _median(
+                            r["time/client_compute_s"] for r in rounds if "time/stability_s" in r
+                        ),
                     }
                 )
     return found
@@ -230,7 +256,7 @@ def summary(rows: Sequence[dict[str, str]]) -> str:
         groups.setdefault((r["setting"], r["method"]), []).append(r)
     out = [
         "| setting | method | α | runs | collapsed (seed: round) | warned (probe every round) | warned before the "
-        "collapse: lead in rounds | warned at the default cadence (every 10) | warned, no collapse | median α·λ_max "
+        "collapse: lead in rounds | warned at the default cadence (every 20) | warned, no collapse | median α·λ_max "
         "(client mean) | largest α·λ_max |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -250,8 +276,8 @@ def summary(rows: Sequence[dict[str, str]]) -> str:
                 if r["first_warning_every1"]
             ]
             lead = f"{len(leads)}/{len(collapsed)}" + (f": {', '.join(map(str, leads))}" if leads else "")
-            default = [r for r in runs if r["first_warning_every10"]]
-            caught = [r for r in collapsed if r["first_warning_every10"]]
+            default = [r for r in runs if r["first_warning_every20"]]
+            caught = [r for r in collapsed if r["first_warning_every20"]]
             idle = [r for r in warned if not r["collapse_round"]]
             cells += [
                 f"{len(warned)}/{len(runs)}",
@@ -293,6 +319,57 @@ def summary(rows: Sequence[dict[str, str]]) -> str:
     return "\n".join(out)
 
 
+def figure(out: Path, path: Path, setting: str = "mnist_paper") -> None:
+    """Two panels for ``setting``: the largest client α·λ_max per round and the training loss (log scale), one line
+    per run (HF red, FO blue; a collapsed run drawn solid and marked where it collapsed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = next(x for x in SETTINGS if x.name == setting)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for method, colour in (("fo", "tab:blue"), ("hvp", "tab:red")):
+        for seed in s.seeds:
+            rounds, cfg = _rounds(out / s.name / f"{method}-seed{seed}")
+            if cfg is None:
+                continue
+            collapse = collapse_round(rounds, int(rounds[-1]["round"]) < s.rounds, s.rounds)
+            probed = [r for r in rounds if "stability/alpha_lambda_max_max" in r]
+            style = {"color": colour, "alpha": 0.9 if collapse else 0.35, "linewidth": 1.6 if collapse else 0.9}
+            label = f"{method.upper() if method == 'fo' else 'HF (hvp)'} seed {seed}" + (
+                f", collapsed at round {collapse}" if collapse else ""
+            )
+            left.plot(
+                [r["round"] for r in probed],
+                [r["stability/alpha_lambda_max_max"] for r in probed],
+                **style,
+                label=label,
+            )
+            right.plot([r["round"] for r in rounds], [r["train/loss"] for r in rounds], **style)
+            if collapse:
+                for ax in (left, right):
+                    ax.axvline(collapse, color=colour, linestyle=":", linewidth=1)
+    for level in (1, 2):
+        left.axhline(level, color="black", linestyle="--", linewidth=0.8)
+    left.set_title(f"{setting}: largest α·λ_max over the round's clients")
+    left.set_xlabel("round")
+    left.legend(fontsize=6, ncol=2)
+    right.set_yscale("log")
+    right.set_title("training loss (clients' mean, log scale)")
+    right.set_xlabel("round")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _median(values: Iterable[float | None]) -> float | str:
+    found = [v for v in values if v is not None and math.isfinite(v)]
+    return round(statistics.median(found), 4) if found else ""
+
+
 def write_csv(found: Sequence[dict[str, object]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -312,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--methods", default=",".join(METHODS), help=f"of {','.join(METHODS)} (default: all)")
     report = sub.add_parser("report", help="one CSV row per run found")
     report.add_argument("out", type=Path)
-    report.add_argument("--write", type=Path, help="PREFIX: write PREFIX_runs.csv (default: print the CSV)")
+    report.add_argument(
+        "--write", type=Path, help="PREFIX: write PREFIX_runs.csv, PREFIX.md and PREFIX.png (default: print the CSV)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -328,7 +407,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         found = rows(args.out)
         if args.write:
-            write_csv(found, args.write.with_name(args.write.name + "_runs.csv"))
+            table = args.write.with_name(args.write.name + "_runs.csv")
+            write_csv(found, table)
+            figure(args.out, args.write.with_name(args.write.name + ".png"))
+            text = summary(read_csv(table))
+            args.write.with_name(args.write.name + ".md").write_text(
+                provenance()
+                + RESULTS_HEAD.format(name=args.write.name)
+                + text
+                + "\n"
+                + RESULTS_TAIL.format(name=args.write.name)
+            )
         else:
             writer = csv.DictWriter(sys.stdout, fieldnames=FIELDS)
             writer.writeheader()

@@ -150,7 +150,7 @@ class DiagnosticsConf:
 class StabilityConf:
     """The stability monitor (perfedavg.curvature.stability): λ_max of each trained client's minibatch Hessian."""
 
-    every: int = 10  # every this many rounds (0: off)
+    every: int = 20  # every this many rounds (0: off)
     iterations: int = 20  # Lanczos steps per client (Hessian-vector products)
     warn_above: float = 2.0  # the α·λ_max a client is counted unstable above
     warn_fraction: float = 0.1  # warn when at least this share of the monitored clients is above warn_above
