@@ -104,7 +104,7 @@ def test_ditto_state_lives_in_each_nodes_context_and_in_the_checkpoint(tmp_path:
         assert int(context.state[STATE_ROUND]["round"]) == saved["state_rounds"][cid]
         assert torch.equal(unpack_state(context.state[STATE_ARRAYS]), state)
     untrained = set(range(cfg["num_clients"])) - set(saved["client_states"])
-    for cid in untrained:  # never sampled for training: no state anywhere (evaluated with the initial model)
+    for cid in untrained:  # never sampled for training: no state anywhere (Ditto evaluates it with the global model)
         assert STATE_ARRAYS not in grid.contexts[min(grid.contexts) + cid].state
 
 
@@ -186,3 +186,30 @@ def test_the_fedavg_baselines_are_fedavg_and_fedavg_on_three_minibatches_worth_o
     assert torch.equal(update("fedavg_ft", 8), update("fedavg", 8))
     assert torch.equal(update("fedavg_matched", 8), update("fedavg", 24))
     assert not torch.equal(update("fedavg_matched", 8), update("fedavg", 8))
+
+
+@pytest.mark.parametrize("algorithm, served", [("ditto", "global"), ("local", "initial")])
+def test_a_client_that_never_trained_is_evaluated_with_the_model_it_would_be_served(algorithm: str, served: str) -> None:
+    """Ditto's client without a personal model yet is evaluated with the current global model (issue 34, item 5);
+    Local's own model before its first round is the run's initial model."""
+    import json
+
+    from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+
+    from perfedavg import task
+
+    cfg = prepare(compose([*ANN_SMALL, f"algorithm={algorithm}"]))
+    grid = InProcessGrid(build_client_app(), cfg["num_clients"])
+    trained = task.build_model(cfg["model"], cfg["seed"] + 1).state_dict()  # a "global model" unlike the initial one
+    config = ConfigRecord({"round": 3, "run-config": json.dumps(cfg), "state-round": 0})
+    message = Message(
+        RecordDict({"arrays": ArrayRecord(trained), "config": config}),
+        dst_node_id=min(grid.contexts),
+        message_type=MessageType.EVALUATE,
+    )
+    (reply,) = grid.send_and_receive([message])
+    metrics = dict(reply.content["metrics"])
+    if served == "global":
+        assert metrics["personalized_loss"] == metrics["global_loss"]
+    else:
+        assert metrics["personalized_loss"] != metrics["global_loss"]

@@ -271,6 +271,11 @@ class Algorithm:
         """A client's state before its first round (stateful algorithms), from the run's initial model ``[P]``."""
         return None
 
+    def unsampled_state(self, initial_weights: Tensor, global_weights: Tensor) -> Tensor | None:
+        """The state a client that has never trained is *evaluated* with, from the run's initial model and the
+        current global model (both ``[P]``); by default its :meth:`initial_state`."""
+        return self.initial_state(initial_weights)
+
 
 class OwnModelAlgorithm(Algorithm):
     """An algorithm whose per-client state is the client's own model (Ditto's personal model, Local's model): that

@@ -92,6 +92,12 @@ class Ditto(OwnModelAlgorithm):
         order=40,
     )  # fmt: skip
 
+    def unsampled_state(self, initial_weights: Tensor, global_weights: Tensor) -> Tensor | None:
+        """A client never sampled has no personal model yet: it is evaluated with the current global model (what a
+        device that has not taken part would be served). Its training, once sampled, starts from the run's initial
+        model as in Ditto's Algorithm 1 (:meth:`initial_state`); docs/algorithms.md."""
+        return global_weights.clone()
+
     def local_update(
         self,
         model: nn.Module,

@@ -144,9 +144,13 @@ class StateMissingError(RuntimeError):
     """The node does not hold the per-client state the server expects (e.g. a SuperNode restarted)."""
 
 
-def client_state(message: Message, context: Context, worker: Worker, cid: int) -> torch.Tensor | None:
+def client_state(
+    message: Message, context: Context, worker: Worker, cid: int, *, evaluation: bool = False
+) -> torch.Tensor | None:
     """The client's state ``[P]`` for a stateful algorithm (None otherwise): the one the message carries, else the
-    node's own if it is of the round the server expects, else the initial one if the client never trained."""
+    node's own if it is of the round the server expects, else — the client never trained — its initial one, or for
+    an ``evaluation`` the algorithm's :meth:`~perfedavg.algorithms.base.Algorithm.unsampled_state` (Ditto: the
+    global model the message carries, which the worker's model holds)."""
     if not worker.algorithm.stateful:
         return None
     expected = int(message.content["config"]["state-round"])
@@ -155,6 +159,8 @@ def client_state(message: Message, context: Context, worker: Worker, cid: int) -
     held = int(context.state[STATE_ROUND]["round"]) if STATE_ROUND in context.state else 0
     if STATE_ARRAYS in context.state and held == expected:
         return unpack_state(context.state[STATE_ARRAYS], worker.initial.device)
+    if expected == 0 and evaluation:
+        return worker.algorithm.unsampled_state(worker.initial, curvature.flat_parameters(worker.model).detach())
     if expected == 0:
         return worker.algorithm.initial_state(worker.initial)
     raise StateMissingError(
@@ -247,7 +253,7 @@ def evaluate(message: Message, context: Context) -> Message:
         (x_eval, y_eval),
         spec,
         classification=worker.classification,
-        state=client_state(message, context, worker, cid),
+        state=client_state(message, context, worker, cid, evaluation=True),
     )
     record = MetricRecord(
         {"client-id": cid, "num-examples": int(y_eval.shape[0]), **metrics, "compute-s": time.perf_counter() - start}
