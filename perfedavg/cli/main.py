@@ -37,6 +37,7 @@ from perfedavg.config.preparation import (
 from perfedavg.errors import exit_on_user_error
 from perfedavg.federation.stopping import FederationInterrupted
 from perfedavg.run import lock as run_lock
+from perfedavg.run import sweep_records
 
 # The federation (PyTorch, Flower) is imported by the job, after the command line has been checked: a mistake in it
 # is named within about a second (tests/test_cli.py), not after seconds of imports.
@@ -69,8 +70,10 @@ def _job(cfg: DictConfig) -> float | None:
         for existing in [f for f in log.filters if isinstance(f, _JobTag)]:
             log.removeFilter(existing)
         log.addFilter(_JobTag(run_dir.name))
+    # the job's directory is one level below the sweep's (conf/config.yaml hydra.sweep.subdir)
+    sweep_dir = run_dir.parent if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
-        with exit_on_user_error():
+        with exit_on_user_error(), sweep_records.restored_on_refusal(sweep_dir, run_dir):
             if cfg.resume == AUTO_RESUME:
                 finished = _auto_resume(cfg, run_dir)
                 if finished is not None:
