@@ -189,7 +189,7 @@ def test_the_fedavg_baselines_are_fedavg_and_fedavg_on_three_minibatches_worth_o
 
 
 @pytest.mark.parametrize("algorithm, served", [("ditto", "global"), ("local", "initial")])
-def test_a_client_that_never_trained_is_evaluated_with_the_model_it_would_be_served(algorithm: str, served: str) -> None:
+def test_a_client_that_never_trained_is_evaluated_with_the_model_it_is_served(algorithm: str, served: str) -> None:
     """Ditto's client without a personal model yet is evaluated with the current global model (issue 34, item 5);
     Local's own model before its first round is the run's initial model."""
     import json

@@ -141,6 +141,7 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
     shutil.copytree(runner.CONF_DIR, conf)
     tuned, summary, studies = conf / "experiment" / "smoke_tuned.yaml", tmp_path / "tune.md", tmp_path / "tune"
     args = [*TUNE, "smoke", "num_clients=6", "--trials", "2", "--rounds", "2", "--confirm", "1", "--jobs", "2"]
+    args += ["--confirm-seeds", "2"]
     args += ["--methods", "fd", "ditto", "local", "--tune-dir", str(studies)]  # FedAvg's study is fd's, without HF
     args += ["--tuned-config", str(tuned), "--report", str(summary)]
     out = run_command(args, tmp_path, timeout=900)
@@ -159,10 +160,11 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
         best_file = max(objective, key=objective.get)
         result = yaml.safe_load((study / "optimization_results.yaml").read_text())
         assert result["best_value"] == pytest.approx(objective[best_file], abs=1e-12)
-        confirmed = study / f"confirm-{best_file.parent.name}"  # the best trial, over the experiment's rounds
-        saved = yaml.safe_load((confirmed / ".hydra" / "config.yaml").read_text())
-        assert saved["num_rounds"] == smoke_rounds and saved["eval_split"] == "val"
-        assert json.loads((confirmed / "metrics.json").read_text())["final"]["eval/personalized_acc"] >= 0
+        for seed in (0, 1):  # the best trial, over the experiment's rounds, on two seeds
+            confirmed = study / f"confirm-{best_file.parent.name}-seed{seed}"
+            saved = yaml.safe_load((confirmed / ".hydra" / "config.yaml").read_text())
+            assert saved["num_rounds"] == smoke_rounds and saved["eval_split"] == "val" and saved["seed"] == seed
+            assert json.loads((confirmed / "metrics.json").read_text())["final"]["eval/personalized_acc"] >= 0
         searched = ("alpha",) if method == "local" else ("alpha", "beta")  # Local reads no β: its study searches α
         given = {k: float(f"{v:.3g}") for k, v in saved.items() if k in searched}
         if method == "ditto":  # λ is searched too, and confirmed with the rest
@@ -173,8 +175,8 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
             assert len(lams) == 2 and all(0.01 <= lam <= 30 for lam in lams)
         assert table[method] == given
     text = summary.read_text()
-    assert "Per-FedAvg (HF, fd)" in text and "2 trials × 2 rounds + 1 confirmation runs" in text
-    assert f"Confirmation over {smoke_rounds} rounds" in text
+    assert "Per-FedAvg (HF, fd)" in text and "2 trials × 2 rounds + 2 confirmation runs" in text
+    assert f"Confirmation over {smoke_rounds} rounds on seeds 0, 1" in text
 
     sweep = tmp_path / "sweep"  # one sweep of the three methods; hessian=fd is read by Per-FedAvg's run only
     args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke_tuned", "num_clients=6", "num_rounds=2"]
@@ -280,3 +282,50 @@ def test_tuned_lambda_and_adaptation_steps_reach_the_generated_experiment(tmp_pa
     }
     with pytest.raises(ConfigError, match=r"step_sizes has no entry for method ditto"):
         validate(compose(["experiment=smoke_tuned", "algorithm=ditto"]))
+
+
+def fake_confirmation(study: Path, number: int, seed: int, overrides: dict, accuracy: float | None, losses=(2.0, 1.0)):
+    """A confirmation run of trial ``number`` on ``seed`` (None: it did not finish), with its training losses."""
+    run_dir = study / f"confirm-trial{number}-seed{seed}"
+    (run_dir / ".hydra").mkdir(parents=True)
+    items = [f"{k}={v}" for k, v in {"num_rounds": 2, "seed": seed, **overrides}.items()]
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(items))
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"num_rounds": 2, "dataset": {"num_classes": 10}}))
+    if accuracy is not None:
+        rounds = [{"round": i + 1, "train/loss": loss} for i, loss in enumerate(losses)]
+        final = {"eval/personalized_acc": accuracy, "eval/global_acc": accuracy / 2}
+        (run_dir / "metrics.json").write_text(json.dumps({"final": final, "rounds": rounds, "wall_s": 1.0}))
+
+
+def test_confirmation_rejects_a_candidate_unstable_on_any_seed(tmp_path: Path) -> None:
+    """The best search trial wins on seeds 0 and 2 but collapses on seed 1 (issue 34: a coin toss is not a tuned
+    setting): the stable runner-up is chosen, by its mean over the seeds; a chance-level or unfinished seed rejects
+    too, and where no candidate is stable the report says why instead of choosing."""
+    study = tmp_path / "tune" / "hvp"
+    sharp, calm, slow = {"alpha": 0.144, "beta": 0.13}, {"alpha": 0.05, "beta": 0.1}, {"alpha": 0.01, "beta": 0.1}
+    fake_trial(study, 0, sharp, 0.95)
+    fake_trial(study, 1, calm, 0.93)
+    fake_trial(study, 2, slow, 0.90)
+    for seed, acc, losses in ((0, 0.97, (2.0, 1.0)), (1, 0.96, (2.0, 5e7, 30.0)), (2, 0.97, (2.0, 1.0))):
+        fake_confirmation(study, 0, seed, sharp, acc, losses)
+    for seed, acc in ((0, 0.95), (1, 0.94), (2, 0.93)):
+        fake_confirmation(study, 1, seed, calm, acc)
+    for seed, acc in ((0, 0.92), (1, 0.11), (2, None)):
+        fake_confirmation(study, 2, seed, slow, acc)
+    text, table = tune_report.report(tmp_path / "tune", "smoke", ["hvp"], top=5)
+    assert table == {"hvp": calm, "exact": calm}  # exact takes hvp's values
+    assert "on seeds 0, 1, 2" in text
+    assert "| 0 | 0.144 | 0.13 | 0.9500 | 0.9700 | 0.9600 (collapsed at round 2) | 0.9700 | rejected |" in text
+    assert "| 1 | 0.05 | 0.1 | 0.9300 | 0.9500 | 0.9400 | 0.9300 | 0.9400 |" in text
+    assert (
+        "| 2 | 0.01 | 0.1 | 0.9000 | 0.9200 | 0.1100 (ended at chance level (0.11)) | did not finish | rejected |"
+        in text
+    )
+
+    for seed in (0, 1, 2):  # now the runner-up fails too
+        shutil.rmtree(study / f"confirm-trial1-seed{seed}")
+    fake_confirmation(study, 1, 0, calm, None)
+    with pytest.raises(
+        ValueError, match=r"no confirmed candidate is stable on every seed \(trial 0: seed 1: collapsed"
+    ):
+        tune_report.report(tmp_path / "tune", "smoke", ["hvp"], top=5)

@@ -17,8 +17,12 @@ reports on it (``eval_split=val``), so tuning never sees test data; seed 0; in-p
 1. Search: one Optuna study per method (hydra-optuna-sweeper, TPE, sampler seed 0; ``conf/hydra/sweeper/
    step_sizes.yaml``): ``--trials`` runs of ``--rounds`` rounds, objective the final personalized validation accuracy
    (the loss, minimized, for regression).
-2. Confirm: the best ``--confirm`` trials of each method run again over the experiment's own ``num_rounds``; the
-   chosen values are the best confirmed run's (a trial that diverges later is not chosen). ``--confirm 0`` skips it.
+2. Confirm: the best ``--confirm`` trials of each method run again over the experiment's own ``num_rounds``, on
+   seeds 0…``--confirm-seeds``−1 (default 3); a candidate is rejected if any of its seeds does not finish (diverges),
+   collapses (a round's training loss beyond 100× the first's) or ends at chance level, and the chosen values are
+   the stable candidate's with the best mean objective over its seeds: a setting that wins on one seed and diverges
+   on another (second-order Per-FedAvg at large α, docs/curvature.md#stability) is not chosen. ``--confirm 0``
+   skips it.
 
 Writes the tuned experiment (``--tuned-config``, default ``<config dir>/experiment/EXPERIMENT_tuned.yaml``: run it as
 ``perfedavg experiment=EXPERIMENT_tuned``) and the tuning report (``--report``, default
@@ -57,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=20, help="Optuna trials per method (default 20)")
     p.add_argument("--rounds", type=int, default=300, help="rounds per trial (default 300)")
     p.add_argument("--confirm", type=int, default=3, help="best trials confirmed over num_rounds (default 3; 0: none)")
+    p.add_argument(
+        "--confirm-seeds", type=int, default=3, help="seeds 0…N−1 each candidate is confirmed on (default 3)"
+    )
     p.add_argument("--jobs", type=int, default=launch.default_jobs(), help="runs at a time (default: the CPUs)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="each client's held-out validation share")
     p.add_argument("--tune-dir", type=Path, help="the studies (default multirun/tune-EXPERIMENT)")
@@ -74,6 +81,8 @@ def check(args: argparse.Namespace) -> None:
             raise AnalysisError(f"{option}={value}: must be an integer ≥ {low}")
     if args.confirm < 0:
         raise AnalysisError(f"--confirm={args.confirm}: must be an integer ≥ 0")
+    if args.confirm_seeds < 1:
+        raise AnalysisError(f"--confirm-seeds={args.confirm_seeds}: must be an integer ≥ 1")
     if not 0 < args.val_fraction < 1:
         raise AnalysisError(f"--val-fraction={args.val_fraction}: must be in (0, 1)")
     launch.check_experiment(args.experiment)
@@ -149,11 +158,14 @@ def confirm(args: argparse.Namespace, tune_dir: Path) -> None:
     jobs = []
     for line in lines:
         method, trial, *chosen = line.split()
-        run_dir = tune_dir / method / f"confirm-{trial}"
-        say(TOOL, f"{method}: confirming {' '.join(chosen)} → {run_dir} (log: {run_dir}.log)")
-        overrides = [f"experiment={args.experiment}", *algorithms.method_overrides(method), *chosen]
-        overrides += [*validation(args.val_fraction), "resume=auto", f"hydra.run.dir={run_dir}", *args.overrides]
-        jobs.append(Job(f"{method}: confirm-{trial}", overrides, Path(f"{run_dir}.log")))
+        say(TOOL, f"{method}: confirming {' '.join(chosen)} on seeds 0–{args.confirm_seeds - 1}")
+        for seed in range(args.confirm_seeds):
+            run_dir = tune_dir / method / f"confirm-{trial}-seed{seed}"
+            overrides = [f"experiment={args.experiment}", *algorithms.method_overrides(method), *chosen]
+            overrides += [*validation(args.val_fraction), f"seed={seed}", "resume=auto", f"hydra.run.dir={run_dir}"]
+            jobs.append(
+                Job(f"{method}: confirm-{trial} seed {seed}", [*overrides, *args.overrides], Path(f"{run_dir}.log"))
+            )
     launch.run_parallel(TOOL, jobs, args.jobs)  # a run that stops is reported; its trial is not chosen
     say(TOOL, "confirmation done")
 
@@ -162,6 +174,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The tuning as one command with every budget value spelled out (recorded in the tuned experiment)."""
     words = ["perfedavg-tune", args.experiment, *args.overrides, "--methods", *args.methods]
     words += ["--trials", str(args.trials), "--rounds", str(args.rounds), "--confirm", str(args.confirm)]
+    words += ["--confirm-seeds", str(args.confirm_seeds)]
     words += ["--val-fraction", f"{args.val_fraction:g}"]
     return shlex.join(words)
 

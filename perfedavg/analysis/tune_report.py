@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,8 @@ class Trial:
     wall_s: float | None
     overrides: dict[str, str]
     searched: dict[str, float] = field(default_factory=dict)  # the :data:`SEARCHED` keys this study varied
+    seed: int = 0  # the run's seed (confirmation runs: one per seed)
+    unstable: str | None = None  # why a finished confirmation run is rejected (collapsed, chance level), or None
 
     def values(self) -> str:
         """``α = …, β = …`` (and ``λ = …`` etc.), 3 significant digits."""
@@ -139,6 +143,84 @@ def read_trials(study: Path, prefix: str = "trial") -> list[Trial]:
         searched = {key: float(given[key]) for key in SEARCHED if key in given}
         trials.append(Trial(number, objective, maximize, wall, given, searched))
     return trials
+
+
+#: A confirmation run *collapsed* where a round's training loss is not finite or exceeds this multiple of its first
+#: round's (perfedavg.analysis.stability_check uses the same rule).
+COLLAPSE_FACTOR = 100.0
+#: ... or where it ends at chance level: a final personalized accuracy at most this multiple of 1 / num_classes.
+CHANCE_FACTOR = 1.5
+
+_CONFIRMATION = re.compile(r"confirm-trial(\d+)(?:-seed(\d+))?")
+
+
+def instability(run_dir: Path, summary: dict) -> str | None:
+    """Why a finished run cannot stand for a stable setting: ``collapsed at round R`` (its training loss left
+    :data:`COLLAPSE_FACTOR` × its first round's, or was not finite, though the run went on) or ``ended at chance
+    level (0.10)``; None where neither."""
+    import yaml
+
+    rounds = summary.get("rounds") or []
+    if rounds:
+        first = rounds[0].get("train/loss", math.nan)
+        for r in rounds:
+            loss = r.get("train/loss", math.nan)
+            if not math.isfinite(loss) or loss > COLLAPSE_FACTOR * first:
+                return f"collapsed at round {r['round']}"
+    final = summary.get("final", {})
+    config = run_dir / ".hydra" / "config.yaml"
+    classes = (
+        (yaml.safe_load(config.read_text()) or {}).get("dataset", {}).get("num_classes") if config.exists() else None
+    )
+    acc = final.get("eval/personalized_acc")
+    if acc is not None and classes and acc <= CHANCE_FACTOR / int(classes):
+        return f"ended at chance level ({acc:.2f})"
+    return None
+
+
+def read_confirmations(study: Path) -> dict[int, list[Trial]]:
+    """The confirmation runs under ``study`` by trial number (``confirm-trial<N>-seed<S>``; an older tuning's
+    ``confirm-trial<N>`` counts as its seed), each with its seed and, where it finished, :func:`instability`."""
+    found: dict[int, list[Trial]] = {}
+    for run_dir in sorted(p for p in study.glob("confirm-trial*") if p.is_dir()):
+        match = _CONFIRMATION.fullmatch(run_dir.name)
+        if not match or not (run_dir / ".hydra" / "overrides.yaml").exists():
+            continue
+        given = _overrides(run_dir)
+        objective = wall = unstable = None
+        maximize = True
+        if (run_dir / "metrics.json").exists():
+            summary = json.loads((run_dir / "metrics.json").read_text())
+            maximize = "eval/personalized_acc" in summary["final"]
+            objective = summary["final"]["eval/personalized_acc" if maximize else "eval/personalized_loss"]
+            wall = summary.get("wall_s")
+            unstable = instability(run_dir, summary)
+        seed = int(match.group(2)) if match.group(2) is not None else int(given.get("seed", 0))
+        searched = {key: float(given[key]) for key in SEARCHED if key in given}
+        number = int(match.group(1))
+        found.setdefault(number, []).append(Trial(number, objective, maximize, wall, given, searched, seed, unstable))
+    return {n: sorted(runs, key=lambda t: t.seed) for n, runs in sorted(found.items())}
+
+
+def stable_mean(runs: list[Trial]) -> Trial | None:
+    """A candidate confirmed on every seed it ran: the first run with the objective averaged over seeds; None where
+    any run did not finish (diverged or cut off), collapsed, or ended at chance level."""
+    if not runs or any(t.objective is None or t.unstable for t in runs):
+        return None
+    mean = sum(t.objective for t in runs) / len(runs)  # type: ignore[misc]
+    first = runs[0]
+    return Trial(first.number, mean, first.maximize, sum(t.wall_s or 0 for t in runs), first.overrides, first.searched)
+
+
+def rejection(runs: list[Trial]) -> str:
+    """``seed 1: did not finish; seed 2: collapsed at round 40`` for a candidate :func:`stable_mean` rejects."""
+    reasons = []
+    for t in runs:
+        if t.objective is None:
+            reasons.append(f"seed {t.seed}: did not finish (diverged or cut off)")
+        elif t.unstable:
+            reasons.append(f"seed {t.seed}: {t.unstable}")
+    return "; ".join(reasons)
 
 
 def chosen_table(choices: dict[str, Trial]) -> dict[str, dict[str, float]]:
@@ -286,17 +368,31 @@ def _header(trials: list[Trial], *columns: str) -> list[str]:
     return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
-def _confirmation_lines(confirmed: list[Trial], search: dict[int, Trial], rounds: str) -> list[str]:
+def _confirmation_lines(confirmed: dict[int, list[Trial]], search: dict[int, Trial], rounds: str) -> list[str]:
+    seeds = sorted({t.seed for runs in confirmed.values() for t in runs})
+    firsts = [runs[0] for runs in confirmed.values()]
     lines = [
-        f"Confirmation over {rounds} rounds (the best trials again, the experiment's own horizon):",
+        f"Confirmation over {rounds} rounds on seeds {', '.join(map(str, seeds))} (the best trials again, the "
+        "experiment's own horizon; a candidate is rejected if any seed does not finish, collapses or ends at chance "
+        "level):",
         "",
-        *_header(confirmed, "search objective", "confirmed objective"),
+        *_header(firsts, "search objective", *[f"seed {s}" for s in seeds], "confirmed (mean)"),
     ]
-    for t in confirmed:
-        searched = search[t.number].objective if t.number in search else None
+    for number, runs in confirmed.items():
+        searched = search[number].objective if number in search else None
+        by_seed = {t.seed: t for t in runs}
         cells = [f"{searched:.4f}" if searched is not None else "–"]
-        cells.append(f"{t.objective:.4f}" if t.objective is not None else "did not finish (diverged or cut off)")
-        lines.append(f"| {t.number} | {t.cells()} | {cells[0]} | {cells[1]} |")
+        for s in seeds:
+            t = by_seed.get(s)
+            if t is None:
+                cells.append("–")
+            elif t.objective is None:
+                cells.append("did not finish")
+            else:
+                cells.append(f"{t.objective:.4f}" + (f" ({t.unstable})" if t.unstable else ""))
+        mean = stable_mean(runs)
+        cells.append(f"{mean.objective:.4f}" if mean is not None else "rejected")
+        lines.append(f"| {number} | {runs[0].cells()} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -315,12 +411,15 @@ def report(
             raise ValueError(f"no trials under {tune_dir / method}")
         done = ranked(trials)
         maximize = all(t.maximize for t in done)  # accuracies; losses (regression) are minimized
-        confirmed = read_trials(tune_dir / method, prefix="confirm-trial")
-        confirmed_ranked = ranked(confirmed)
+        by_trial = read_confirmations(tune_dir / method)
+        confirmed = [t for runs in by_trial.values() for t in runs]
+        confirmed_ranked = ranked([m for runs in by_trial.values() if (m := stable_mean(runs)) is not None])
         if confirmed and not confirmed_ranked:
+            reasons = "; ".join(f"trial {n}: {rejection(runs)}" for n, runs in by_trial.items())
             raise ValueError(
-                f"{method}: none of its {len(confirmed)} confirmation runs finished (diverged or cut off; see "
-                f"{tune_dir / method}/confirm-trial*.log); re-run perfedavg-tune to continue cut-off ones"
+                f"{method}: no confirmed candidate is stable on every seed ({reasons}; logs: "
+                f"{tune_dir / method}/confirm-trial*.log); re-run perfedavg-tune to continue cut-off runs, or tune "
+                "again with more trials or --confirm candidates"
             )
         if not done:
             raise ValueError(f"no trial finished under {tune_dir / method}")
@@ -345,7 +444,7 @@ def report(
             + (f" ({failed_keys} of the failed: {failed_at})" if failed else "")
             + (f"; median run {sorted(walls)[len(walls) // 2]:.0f} s" if walls else "")
             + f". Chosen: trial {pick.number}"
-            + (" (best confirmed)" if confirmed else "")
+            + (" (best mean over the confirmation seeds, stable on each)" if confirmed else "")
             + f", {pick.values()}.",
             "",
             *_header(done, "final personalized validation objective"),
@@ -353,12 +452,18 @@ def report(
             "",
         ]
         if confirmed:
-            rounds = _configured_rounds(tune_dir / method / f"confirm-trial{confirmed[0].number}")
-            lines += _confirmation_lines(confirmed, {t.number: t for t in trials}, rounds)
+            first = confirmed[0]
+            names = (f"confirm-trial{first.number}-seed{first.seed}", f"confirm-trial{first.number}")
+            rounds = _configured_rounds(next(tune_dir / method / n for n in names if (tune_dir / method / n).is_dir()))
+            lines += _confirmation_lines(by_trial, {t.number: t for t in trials}, rounds)
         sections.append("\n".join(lines))
     table = chosen_table(choices)
     given = first_overrides
-    rule = "the best confirmed run's values" if confirmed_any else "the best trial's values"
+    rule = (
+        "the values of the best candidate stable on every confirmation seed"
+        if confirmed_any
+        else "the best trial's values"
+    )
     shared = ", ".join(f"{m} takes {src}'s" for m, src in SHARED.items() if src in choices and m not in choices)
     head = [
         f"## Step sizes tuned for {experiment}" + (f" ({setting_text(setting)})" if setting else ""),
