@@ -121,9 +121,9 @@ FIELDS = (
 )
 
 
-def _jobs(out: Path, paths: dict[str, str], methods: Sequence[str]) -> list[Job]:
+def _jobs(out: Path, paths: dict[str, str], methods: Sequence[str], settings: Sequence[str]) -> list[Job]:
     jobs = []
-    for s in SETTINGS:
+    for s in [s for s in SETTINGS if s.name in settings]:
         for method in [m for m in s.methods if m in methods]:
             for seed in s.seeds:
                 run_dir = out / s.name / f"{method}-seed{seed}"
@@ -387,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--fashion-mnist", required=True, help="Fashion-MNIST's parquet folder (dataset.path)")
     run.add_argument("--jobs", type=int, default=default_jobs(), help="federations at once (default: the CPUs)")
     run.add_argument("--methods", default=",".join(METHODS), help=f"of {','.join(METHODS)} (default: all)")
+    names = ",".join(s.name for s in SETTINGS)
+    run.add_argument("--settings", default=names, help=f"of {names} (default: all)")
     report = sub.add_parser("report", help="one CSV row per run found")
     report.add_argument("out", type=Path)
     report.add_argument(
@@ -400,7 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods = [m for m in args.methods.split(",") if m]
             if not methods or any(m not in METHODS for m in methods):
                 raise AnalysisError(f"--methods={args.methods}: allowed: {','.join(METHODS)} (comma-separated)")
-            jobs = _jobs(args.out, {"mnist": args.mnist, "fashion_mnist": args.fashion_mnist}, methods)
+            settings = [s for s in args.settings.split(",") if s]
+            if not settings or any(s not in names.split(",") for s in settings):
+                raise AnalysisError(f"--settings={args.settings}: allowed: {names} (comma-separated)")
+            paths = {"mnist": args.mnist, "fashion_mnist": args.fashion_mnist}
+            jobs = _jobs(args.out, paths, methods, settings)
             say(TOOL, f"{len(jobs)} runs, {args.jobs} at a time, into {args.out}")
             failed = run_parallel(TOOL, jobs, args.jobs)
             say(TOOL, f"done: {len(jobs) - len(failed)} finished, {len(failed)} stopped (a diverged run stops)")
