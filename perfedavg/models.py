@@ -121,3 +121,31 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class CharLSTM(nn.Module):
+    """LEAF's character model for Shakespeare (Caldas et al., 2018): an embedding of each character (8 dimensions),
+    two LSTM layers of 256 units, and a linear layer from the last step's output to the vocabulary: the logits of
+    the next character.
+
+    Input ``[N, T]`` character ids (int64, ``0 ≤ id < vocab_size``), output ``[N, vocab_size]``. ``embedding``,
+    ``hidden`` and ``layers`` resize it (the tests use a tiny one). Every parameter is trainable and the loss is
+    twice differentiable through ``nn.LSTM`` on the CPU, so every curvature mode applies; ``hessian=diag`` takes the
+    exact fallback (BackPACK does not extend LSTMs). Cost of a Hessian-vector product: several gradients (the double
+    backward unrolls the recurrence again).
+    """
+
+    def __init__(self, vocab_size: int, embedding: int = 8, hidden: int = 256, layers: int = 2) -> None:
+        super().__init__()
+        if min(vocab_size, embedding, hidden, layers) < 1:
+            raise ValueError(
+                f"CharLSTM needs positive sizes, got vocab_size={vocab_size}, embedding={embedding}, "
+                f"hidden={hidden}, layers={layers}"
+            )
+        self.embed = nn.Embedding(vocab_size, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(self.embed(x))
+        return self.out(output[:, -1, :])

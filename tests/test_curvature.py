@@ -21,7 +21,7 @@ from torch.func import functional_call
 from perfedavg import curvature as C
 from perfedavg.curvature import backpack as diag_backpack
 from perfedavg.curvature import dense, diagonal
-from perfedavg.models import ANN, CNN, MLP, Net
+from perfedavg.models import ANN, CNN, MLP, CharLSTM, Net
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -66,6 +66,11 @@ def image_batch(c: int, h: int, w: int, k: int, n: int = 6) -> Callable[[torch.G
     return lambda g, dt: (torch.randn(n, c, h, w, generator=g, dtype=dt), torch.randint(0, k, (n,), generator=g))
 
 
+def text_batch(vocab: int, length: int, n: int = 6) -> Callable[[torch.Generator, torch.dtype], Batch]:
+    """Character ids ``[n, length]`` and next-character targets ``[n]`` (int64 whatever the model's dtype)."""
+    return lambda g, dt: (torch.randint(0, vocab, (n, length), generator=g), torch.randint(0, vocab, (n,), generator=g))
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -104,6 +109,14 @@ CASES = [
         nn.CrossEntropyLoss,
         image_batch(1, 4, 4, 3),
         seed=9,
+    ),
+    # LEAF's character LSTM, tiny: embedding, two LSTM layers, the last step's output to the vocabulary
+    Case(
+        "lstm-tiny",
+        lambda: CharLSTM(5, embedding=2, hidden=3, layers=2),
+        nn.CrossEntropyLoss,
+        text_batch(5, 4),
+        seed=10,
     ),
 ]
 IDS = [c.name for c in CASES]
