@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from perfedavg.algorithms.base import LocalSpec
-from perfedavg.models import ANN, CNN, MLP, Net
+from perfedavg.models import ANN, CNN, MLP, CharLSTM, Net
 
 
 def build_model(model_cfg: Mapping[str, Any], seed: int) -> nn.Module:
@@ -31,7 +31,11 @@ def build_model(model_cfg: Mapping[str, Any], seed: int) -> nn.Module:
             channels, height, width = shape
             widths, (hidden,) = tuple(model_cfg["channels"]), model_cfg["hidden"]
             return CNN(channels, height, width, int(model_cfg["num_outputs"]), channels=widths, hidden=hidden)
-    raise ValueError(f"model={name!r} is not one of: ann, net, mlp, cnn")
+        if name == "lstm":
+            (hidden,) = model_cfg["hidden"]
+            layers, embedding = int(model_cfg["layers"]), int(model_cfg["embedding"])
+            return CharLSTM(int(model_cfg["num_outputs"]), embedding=embedding, hidden=hidden, layers=layers)
+    raise ValueError(f"model={name!r} is not one of: ann, net, mlp, cnn, lstm")
 
 
 def compute_device(cfg: Mapping[str, Any]) -> torch.device:

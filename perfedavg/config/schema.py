@@ -41,6 +41,7 @@ class ModelName(StrEnum):
     net = "net"
     mlp = "mlp"
     cnn = "cnn"
+    lstm = "lstm"
 
 
 class DatasetName(StrEnum):
@@ -50,6 +51,8 @@ class DatasetName(StrEnum):
     mnist = "mnist"
     fashion_mnist = "fashion_mnist"
     cifar10 = "cifar10"
+    shakespeare = "shakespeare"
+    text = "text"
 
 
 class PartitionName(StrEnum):
@@ -102,6 +105,8 @@ class ModelConf:
     num_outputs: int = MISSING  # classes or regression targets, from the dataset
     hidden: list[int] = field(default_factory=lambda: [80, 60])  # MLP: its hidden widths; CNN: [its FC width]
     channels: list[int] = field(default_factory=lambda: [32, 64])  # CNN only: its two convolutions' widths
+    embedding: int = 8  # LSTM only: the character embedding's width
+    layers: int = 2  # LSTM only: stacked LSTM layers (their width: hidden)
 
 
 @dataclass
@@ -128,6 +133,9 @@ class DatasetConf:
     cache_dir: str | None = None  # hub data sets: Hugging Face cache directory (default ~/.cache/huggingface)
     image_key: str | None = None  # hub data sets: image column (default: the data set's own, else image/img)
     label_key: str | None = None  # hub data sets: label column (default: label)
+    client_columns: list[str] | None = None  # text data sets: the columns naming a row's client (e.g. [play, role])
+    text_column: str | None = None  # text data sets: the column holding a client's text
+    min_chars: int = 450  # text data sets: a row needs this many characters to be a client
 
 
 @dataclass
@@ -442,12 +450,12 @@ def step_size_problems(table: Any) -> list[str]:
 
 
 def _partition_problems(cfg: DictConfig) -> list[str]:
-    from perfedavg.data.partition import GENERATED_DATASETS  # numpy only: no torch at config import
+    from perfedavg.data.partition import NATURAL_DATASETS  # numpy only: no torch at config import
 
     data, part = DatasetName(cfg.dataset.name), PartitionName(cfg.partition.name)
-    if data in GENERATED_DATASETS and part is not PartitionName.natural:
-        return [f"partition={part.value}: dataset={data.value} is generated per client; use partition=natural"]
-    if data not in GENERATED_DATASETS and part is PartitionName.natural:
+    if data in NATURAL_DATASETS and part is not PartitionName.natural:
+        return [f"partition={part.value}: dataset={data.value} is per client by nature; use partition=natural"]
+    if data not in NATURAL_DATASETS and part is PartitionName.natural:
         allowed = ", ".join(p.value for p in PartitionName if p is not PartitionName.natural)
         return [f"partition=natural: dataset={data.value} is one pool split across clients; use one of: {allowed}"]
     problems = []
@@ -484,6 +492,18 @@ def _model_dataset_problems(cfg: DictConfig) -> list[str]:
         return []
     if task is not Task.classification:
         return [f"model={name.value}: is a classifier; dataset={data_name} is a {task.value} dataset (use model=ann)"]
+    text = data_name in ("shakespeare", "text")
+    if (name is ModelName.lstm) != text:
+        if text:
+            return [f"model={name.value}: dataset={data_name} is text (character ids); use model=lstm"]
+        return [f"model=lstm: reads character ids; dataset={data_name} is not text (use dataset=shakespeare or text)"]
+    if name is ModelName.lstm:
+        if len(model.hidden) != 1 or model.hidden[0] < 1 or model.embedding < 1 or model.layers < 1:
+            return [
+                f"model.hidden={list(model.hidden)}, model.embedding={model.embedding}, model.layers="
+                f"{model.layers}: the LSTM takes one positive width, a positive embedding and at least one layer"
+            ]
+        return []
     if name in (ModelName.net, ModelName.cnn) and len(shape) != 3:
         return [f"model={name.value}: needs image inputs [channels, height, width]; dataset={data_name} gives {shape}"]
     if name is ModelName.cnn:
@@ -617,9 +637,14 @@ RAY_ADDRESS = re.compile(r"auto|[A-Za-z0-9.\-]+:[0-9]{1,5}")
 #: Keys read only under some choice of a group other than ``algorithm``: key → (the choice's key, the values under
 #: which the key is read). Which algorithm reads a key is its declaration's to say (:func:`algorithm_readers`).
 READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dataset.path": ("dataset.name", ("mnist", "fashion_mnist", "cifar10", "shakespeare", "text")),
     **{
         f"dataset.{k}": ("dataset.name", ("mnist", "fashion_mnist", "cifar10"))
-        for k in ("path", "cache_dir", "image_key", "label_key")
+        for k in ("cache_dir", "image_key", "label_key")
+    },
+    **{
+        f"dataset.{k}": ("dataset.name", ("shakespeare", "text"))
+        for k in ("client_columns", "text_column", "min_chars")
     },
     **{f"dataset.{k}": ("dataset.name", ("regression",)) for k in ("samples_per_client", "heterogeneity", "noise")},
     **{f"dataset.{k}": ("dataset.name", ("synthetic",)) for k in ("synthetic_alpha", "synthetic_beta")},
@@ -629,8 +654,10 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "partition.classes_per_client": ("partition.name", ("pathological",)),
     "partition.shards_per_client": ("partition.name", ("shard",)),
     "partition.images_per_class": ("partition.name", ("paper",)),
-    "model.hidden": ("model.name", ("mlp", "cnn")),
+    "model.hidden": ("model.name", ("mlp", "cnn", "lstm")),
     "model.channels": ("model.name", ("cnn",)),
+    "model.embedding": ("model.name", ("lstm",)),
+    "model.layers": ("model.name", ("lstm",)),
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
     "ray_address": ("backend", ("ray",)),

@@ -33,7 +33,10 @@ def bound_bytes() -> int:
 
 
 def nbytes(data: ClientData) -> int:
-    return sum(t.numel() * t.element_size() for t in data.tensors())
+    """The memory ``data``'s tensors hold: each distinct storage once (a text client's windows are strided views of
+    one character vector, 8 bytes per character, not per window element)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in data.tensors()}
+    return sum(storages.values())
 
 
 class ClientCache:

@@ -21,6 +21,10 @@ LABEL_PARTITIONS = ("iid", "dirichlet", "pathological", "shard", "paper")
 NATURAL = "natural"
 #: Data sets generated per client: they take ``partition=natural``; every other data set is a pool to split.
 GENERATED_DATASETS = ("regression", "synthetic")
+#: Data sets already split into clients by nature (one client per speaker): they take ``partition=natural`` too.
+TEXT_DATASETS = ("shakespeare", "text")
+#: Every data set that takes ``partition=natural``.
+NATURAL_DATASETS = (*GENERATED_DATASETS, *TEXT_DATASETS)
 #: The column a partitioner reads labels from.
 LABEL = "label"
 

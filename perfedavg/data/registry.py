@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from perfedavg.data import digits, hub, regression, synthetic
-from perfedavg.data.partition import GENERATED_DATASETS, LABEL_PARTITIONS, NATURAL
+from perfedavg.data import digits, hub, regression, synthetic, text
+from perfedavg.data.partition import GENERATED_DATASETS, LABEL_PARTITIONS, NATURAL, NATURAL_DATASETS, TEXT_DATASETS
 from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
 from perfedavg.errors import UserError
 
@@ -61,6 +61,20 @@ def _digits(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -
 def _hub(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -> ClientData:
     with _as_data_errors(p):
         return hub.make_hub_client(p, client_id, num_clients, seed)
+
+
+def _text(client_id: int, num_clients: int, seed: int, p: Mapping[str, Any]) -> ClientData:
+    try:
+        return text.make_text_client(p, client_id, num_clients, seed)
+    except text.TextDataError as e:
+        raise DataError(str(e)) from None
+
+
+def _check_text(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
+    try:
+        text.check_text(num_clients, seed, p)
+    except text.TextDataError as e:
+        raise DataError(str(e)) from None
 
 
 def _check_regression(num_clients: int, seed: int, p: Mapping[str, Any]) -> None:
@@ -161,14 +175,16 @@ DATASETS: dict[str, tuple[Callable[..., ClientData], Callable[[int, int, Mapping
     "mnist": (_hub, _check_hub),
     "fashion_mnist": (_hub, _check_hub),
     "cifar10": (_hub, _check_hub),
+    "shakespeare": (_text, _check_text),
+    "text": (_text, _check_text),
 }
 
 
 def _check_partition(params: Mapping[str, Any]) -> None:
     name, part = params["name"], params["partition"]["name"]
-    if name in GENERATED_DATASETS and part != NATURAL:
-        raise DataError(f"partition={part}: dataset={name} is generated per client; it takes partition={NATURAL}")
-    if name not in GENERATED_DATASETS and part not in LABEL_PARTITIONS:
+    if name in NATURAL_DATASETS and part != NATURAL:
+        raise DataError(f"partition={part}: dataset={name} is per client by nature; it takes partition={NATURAL}")
+    if name not in NATURAL_DATASETS and part not in LABEL_PARTITIONS:
         raise DataError(
             f"partition={part}: dataset={name} is split across clients; use one of: {', '.join(LABEL_PARTITIONS)}"
         )
@@ -217,6 +233,8 @@ def data_fingerprint(params: Mapping[str, Any]) -> str:
     config and the installed code (``bundled``/``generated``)."""
     if params["name"] in ("mnist", "fashion_mnist", "cifar10"):
         return hub.data_fingerprint(params)
+    if params["name"] in TEXT_DATASETS:
+        return text.data_fingerprint(params)
     return "generated" if params["name"] in GENERATED_DATASETS else "bundled"
 
 
@@ -229,6 +247,8 @@ def load_client(params: Mapping[str, Any], client_id: int, num_clients: int, see
         raise DataError(f"client id {client_id} is outside 0..{num_clients - 1}")
     with _partitioner_warnings(None):
         data = DATASETS[params["name"]][0](client_id, num_clients, seed, params)
+    if params["name"] in TEXT_DATASETS:  # validation is held out by position there (perfedavg.data.text)
+        return data
     try:
         return hold_out_validation(data, float(params.get("val_fraction", 0.0)), validation_generator(seed, client_id))
     except ValueError as e:

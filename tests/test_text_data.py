@@ -1,0 +1,156 @@
+"""Naturally partitioned text (dataset=shakespeare / text, perfedavg.data.text) on small parquet files the tests
+write: windows and positional splits, the fixed vocabulary, client selection, refusals that name the row, and a
+federation of the character LSTM."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from support import federate
+
+from perfedavg.data import DataError, check_dataset, load_client
+from perfedavg.data import text as text_data
+
+LINE = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+
+
+def roles_file(path: Path, rows: list[tuple[str, str, str | None]]) -> Path:
+    table = pa.table({"play": [r[0] for r in rows], "role": [r[1] for r in rows], "text": [r[2] for r in rows]})
+    pq.write_table(table, path)
+    return path
+
+
+def params(path: Path, **extra) -> dict:
+    return {
+        "name": "shakespeare",
+        "path": str(path),
+        "client_columns": ["play", "role"],
+        "text_column": "text",
+        "min_chars": 60,
+        "input_shape": [8],
+        "num_classes": 81,
+        "test_fraction": 0.2,
+        "val_fraction": 0.0,
+        "partition": {"name": "natural"},
+        **extra,
+    }
+
+
+@pytest.fixture()
+def corpus_file(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "cache"))
+    text_data._corpus.cache_clear()
+    rows = [("hamlet", "HAMLET", LINE * 3), ("hamlet", "OPHELIA", LINE[:70] + "é—$"), ("tempest", "ARIEL", "Hi.")]
+    rows += [("tempest", f"SPIRIT{i}", LINE[i:] * 2) for i in range(5)]
+    return roles_file(tmp_path / "roles.parquet", rows)
+
+
+def test_windows_are_split_by_position_and_never_cross(corpus_file: Path) -> None:
+    p = params(corpus_file)
+    data = text_data.corpus(p)
+    rows = text_data.client_rows(p, 7, 0, data)
+    assert len(rows) == 7 and 2 not in rows.tolist()  # ARIEL's 3 characters are below min_chars
+    for cid in range(7):
+        client = load_client(p, cid, 7, 0)
+        ids = torch.from_numpy(data.row(int(rows[cid])).astype("int64"))
+        n = int(ids.shape[0])
+        train_chars = n - round(n * 0.2)
+        assert client.x_train.shape == (train_chars - 8, 8) and client.x_test.shape == (n - train_chars - 8, 8)
+        for i in (0, client.num_train - 1):  # each window is 8 consecutive characters, its target the next
+            assert torch.equal(client.x_train[i], ids[i : i + 8]) and client.y_train[i] == ids[i + 8]
+        # the last training target precedes the test part; the first test window starts inside it
+        assert client.num_train + 8 == train_chars
+        assert torch.equal(client.x_test[0], ids[train_chars : train_chars + 8])
+        assert client.x_train.dtype == torch.int64 and int(client.x_train.max()) < 81
+
+
+def test_the_vocabulary_is_leafs_with_one_unknown_symbol() -> None:
+    assert len(text_data.VOCABULARY) == 80 and text_data.NUM_CLASSES == 81
+    ids = text_data.encode("Ab\né—$")
+    assert ids.tolist() == [text_data.VOCABULARY.index("A"), text_data.VOCABULARY.index("b"), 0, 80, 80, 80]
+
+
+def test_clients_are_a_seeded_sample_of_the_eligible_rows(corpus_file: Path) -> None:
+    p = params(corpus_file)
+    data = text_data.corpus(p)
+    first, again, other = (text_data.client_rows(p, 4, s, data).tolist() for s in (0, 0, 1))
+    assert first == again and first != other and len(set(first)) == 4
+    with pytest.raises(DataError, match=r"num_clients=8: dataset=shakespeare has 7 clients with at least "):
+        check_dataset(p, 8, 0)
+    with pytest.raises(DataError, match=r"dataset.min_chars=20: with windows of 8 characters.*min_chars ≥ 43"):
+        check_dataset(params(corpus_file, min_chars=20), 2, 0)
+
+
+def test_validation_is_held_out_by_position_too(corpus_file: Path) -> None:
+    client = load_client(params(corpus_file, val_fraction=0.25), 0, 7, 0)
+    plain = load_client(params(corpus_file), 0, 7, 0)
+    assert client.num_val > 0 and client.num_train < plain.num_train
+    assert torch.equal(client.x_train, plain.x_train[: client.num_train])  # the training part's start, untouched
+    assert torch.equal(client.x_test, plain.x_test)
+
+
+@pytest.mark.parametrize(
+    "rows, fragment",
+    [
+        ([("hamlet", "HAMLET", LINE), ("hamlet", "HORATIO", None)], "row 1 has no value in column text"),
+        ([("hamlet", "HAMLET", LINE), ("hamlet", None, LINE)], "row 1 has no value in column role"),
+        ([("hamlet", "HAMLET", LINE), ("hamlet", "HAMLET", LINE)], "row 1 names client 'hamlet/HAMLET' again"),
+    ],
+)
+def test_bad_rows_are_refused_naming_them(tmp_path: Path, monkeypatch, rows, fragment: str) -> None:
+    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "cache"))
+    path = roles_file(tmp_path / "bad.parquet", rows)
+    with pytest.raises(DataError, match=fragment):
+        check_dataset(params(path), 1, 0)
+
+
+def test_columns_that_are_missing_or_not_text_are_named(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PERFEDAVG_CACHE_DIR", str(tmp_path / "cache"))
+    path = roles_file(tmp_path / "roles.parquet", [("hamlet", "HAMLET", LINE)])
+    with pytest.raises(DataError, match=r"has no column speaker .*its columns: play, role, text"):
+        check_dataset(params(path, client_columns=["speaker"]), 1, 0)
+    numbers = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"client": ["a"], "text": [3]}), numbers)
+    with pytest.raises(DataError, match=r"column text \(dataset.text_column\) holds int64, not text"):
+        check_dataset(params(numbers, client_columns=["client"]), 1, 0)
+    with pytest.raises(DataError, match=r"dataset.path=.*nowhere: no such file or directory"):
+        check_dataset(params(tmp_path / "nowhere"), 1, 0)
+
+
+LSTM = ["model=lstm", "model.hidden=[4]", "model.embedding=2", "model.layers=1", "dataset.input_shape=[8]"]
+
+
+def test_a_federation_of_the_character_lstm_runs_on_a_users_text(corpus_file: Path, tmp_path: Path) -> None:
+    """dataset=text with the user's own column names, every curvature-using step through nn.LSTM."""
+    args = [*LSTM, "dataset=text", f"dataset.path={corpus_file}", "dataset.client_columns=[play,role]"]
+    args += ["dataset.min_chars=60", "num_clients=6", "fraction=0.5", "num_rounds=2", "local_steps=2"]
+    args += ["batch_size=4", "backend=inprocess", "stability.every=1"]
+    summary = federate(args, tmp_path / "run")
+    final = summary["final"]
+    assert all(math.isfinite(v) for v in final.values())
+    assert 0 <= final["eval/personalized_acc"] <= 1
+    assert summary["rounds"][0]["stability/alpha_lambda_max"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (
+            ["dataset=shakespeare", "dataset.path=x"],
+            "model=net: dataset=shakespeare is text (character ids); use model=lstm",
+        ),
+        (["model=lstm"], "model=lstm: reads character ids; dataset=digits is not text"),
+        (["model=lstm", "dataset=shakespeare", "partition=iid"], "dataset=shakespeare is per client by nature"),
+    ],
+)
+def test_models_and_data_that_do_not_fit_are_refused(overrides: list[str], fragment: str) -> None:
+    from perfedavg.config import ConfigError
+    from perfedavg.run.runner import compose, prepare
+
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        prepare(compose(overrides))
