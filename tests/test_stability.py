@@ -166,3 +166,13 @@ def test_a_resume_must_keep_the_safeguard() -> None:
     assert result_differences(guarded, fewer) == ["stability.iterations: 20 → 5"]
     old = {"alpha": 0.1}  # a checkpoint older than the monitor resumes under today's defaults
     assert result_differences(old, base) == []
+
+
+def test_by_default_only_runs_that_apply_the_hessian_term_are_probed(tmp_path: Path) -> None:
+    assert stability.probe_every(None, "hvp") == stability.AUTO_EVERY == 20
+    assert stability.probe_every(None, "fo") == 0 and stability.probe_every(5, "fo") == 5
+    base = [*SMALL, "num_rounds=20", "eval_every=20"]
+    hvp = federate([*base, "hessian=hvp"], tmp_path / "hvp")
+    fo = federate([*base, "hessian=fo"], tmp_path / "fo")
+    assert [r["round"] for r in hvp["rounds"] if "stability/alpha_lambda_max" in r] == [20]
+    assert not any("stability/alpha_lambda_max" in r for r in fo["rounds"])

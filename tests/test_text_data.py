@@ -145,7 +145,7 @@ def test_a_federation_of_the_character_lstm_runs_on_a_users_text(corpus_file: Pa
             "model=net: dataset=shakespeare is text (character ids); use model=lstm",
         ),
         (["model=lstm"], "model=lstm: reads character ids; dataset=digits is not text"),
-        (["model=lstm", "dataset=shakespeare", "partition=iid"], "dataset=shakespeare is per client by nature"),
+        (["model=lstm", "dataset=shakespeare", "partition=iid"], "dataset=shakespeare is one client per row by nature"),
     ],
 )
 def test_models_and_data_that_do_not_fit_are_refused(overrides: list[str], fragment: str) -> None:

@@ -81,8 +81,8 @@ METHODS: dict[str, tuple[str, ...]] = {
 COLLAPSE_FACTOR = 100.0
 #: The default monitor's cadence (conf/config.yaml stability.every), replayed from the every-round probes.
 DEFAULT_EVERY = 20
-#: The default warning rule (conf/config.yaml): a share ≥ 0.1 of the monitored clients above α·λ_max = 2.
-WARN_FRACTION = 0.1
+#: The warning rules replayed: a share ≥ f of the round's monitored clients above α·λ_max = 2 (stability.warn_fraction).
+RULES: dict[str, float] = {"f10": 0.1, "f50": 0.5}
 
 RESULTS_HEAD = """# The stability monitor on real collapses, and the safeguard
 
@@ -112,8 +112,7 @@ FIELDS = (
     "stopped",
     "collapse_round",
     "final_personalized_acc",
-    "first_warning_every1",
-    "first_warning_every20",
+    *(f"first_warning_{rule}_every{every}" for rule in RULES for every in (1, 20)),
     "median_alpha_lambda_max",
     "max_alpha_lambda_max",
     "median_probe_s",
@@ -151,14 +150,16 @@ def _rounds(run_dir: Path) -> tuple[list[dict[str, float]], dict | None]:
     return list(state["rounds"]), state["config"]
 
 
-def first_warning(rounds: Sequence[dict[str, float]], every: int, before: int | None = None) -> int | None:
+def first_warning(
+    rounds: Sequence[dict[str, float]], every: int, before: int | None = None, fraction: float = 0.1
+) -> int | None:
     """The first round (a multiple of ``every``, before ``before``) whose share of clients with α·λ_max > 2 reached
-    :data:`WARN_FRACTION`: when the default rule would have printed its line at that cadence."""
+    ``fraction``: when the rule ``stability.warn_fraction=fraction`` would have printed its line at that cadence."""
     for r in rounds:
         if before is not None and r["round"] >= before:
             return None
         share = r.get("stability/fraction_above_2")
-        if share is not None and r["round"] % every == 0 and share >= WARN_FRACTION:
+        if share is not None and r["round"] % every == 0 and share >= fraction:
             return int(r["round"])
     return None
 
@@ -203,8 +204,11 @@ def rows(out: Path) -> list[dict[str, object]]:
                         "stopped": stopped,
                         "collapse_round": collapse if collapse is not None else "",
                         "final_personalized_acc": round(evaluated[-1]["eval/personalized_acc"], 4) if evaluated else "",
-                        "first_warning_every1": first_warning(rounds, 1, collapse) or "",
-                        "first_warning_every20": first_warning(rounds, DEFAULT_EVERY, collapse) or "",
+                        **{
+                            f"first_warning_{rule}_every{every}": first_warning(rounds, every, collapse, f) or ""
+                            for rule, f in RULES.items()
+                            for every in (1, DEFAULT_EVERY)
+                        },
                         "median_alpha_lambda_max": round(statistics.median(means), 3) if means else "",
                         "max_alpha_lambda_max": round(max(scaled), 3) if scaled else "",
                         # a probed round's client time includes its probe (the training handler's whole time)
@@ -255,40 +259,39 @@ def summary(rows: Sequence[dict[str, str]]) -> str:
     for r in rows:
         groups.setdefault((r["setting"], r["method"]), []).append(r)
     out = [
-        "| setting | method | α | runs | collapsed (seed: round) | warned (probe every round) | warned before the "
-        "collapse: lead in rounds | warned at the default cadence (every 20) | warned, no collapse | median α·λ_max "
-        "(client mean) | largest α·λ_max |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | method | α | runs | collapsed (seed: round) | median α·λ_max (client mean) | largest α·λ_max | "
+        "warning rule: share of clients with α·λ_max > 2 | warned (probe every round) | warned before the collapse: "
+        "lead in rounds | warned at the default cadence (every 20) | warned, no collapse |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (setting, method), runs in groups.items():
         if method == "hvp-safeguard":
             continue
         collapsed = [r for r in runs if r["collapse_round"]]
-        cells = [setting, method, runs[0]["alpha"], str(len(runs))]
-        cells.append(", ".join(f"{r['seed']}: {r['collapse_round']}" for r in collapsed) or "none")
+        medians = [float(r["median_alpha_lambda_max"]) for r in runs if r["median_alpha_lambda_max"]]
+        tops = [float(r["max_alpha_lambda_max"]) for r in runs if r["max_alpha_lambda_max"]]
+        head = [setting, method, runs[0]["alpha"], str(len(runs))]
+        head.append(", ".join(f"{r['seed']}: {r['collapse_round']}" for r in collapsed) or "none")
+        head += [f"{statistics.median(medians):.2f}" if medians else "–", f"{max(tops):.2f}" if tops else "–"]
         if method == "fo":  # never warned about (perfedavg.curvature.stability.StabilityWatch)
-            cells += ["– (FO: not warned about)"] * 4
-        else:
-            warned = [r for r in runs if r["first_warning_every1"]]
-            leads = [
-                int(r["collapse_round"]) - int(r["first_warning_every1"])
-                for r in collapsed
-                if r["first_warning_every1"]
-            ]
+            out.append("| " + " | ".join([*head, "– (FO is not warned about)", "–", "–", "–", "–"]) + " |")
+            continue
+        for rule, fraction in RULES.items():
+            every1, every20 = f"first_warning_{rule}_every1", f"first_warning_{rule}_every{DEFAULT_EVERY}"
+            warned = [r for r in runs if r[every1]]
+            leads = [int(r["collapse_round"]) - int(r[every1]) for r in collapsed if r[every1]]
             lead = f"{len(leads)}/{len(collapsed)}" + (f": {', '.join(map(str, leads))}" if leads else "")
-            default = [r for r in runs if r["first_warning_every20"]]
-            caught = [r for r in collapsed if r["first_warning_every20"]]
+            default = [r for r in runs if r[every20]]
+            caught = [r for r in collapsed if r[every20]]
             idle = [r for r in warned if not r["collapse_round"]]
-            cells += [
+            cells = [
+                f"≥ {fraction:.0%}",
                 f"{len(warned)}/{len(runs)}",
                 lead if collapsed else "–",
                 f"{len(default)}/{len(runs)} ({len(caught)} of the {len(collapsed)} collapses)",
                 f"{len(idle)}/{len(runs) - len(collapsed)}",
             ]
-        medians = [float(r["median_alpha_lambda_max"]) for r in runs if r["median_alpha_lambda_max"]]
-        tops = [float(r["max_alpha_lambda_max"]) for r in runs if r["max_alpha_lambda_max"]]
-        cells += [f"{statistics.median(medians):.2f}" if medians else "–", f"{max(tops):.2f}" if tops else "–"]
-        out.append("| " + " | ".join(cells) + " |")
+            out.append("| " + " | ".join([*head, *cells]) + " |")
     out += [
         "",
         "| setting | FO: personalized | HF (hvp): personalized, collapsed | HF + safeguard (c = 1): personalized, "
@@ -368,6 +371,68 @@ def figure(out: Path, path: Path, setting: str = "mnist_paper") -> None:
 def _median(values: Iterable[float | None]) -> float | str:
     found = [v for v in values if v is not None and math.isfinite(v)]
     return round(statistics.median(found), 4) if found else ""
+
+
+def _median_of(values: Iterable[str]) -> float | None:
+    found = [float(v) for v in values if v not in ("", None)]
+    return statistics.median(found) if found else None
+
+
+def doc_block(rows: Sequence[dict[str, str]], rule: str) -> str:
+    """The figures docs/curvature.md quotes (between its ``stability-figures`` markers), from the CSV's rows alone
+    with the warning ``rule`` the defaults use (a key of :data:`RULES`); a test regenerates it."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["method"]), []).append(r)
+    every1, every20 = f"first_warning_{rule}_every1", f"first_warning_{rule}_every{DEFAULT_EVERY}"
+    lines = []
+    for (setting, method), runs in groups.items():
+        if method == "hvp-safeguard":
+            continue
+        collapsed = [r for r in runs if r["collapse_round"]]
+        where = ", ".join(f"seed {r['seed']} at round {r['collapse_round']}" for r in collapsed)
+        median = _median_of(r["median_alpha_lambda_max"] for r in runs)
+        text = (
+            f"- {setting}, {'FO' if method == 'fo' else 'HF (hvp)'} at α = {runs[0]['alpha']}: "
+            f"{len(collapsed)} of {len(runs)} runs collapsed"
+            + (f" ({where})" if collapsed else "")
+            + (f"; the median client's α·λ_max {median:.2f}" if median is not None else "")
+        )
+        if method != "fo":
+            warned = [r for r in runs if r[every1]]
+            leads = sorted(int(r["collapse_round"]) - int(r[every1]) for r in collapsed if r[every1])
+            caught = [r for r in collapsed if r[every20]]
+            idle = [r for r in runs if r[every20] and not r["collapse_round"]]
+            text += (
+                f"; probed every round the rule warned on {len(warned)} of {len(runs)}"
+                + (
+                    f", {len(leads)} of the {len(collapsed)} collapses ahead by {', '.join(map(str, leads))} rounds"
+                    if collapsed
+                    else ""
+                )
+                + f"; every {DEFAULT_EVERY} rounds it caught {len(caught)} of {len(collapsed)} collapses and warned"
+                f" on {len(idle)} of the {len(runs) - len(collapsed)} runs that did not collapse"
+            )
+        lines.append(text + ".")
+    probes = [
+        (float(r["median_probe_s"]), float(r["median_client_compute_s"]))
+        for r in rows
+        if r["setting"] == "mnist_paper" and r["method"] in ("fo", "hvp") and r["median_probe_s"]
+    ]
+    if probes:
+        for method in ("fo", "hvp"):
+            pairs = [
+                (float(r["median_probe_s"]), float(r["median_client_compute_s"]))
+                for r in rows
+                if r["setting"] == "mnist_paper" and r["method"] == method and r["median_probe_s"]
+            ]
+            ratio = statistics.median(p / (c - p) for p, c in pairs)
+            lines.append(
+                f"- Cost on MNIST's paper round, {'FO' if method == 'fo' else 'HF (hvp)'}: a probe (20 Lanczos "
+                f"steps) took {statistics.median(p for p, _ in pairs):.3f} s, {ratio:.1f}× the client's training in "
+                f"that round; every {DEFAULT_EVERY} rounds that is {ratio / DEFAULT_EVERY:.0%} of its training time."
+            )
+    return "\n".join(lines)
 
 
 def write_csv(found: Sequence[dict[str, object]], path: Path) -> None:

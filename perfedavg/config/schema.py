@@ -158,7 +158,7 @@ class DiagnosticsConf:
 class StabilityConf:
     """The stability monitor (perfedavg.curvature.stability): λ_max of each trained client's minibatch Hessian."""
 
-    every: int = 20  # every this many rounds (0: off)
+    every: int | None = None  # every this many rounds (0: off; null: 20 where the run applies (I − αH), off for fo)
     iterations: int = 20  # Lanczos steps per client (Hessian-vector products)
     warn_above: float = 2.0  # the α·λ_max a client is counted unstable above
     warn_fraction: float = 0.1  # warn when at least this share of the monitored clients is above warn_above
@@ -400,7 +400,7 @@ def validate(cfg: DictConfig) -> None:
 
 def _stability_problems(stability: DictConfig) -> list[str]:
     problems = []
-    if stability.every < 0:
+    if stability.every is not None and stability.every < 0:
         problems.append(f"stability.every={stability.every}: must be ≥ 0 (rounds between stability probes; 0: off)")
     if stability.iterations < 1:
         problems.append(f"stability.iterations={stability.iterations}: must be ≥ 1 (Lanczos steps per client)")
@@ -450,11 +450,12 @@ def step_size_problems(table: Any) -> list[str]:
 
 
 def _partition_problems(cfg: DictConfig) -> list[str]:
-    from perfedavg.data.partition import NATURAL_DATASETS  # numpy only: no torch at config import
+    from perfedavg.data.partition import GENERATED_DATASETS, NATURAL_DATASETS  # numpy only: no torch at config import
 
     data, part = DatasetName(cfg.dataset.name), PartitionName(cfg.partition.name)
     if data in NATURAL_DATASETS and part is not PartitionName.natural:
-        return [f"partition={part.value}: dataset={data.value} is per client by nature; use partition=natural"]
+        how = "is generated per client" if data in GENERATED_DATASETS else "is one client per row by nature"
+        return [f"partition={part.value}: dataset={data.value} {how}; use partition=natural"]
     if data not in NATURAL_DATASETS and part is PartitionName.natural:
         allowed = ", ".join(p.value for p in PartitionName if p is not PartitionName.natural)
         return [f"partition=natural: dataset={data.value} is one pool split across clients; use one of: {allowed}"]

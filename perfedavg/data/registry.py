@@ -183,7 +183,8 @@ DATASETS: dict[str, tuple[Callable[..., ClientData], Callable[[int, int, Mapping
 def _check_partition(params: Mapping[str, Any]) -> None:
     name, part = params["name"], params["partition"]["name"]
     if name in NATURAL_DATASETS and part != NATURAL:
-        raise DataError(f"partition={part}: dataset={name} is per client by nature; it takes partition={NATURAL}")
+        how = "is generated per client" if name in GENERATED_DATASETS else "is one client per row by nature"
+        raise DataError(f"partition={part}: dataset={name} {how}; it takes partition={NATURAL}")
     if name not in NATURAL_DATASETS and part not in LABEL_PARTITIONS:
         raise DataError(
             f"partition={part}: dataset={name} is split across clients; use one of: {', '.join(LABEL_PARTITIONS)}"

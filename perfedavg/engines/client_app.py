@@ -178,7 +178,7 @@ def stability_probe(
     follows is the same bit for bit (unless the safeguard then changes its α: :func:`guarded_spec`). ``evaluation``:
     for an evaluation, which probes only for the safeguard (its personalization step is guarded like training's)."""
     monitor = cfg.get("stability", {})
-    every = int(monitor.get("every", 0))
+    every = stability.probe_every(monitor.get("every"), worker.spec.hessian)
     due = monitor.get("safeguard") is not None or (not evaluation and every > 0 and server_round % every == 0)
     if not due or "stability.every" not in algorithms.reads(worker.spec.algorithm):
         return {}

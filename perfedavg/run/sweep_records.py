@@ -7,7 +7,7 @@ though every job is refused (the config does not match the checkpoint) and the c
 ``resume=`` of such a job reads the wrong overrides.
 
 :class:`SweepRecords` (a Hydra callback, ``conf/config.yaml``) copies the existing jobs' ``.hydra/`` and
-``multirun.yaml`` into ``<sweep dir>/.perfedavg-records/`` when the multirun starts (before the sweeper writes), and
+``multirun.yaml`` into ``<sweep dir>/.hydra-records/`` when the multirun starts (before the sweeper writes), and
 removes the copy when it ends; :func:`restored_on_refusal` puts a refused job's records (and ``multirun.yaml``) back
 from that copy. The copy is on disk, so jobs a launcher runs in other processes (joblib) restore theirs too.
 """
@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from perfedavg.errors import UserError
 
 #: Where a multirun keeps the copy of its sweep directory's records while it runs.
-BACKUP = ".perfedavg-records"
+BACKUP = ".hydra-records"
 
 
 def back_up(sweep_dir: Path) -> None:
