@@ -435,6 +435,28 @@ def doc_block(rows: Sequence[dict[str, str]], rule: str) -> str:
     return "\n".join(lines)
 
 
+#: The markers of the block of figures a page quotes from the CSV (:func:`doc_block`).
+DOC_START, DOC_END = "<!-- stability-figures:start -->\n", "<!-- stability-figures:end -->"
+
+
+def default_rule() -> str:
+    """The :data:`RULES` key of the schema's default ``stability.warn_fraction``."""
+    from perfedavg.config.schema import StabilityConf
+
+    return next(k for k, f in RULES.items() if f == StabilityConf().warn_fraction)
+
+
+def shown_doc_block(page: str) -> str:
+    """The block between a page's markers (without them)."""
+    return page.split(DOC_START, 1)[1].split(DOC_END, 1)[0].rstrip("\n")
+
+
+def with_doc_block(page: str, block: str) -> str:
+    """``page`` with the block between its markers replaced by ``block``."""
+    head, rest = page.split(DOC_START, 1)
+    return head + DOC_START + block + "\n" + DOC_END + rest.split(DOC_END, 1)[1]
+
+
 def write_csv(found: Sequence[dict[str, object]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -459,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument(
         "--write", type=Path, help="PREFIX: write PREFIX_runs.csv, PREFIX.md and PREFIX.png (default: print the CSV)"
     )
+    report.add_argument("--doc", type=Path, help="a page whose stability-figures block is rewritten from the CSV")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -489,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + "\n"
                 + RESULTS_TAIL.format(name=args.write.name)
             )
+            if args.doc:
+                args.doc.write_text(with_doc_block(args.doc.read_text(), doc_block(read_csv(table), default_rule())))
         else:
             writer = csv.DictWriter(sys.stdout, fieldnames=FIELDS)
             writer.writeheader()
