@@ -188,6 +188,9 @@ def rows(out: Path) -> list[dict[str, object]]:
                 if cfg is None:
                     continue
                 stopped = int(rounds[-1]["round"]) < s.rounds if rounds else True
+                log = out / "logs" / f"{s.name}-{method}-{seed}.log"
+                if stopped and not (log.exists() and "federation stopped" in log.read_text()):
+                    continue  # still running, or cut off: not a result yet
                 collapse = collapse_round(rounds, stopped, s.rounds)
                 before = [r for r in rounds if collapse is None or r["round"] < collapse]
                 scaled = [r["stability/alpha_lambda_max_max"] for r in before if "stability/alpha_lambda_max_max" in r]
