@@ -89,9 +89,10 @@ RESULTS_HEAD = """# The stability monitor on real collapses, and the safeguard
 What `stability.*` (docs/curvature.md#stability) says on the project's tuned settings: each trained client's λ_max
 (20 Lanczos steps on one minibatch at the global weights it received) against the run's α, probed every round here
 (`stability.every=1`; FO every 10 outside MNIST's paper split). A run *collapsed* at the first round whose training
-loss is not finite or above 100× its first round's, or where it stopped on a diverged update. *Warned*: the default
-rule (at least 10 % of the round's clients with α·λ_max > 2; FO runs are measured but never warned about), replayed
-from the logged share, at every round and at the default cadence (rounds 20, 40, …). HF + safeguard:
+loss is not finite or above 100× its first round's, or where it stopped on a diverged update. *Warned*: a rule
+"at least a share f of the round's clients with α·λ_max > 2" (`stability.warn_fraction`; the default is 50 %, 10 %
+shown for comparison; FO runs are measured but never warned about), replayed from the logged share, at every round
+and at the default cadence (rounds 20, 40, …). HF + safeguard:
 `stability.safeguard=1`, every client's inner step min(α, 1/λ_max) in training and in the personalization step.
 Personalized accuracy: the last evaluated round's, over runs that did not stop; differences paired by seed (mean,
 95 % t interval, seeds ahead). Per run: [{name}_runs.csv]({name}_runs.csv).

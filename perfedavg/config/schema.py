@@ -161,7 +161,7 @@ class StabilityConf:
     every: int | None = None  # every this many rounds (0: off; null: 20 where the run applies (I − αH), off for fo)
     iterations: int = 20  # Lanczos steps per client (Hessian-vector products)
     warn_above: float = 2.0  # the α·λ_max a client is counted unstable above
-    warn_fraction: float = 0.1  # warn when at least this share of the monitored clients is above warn_above
+    warn_fraction: float = 0.5  # warn when at least this share of the monitored clients is above warn_above
     safeguard: float | None = None  # c: every trained client's inner step min(α, c / λ_max) (an extension; null: off)
 
 

@@ -87,7 +87,7 @@ class Federation:
         self.stability = StabilityWatch(
             cfg["alpha"],
             float(monitor.get("warn_above", 2.0)),
-            float(monitor.get("warn_fraction", 0.1)),
+            float(monitor.get("warn_fraction", 0.5)),
             # no warning for FO (it applies no (I − αH)) nor under the safeguard (it keeps each α·λ_max ≤ c)
             warns=self.algorithm.declaration.uses_hessian
             and cfg["hessian"]["mode"] != "fo"
