@@ -257,6 +257,15 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> str:
     return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}], {sum(d > 0 for d in diffs)}/{len(diffs)}"
 
 
+def _finals(runs: Sequence[dict[str, str]]) -> dict[int, float]:
+    """Seed → final personalized accuracy of the runs that did not stop."""
+    return {
+        int(r["seed"]): float(r["final_personalized_acc"])
+        for r in runs
+        if r["final_personalized_acc"] and r["stopped"] == "False"
+    }
+
+
 def summary(rows: Sequence[dict[str, str]]) -> str:
     """The results file's tables, from the CSV's rows alone (a test re-derives the committed text from the CSV)."""
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
@@ -418,6 +427,19 @@ def doc_block(rows: Sequence[dict[str, str]], rule: str) -> str:
                 f" on {len(idle)} of the {len(runs) - len(collapsed)} runs that did not collapse"
             )
         lines.append(text + ".")
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        guarded_runs = groups.get((setting, "hvp-safeguard"), [])
+        if not guarded_runs:
+            continue
+        fo, hvp, guarded = (_finals(groups.get((setting, m), [])) for m in ("fo", "hvp", "hvp-safeguard"))
+        collapsed = sum(bool(r["collapse_round"]) for r in guarded_runs)
+        plain = groups.get((setting, "hvp"), [])
+        lines.append(
+            f"- {setting}, HF + safeguard (c = 1): {collapsed} of {len(guarded_runs)} runs collapsed (plain HF: "
+            f"{sum(bool(r['collapse_round']) for r in plain)} of {len(plain)}); final personalized accuracy "
+            f"against FO {_paired(guarded, fo)}, against plain HF {_paired(guarded, hvp)} (mean [95 % interval], "
+            "seeds ahead)."
+        )
     probes = [
         (float(r["median_probe_s"]), float(r["median_client_compute_s"]))
         for r in rows
