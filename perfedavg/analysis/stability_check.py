@@ -207,7 +207,7 @@ def rows(out: Path) -> list[dict[str, object]]:
                         "rounds_run": int(rounds[-1]["round"]) if rounds else 0,
                         "stopped": stopped,
                         "collapse_round": collapse if collapse is not None else "",
-                        "final_personalized_acc": round(evaluated[-1]["eval/personalized_acc"], 4) if evaluated else "",
+                        "final_personalized_acc": evaluated[-1]["eval/personalized_acc"] if evaluated else "",
                         **{
                             f"first_warning_{rule}_every{every}": first_warning(rounds, every, collapse, f) or ""
                             for rule, f in RULES.items()
