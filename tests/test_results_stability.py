@@ -29,3 +29,19 @@ def test_the_doc_block_is_rewritten_in_place() -> None:
     new = stability_check.with_doc_block(page, "- new figure.")
     assert new == f"intro\n{stability_check.DOC_START}- new figure.\n{stability_check.DOC_END}\nafter\n"
     assert stability_check.shown_doc_block(new) == "- new figure."
+
+
+def test_the_readme_gains_of_hf_over_fo_are_the_csvs() -> None:
+    """The README's tuned-vs-tuned HF − FO figures on MNIST Dirichlet(0.1) and Fashion-MNIST Dirichlet(0.3) are
+    the paired differences of the stability check's FO and plain-HF runs (the same settings and seeds, re-run: they
+    reproduce the heterogeneity sweep's figures to the last digit)."""
+    rows = stability_check.read_csv(RESULTS / "stability_runs.csv")
+    readme = " ".join((ROOT / "README.md").read_text().split())  # lines reflowed: one space between words
+    for setting in ("mnist_dirichlet0.1", "fashion_mnist_dirichlet0.3"):
+        runs = [r for r in rows if r["setting"] == setting]
+        hvp = stability_check._finals([r for r in runs if r["method"] == "hvp"])
+        fo = stability_check._finals([r for r in runs if r["method"] == "fo"])
+        mean, interval = stability_check._paired(hvp, fo).split(" ", 1)
+        interval, ahead = interval.rsplit(", ", 1)
+        assert f"**{mean}** {interval}".replace("-", "−") in readme.replace("-", "−"), (setting, mean, interval)
+        assert ahead == "5/5"
