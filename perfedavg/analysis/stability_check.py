@@ -508,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--write", type=Path, help="PREFIX: write PREFIX_runs.csv, PREFIX.md and PREFIX.png (default: print the CSV)"
     )
     report.add_argument("--doc", type=Path, help="a page whose stability-figures block is rewritten from the CSV")
+    report.add_argument("--note", default="", help="a line on how the runs were made (commits, machine)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -534,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.write.with_name(args.write.name + ".md").write_text(
                 provenance()
                 + RESULTS_HEAD.format(name=args.write.name)
+                + (f"{args.note}\n\n" if args.note else "")
                 + text
                 + "\n"
                 + RESULTS_TAIL.format(name=args.write.name)
