@@ -42,7 +42,7 @@ def get(port: int, path: str, body: dict | None = None) -> object:
 @pytest.mark.slow
 def test_a_real_tensorboard_serves_every_documented_tag(tmp_path: Path) -> None:
     logdir = tmp_path / "logs"
-    run(compose(["experiment=smoke", "backend=inprocess", "diagnostics.every=1"]), logdir / "run")
+    run(compose(["experiment=smoke", "backend=inprocess", "diagnostics.every=1", "stability.every=1"]), logdir / "run")
     run(
         compose(["experiment=smoke", "backend=inprocess", "algorithm=ditto", "seed=1", "num_rounds=1"]),
         logdir / "ditto",

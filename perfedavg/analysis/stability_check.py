@@ -528,12 +528,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         found = rows(args.out)
         if args.write:
+            header = provenance()  # before any output is rewritten: rewriting a result is not a change of the code
             table = args.write.with_name(args.write.name + "_runs.csv")
             write_csv(found, table)
             figure(args.out, args.write.with_name(args.write.name + ".png"))
             text = summary(read_csv(table))
             args.write.with_name(args.write.name + ".md").write_text(
-                provenance()
+                header
                 + RESULTS_HEAD.format(name=args.write.name)
                 + (f"{args.note}\n\n" if args.note else "")
                 + text
