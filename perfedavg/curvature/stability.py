@@ -86,8 +86,9 @@ class StabilityWatch:
     round below the threshold).
 
     First-order runs are measured but never warned about: they do not apply ``(I − αH)``, and plain gradient steps
-    settle *at* ``α·λ_max ≈ 2`` by themselves (the "edge of stability", Cohen et al., ICLR 2021; FO at MNIST's
-    tuned α = 0.144 sits at 2.2–2.5 and never diverged in 10 seeds: scripts/results/stability.md)."""
+    settle near ``α·λ_max ≈ 2`` by themselves (the "edge of stability", Cohen et al., ICLR 2021): FO at MNIST's
+    tuned α = 0.144 has its median client at 1.95 (scripts/results/stability.md) and never diverged in the
+    committed 10-seed table."""
 
     def __init__(self, alpha: float, warn_above: float, warn_fraction: float, *, warns: bool = True) -> None:
         self.warns = warns
