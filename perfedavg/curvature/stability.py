@@ -4,8 +4,9 @@
 Why λ_max: Per-FedAvg's meta-update multiplies the gradient by ``(I − αH)``, whose eigenvalues are ``1 − αλ_i``.
 Where ``α·λ_max > 1`` the factor reverses the gradient along H's top eigenvector; where ``α·λ_max > 2`` it
 *amplifies* it (``|1 − αλ_max| > 1``), and the inner step ``w − α∇f`` is plain gradient descent past its own
-stability limit ``2/λ_max``. Repeated over local steps and rounds, that component can grow geometrically: the
-second-order runs that collapse (docs/results.md) do so where clients' α·λ_max is near or above 2.
+stability limit ``2/λ_max``. Repeated over local steps and rounds, that component can grow geometrically. The
+second-order runs that collapse do so with many clients past α·λ_max = 2, and so do many that never collapse
+(scripts/results/stability.md): the monitor marks the regime, not the run.
 
 Each monitored client (:func:`sharpness`) draws one minibatch of the run's ``batch_size`` from its training split
 with a generator of its own (:func:`probe_generator`: the training stream is untouched, so results are identical
