@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perfedavg.analysis.launch import AnalysisError, Job, default_jobs, run_parallel, say
+from perfedavg.analysis.report import paired_test
 from perfedavg.analysis.results_file import provenance
+from perfedavg.analysis.tune_report import collapsed_round
 
 TOOL = "stability-check"
 
@@ -74,11 +76,10 @@ METHODS: dict[str, tuple[str, ...]] = {
     "hvp-safeguard": ("hessian=hvp", "stability.safeguard=1"),
 }
 
-#: A round "collapsed" where its training loss is not finite or exceeds this multiple of the run's first round's,
-#: or where the run stopped on a diverged update. (Not 10: on the paper split the meta-model's own loss, which the
-#: training loss is, wanders to 5–10× its first value in FO runs that personalize at 0.95; the collapses jump to
-#: 10³–10¹⁷ times it.)
-COLLAPSE_FACTOR = 100.0
+# A round "collapsed" where its training loss is not finite or exceeds tune_report.COLLAPSE_FACTOR (100) × the
+# run's first round's (the tuner rejects such runs by the same rule), or where the run stopped on a diverged update.
+# (Not 10: on the paper split the meta-model's own loss, which the training loss is, wanders to 5–10× its first
+# value in FO runs that personalize at 0.95; the collapses jump to 10³–10¹⁷ times it.)
 #: The default monitor's cadence (conf/config.yaml stability.every), replayed from the every-round probes.
 DEFAULT_EVERY = 20
 #: The warning rules replayed: a share ≥ f of the round's monitored clients above α·λ_max = 2 (stability.warn_fraction).
@@ -166,14 +167,13 @@ def first_warning(
 
 
 def collapse_round(rounds: Sequence[dict[str, float]], stopped: bool, planned: int) -> int | None:
-    """The first collapsed round (see :data:`COLLAPSE_FACTOR`); a stopped run's next round if none is logged."""
+    """The first collapsed round (:func:`perfedavg.analysis.tune_report.collapsed_round`); a stopped run's next
+    round if none is logged."""
     if not rounds:
         return None
-    first = rounds[0]["train/loss"]
-    for r in rounds:
-        loss = r["train/loss"]
-        if not math.isfinite(loss) or loss > COLLAPSE_FACTOR * first:
-            return int(r["round"])
+    collapsed = collapsed_round(rounds)
+    if collapsed is not None:
+        return collapsed
     if stopped and int(rounds[-1]["round"]) < planned:
         return int(rounds[-1]["round"]) + 1
     return None
@@ -216,9 +216,9 @@ def rows(out: Path) -> list[dict[str, object]]:
                         "median_alpha_lambda_max": round(statistics.median(means), 3) if means else "",
                         "max_alpha_lambda_max": round(max(scaled), 3) if scaled else "",
                         # a probed round's client time includes its probe (the training handler's whole time)
-                        "median_probe_s": _median(r.get("time/stability_s") for r in rounds),
-                        "median_client_compute_s": _median(
-                            r["time/client_compute_s"] for r in rounds if "time/stability_s" in r
+                        "median_probe_s": _cell(_median(r.get("time/stability_s") for r in rounds)),
+                        "median_client_compute_s": _cell(
+                            _median(r["time/client_compute_s"] for r in rounds if "time/stability_s" in r)
                         ),
                     }
                 )
@@ -243,18 +243,15 @@ def _mean_sd(values: Sequence[float]) -> str:
 
 
 def _paired(a: dict[int, float], b: dict[int, float]) -> str:
-    """``mean [low, high], k/n`` of a − b over the seeds both have (95 % t interval); "–" under two pairs."""
-    from scipy import stats
-
+    """``mean [low, high], k/n`` of a − b over the seeds both have (the 95 % t interval of
+    :func:`perfedavg.analysis.report.paired_test`; none without spread); "–" under two pairs."""
     seeds = sorted(set(a) & set(b))
     diffs = [a[s] - b[s] for s in seeds]
     if len(diffs) < 2:
         return "–"
-    mean = statistics.mean(diffs)
-    if statistics.stdev(diffs) == 0:
-        return f"{mean:+.4f}, {sum(d > 0 for d in diffs)}/{len(diffs)}"
-    low, high = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
-    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}], {sum(d > 0 for d in diffs)}/{len(diffs)}"
+    interval, _ = paired_test(diffs)
+    shown = "" if interval == "–" else f" {interval}"
+    return f"{statistics.mean(diffs):+.4f}{shown}, {sum(d > 0 for d in diffs)}/{len(diffs)}"
 
 
 def _finals(runs: Sequence[dict[str, str]]) -> dict[int, float]:
@@ -381,13 +378,14 @@ def figure(out: Path, path: Path, setting: str = "mnist_paper") -> None:
     plt.close(fig)
 
 
-def _median(values: Iterable[float | None]) -> float | str:
-    found = [v for v in values if v is not None and math.isfinite(v)]
-    return round(statistics.median(found), 4) if found else ""
+def _cell(value: float | None) -> float | str:
+    """A CSV cell of 4 decimals ("" for none)."""
+    return "" if value is None else round(value, 4)
 
 
-def _median_of(values: Iterable[str]) -> float | None:
-    found = [float(v) for v in values if v not in ("", None)]
+def _median(values: Iterable[float | str | None]) -> float | None:
+    """The median of the finite values given (CSV cells: "" for none), None where there are none."""
+    found = [float(v) for v in values if v not in ("", None) and math.isfinite(float(v))]
     return statistics.median(found) if found else None
 
 
@@ -404,7 +402,7 @@ def doc_block(rows: Sequence[dict[str, str]], rule: str) -> str:
             continue
         collapsed = [r for r in runs if r["collapse_round"]]
         where = ", ".join(f"seed {r['seed']} at round {r['collapse_round']}" for r in collapsed)
-        median = _median_of(r["median_alpha_lambda_max"] for r in runs)
+        median = _median(r["median_alpha_lambda_max"] for r in runs)
         text = (
             f"- {setting}, {'FO' if method == 'fo' else 'HF (hvp)'} at α = {runs[0]['alpha']}: "
             f"{len(collapsed)} of {len(runs)} runs collapsed"
@@ -440,18 +438,13 @@ def doc_block(rows: Sequence[dict[str, str]], rule: str) -> str:
             f"against FO {_paired(guarded, fo)}, against plain HF {_paired(guarded, hvp)} (mean [95 % interval], "
             "seeds ahead)."
         )
-    probes = [
-        (float(r["median_probe_s"]), float(r["median_client_compute_s"]))
-        for r in rows
-        if r["setting"] == "mnist_paper" and r["method"] in ("fo", "hvp") and r["median_probe_s"]
-    ]
-    if probes:
-        for method in ("fo", "hvp"):
-            pairs = [
-                (float(r["median_probe_s"]), float(r["median_client_compute_s"]))
-                for r in rows
-                if r["setting"] == "mnist_paper" and r["method"] == method and r["median_probe_s"]
-            ]
+    for method in ("fo", "hvp"):
+        pairs = [
+            (float(r["median_probe_s"]), float(r["median_client_compute_s"]))
+            for r in rows
+            if r["setting"] == "mnist_paper" and r["method"] == method and r["median_probe_s"]
+        ]
+        if pairs:
             ratio = statistics.median(p / (c - p) for p, c in pairs)
             lines.append(
                 f"- Cost on MNIST's paper round, {'FO' if method == 'fo' else 'HF (hvp)'}: a probe (20 Lanczos "

@@ -32,6 +32,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,9 +122,10 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if "=" in item)
 
 
-def read_trials(study: Path, prefix: str = "trial") -> list[Trial]:
-    """Every run ``<prefix><N>`` under ``study`` (in trial order), finished or not: the search's trials, or with
-    ``prefix="confirm-trial"`` the confirmation runs of trials N."""
+def read_trials(study: Path) -> list[Trial]:
+    """Every search trial ``trial<N>`` under ``study`` (in trial order), finished or not (the confirmation runs:
+    :func:`read_confirmations`)."""
+    prefix = "trial"
     trials = []
     runs = [p for p in study.glob(f"{prefix}*") if p.is_dir() and p.name.removeprefix(prefix).isdigit()]
     for run_dir in sorted(runs, key=lambda p: int(p.name.removeprefix(prefix))):
@@ -154,19 +156,28 @@ CHANCE_FACTOR = 1.5
 _CONFIRMATION = re.compile(r"confirm-trial(\d+)(?:-seed(\d+))?")
 
 
+def collapsed_round(rounds: Sequence[Mapping[str, float]]) -> int | None:
+    """The first round whose training loss is not finite or exceeds :data:`COLLAPSE_FACTOR` × the first round's;
+    None where there is none (the rule :func:`instability` and perfedavg.analysis.stability_check share)."""
+    if not rounds:
+        return None
+    first = rounds[0].get("train/loss", math.nan)
+    for r in rounds:
+        loss = r.get("train/loss", math.nan)
+        if not math.isfinite(loss) or loss > COLLAPSE_FACTOR * first:
+            return int(r["round"])
+    return None
+
+
 def instability(run_dir: Path, summary: dict) -> str | None:
     """Why a finished run cannot stand for a stable setting: ``collapsed at round R`` (its training loss left
     :data:`COLLAPSE_FACTOR` × its first round's, or was not finite, though the run went on) or ``ended at chance
     level (0.10)``; None where neither."""
     import yaml
 
-    rounds = summary.get("rounds") or []
-    if rounds:
-        first = rounds[0].get("train/loss", math.nan)
-        for r in rounds:
-            loss = r.get("train/loss", math.nan)
-            if not math.isfinite(loss) or loss > COLLAPSE_FACTOR * first:
-                return f"collapsed at round {r['round']}"
+    collapsed = collapsed_round(summary.get("rounds") or [])
+    if collapsed is not None:
+        return f"collapsed at round {collapsed}"
     final = summary.get("final", {})
     config = run_dir / ".hydra" / "config.yaml"
     classes = (
