@@ -66,11 +66,40 @@ def available_cpus() -> int:
 
 
 def concurrent_clients(cfg: Mapping[str, Any]) -> int:
-    """How many clients of run config ``cfg`` may compute at the same time on this machine: one in-process; under
-    Ray, the actors its CPUs hold (Ray is started with ``num_cpus`` = this machine's CPUs, ``client_cpus`` each)."""
+    """How many clients of run config ``cfg`` may compute at the same time on this machine: under Ray, the actors
+    its CPUs hold (Ray is started with ``num_cpus`` = this machine's CPUs, ``client_cpus`` each); in-process, the
+    pool's threads (:func:`inprocess_workers`)."""
     if cfg.get("backend") == "inprocess":
-        return 1
+        return inprocess_workers(cfg)
     return max(1, int(available_cpus() // float(cfg["client_cpus"])))
+
+
+def inprocess_workers(cfg: Mapping[str, Any]) -> int:
+    """The threads an in-process run computes its clients on: ``inprocess_workers`` where set, else every core given
+    to the run (:func:`available_cpus`) at ``client_cpus`` each, and no more than a round sends messages to (the
+    larger of the training and the evaluation sample); one for a run that traces its model
+    (:func:`traces_with_fx`)."""
+    from perfedavg.sampling import clients_per_round
+
+    given = cfg.get("inprocess_workers")
+    if given is not None:
+        return int(given)
+    if traces_with_fx(cfg):
+        return 1
+    busiest = max(
+        clients_per_round(cfg["num_clients"], cfg["fraction"]),
+        clients_per_round(cfg["num_clients"], cfg.get("eval_fraction", 1.0)),
+    )
+    return max(1, min(int(available_cpus() // float(cfg["client_cpus"])), busiest))
+
+
+def traces_with_fx(cfg: Mapping[str, Any]) -> bool:
+    """Whether run config ``cfg``'s clients trace their model with ``torch.fx`` (``hessian=diag``: BackPACK's
+    one-pass diagonal on a traced copy). Tracing patches ``torch.nn.Module`` for the whole process, so no other
+    thread may run a forward pass meanwhile: such a run computes its clients one at a time in-process."""
+    from perfedavg.algorithms import declaration_of
+
+    return cfg["hessian"]["mode"] == "diag" and declaration_of(cfg["algorithm"]["name"]).uses_hessian
 
 
 def hessian_budget_gb(cfg: Mapping[str, Any]) -> float:

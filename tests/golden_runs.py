@@ -69,8 +69,9 @@ def write_data(root: Path) -> dict[str, str]:
     return {"grey": str(grey), "rgb": str(rgb)}
 
 
-def run_all(root: Path) -> dict[str, list[dict[str, float]]]:
-    """Per-round metrics (no ``time/*``) of every run in :data:`RUNS`, in-process, under ``root``."""
+def run_all(root: Path, workers: int = 1) -> dict[str, list[dict[str, float]]]:
+    """Per-round metrics (no ``time/*``) of every run in :data:`RUNS`, in-process (``workers`` clients at a time),
+    under ``root``."""
     from perfedavg.engines.client_app import app
     from perfedavg.engines.inprocess_grid import InProcessGrid
     from perfedavg.federation.record import run_and_record
@@ -80,7 +81,11 @@ def run_all(root: Path) -> dict[str, list[dict[str, float]]]:
     out = {}
     for name, overrides in RUNS.items():
         cfg = prepare(compose([o.format(**paths) for o in overrides]))
-        summary = run_and_record(InProcessGrid(app, cfg["num_clients"]), cfg, root / name)
+        grid = InProcessGrid(app, cfg["num_clients"], workers=workers)
+        try:
+            summary = run_and_record(grid, cfg, root / name)
+        finally:
+            grid.close()
         out[name] = without_times(summary["rounds"])
     return out
 

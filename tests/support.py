@@ -60,12 +60,19 @@ def forget_process_caches() -> None:
 
 
 def federate(overrides: list[str], tmp_path: Path, app: ClientApp | None = None) -> dict:
-    """A whole federation in this process on the in-process grid (``app`` defaults to perfedavg's ClientApp); returns
-    the run's summary (``rounds``, ``final``) as ``metrics.json`` holds it."""
+    """A whole federation in this process on the in-process grid (``app`` defaults to perfedavg's ClientApp), its
+    clients on as many threads as an in-process run of the config would use; returns the run's summary (``rounds``,
+    ``final``) as ``metrics.json`` holds it."""
     from perfedavg.engines.client_app import app as client_app
     from perfedavg.engines.inprocess_grid import InProcessGrid
     from perfedavg.federation.record import run_and_record
     from perfedavg.run.runner import compose, prepare
 
+    from perfedavg.task import concurrent_clients
+
     cfg = prepare(compose(overrides))
-    return run_and_record(InProcessGrid(app or client_app, cfg["num_clients"]), cfg, tmp_path)
+    grid = InProcessGrid(app or client_app, cfg["num_clients"], workers=concurrent_clients({**cfg, "backend": "inprocess"}))
+    try:
+        return run_and_record(grid, cfg, tmp_path)
+    finally:
+        grid.close()

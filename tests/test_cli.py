@@ -71,6 +71,7 @@ BAD_INPUTS = [
     (["-m", "seed=0,1", "alpha=0.1,abc"], ["alpha=abc", "could not be converted to Float"]),
     (["ray_address=localhost"], ["ray_address=localhost: must be auto", "HOST:PORT"]),
     (["backend=inprocess", "ray_address=auto"], ["ray_address=auto: has no effect with backend=inprocess"]),
+    (["backend=ray", "inprocess_workers=2"], ["inprocess_workers=2: has no effect with backend=ray"]),
     (["ray_address=127.0.0.1:9"], ["ray_address=127.0.0.1:9: cannot join a Ray cluster there", "ray start --head"]),
     # A bad value in the middle of a sweep stops the sweep before its first job (ranges and data checks included).
     (["-m", "alpha=0.1,-1,0.2", "experiment=smoke"], ["in the sweep's job alpha=-1", "must be a positive number"]),

@@ -22,6 +22,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from perfedavg import algorithms
 from perfedavg.errors import UserError
+from perfedavg.sampling import clients_per_round
 
 
 class ConfigError(UserError, ValueError):
@@ -194,6 +195,7 @@ class Config:
     round_timeout_s: float | None = 600.0  # replies not in by then count as failed (timeout); null: wait forever
     client_cpus: float = 1.0
     client_gpus: float = 0.0  # share of a GPU each Ray actor reserves (Flower's convention; 0.5: two per GPU)
+    inprocess_workers: int | None = None  # backend=inprocess: clients computing at once (threads); null: the cores
     device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
     verbose: bool = False
     backend: Backend = Backend.ray
@@ -217,6 +219,7 @@ EXECUTION_KEYS = frozenset(
         "ray_address",
         "client_cpus",
         "client_gpus",
+        "inprocess_workers",
         "device",
         "round_timeout_s",
     }
@@ -371,6 +374,14 @@ def validate(cfg: DictConfig) -> None:
         problems.append("eval_split=val: there is no validation split; set dataset.val_fraction > 0 (e.g. 0.2)")
     if not (math.isfinite(cfg.client_gpus) and cfg.client_gpus >= 0):
         problems.append(f"client_gpus={cfg.client_gpus}: must be ≥ 0 (a share of one GPU per client, e.g. 0.5)")
+    if cfg.inprocess_workers is not None:
+        _positive("inprocess_workers", cfg.inprocess_workers, problems, integer=True)
+        if cfg.inprocess_workers > 1 and cfg.hessian.mode == "diag" and algorithms.declaration_of(cfg.algorithm.name).uses_hessian:
+            problems.append(
+                f"inprocess_workers={cfg.inprocess_workers}: hessian=diag computes clients one at a time in-process "
+                "(BackPACK's torch.fx tracing patches torch.nn.Module for the whole process, under every other "
+                "thread's forward pass); leave inprocess_workers unset or 1, or use backend=ray (processes)"
+            )
     if cfg.round_timeout_s is not None:
         _positive("round_timeout_s", cfg.round_timeout_s, problems)
     if cfg.hessian.max_memory_gb is not None:
@@ -627,11 +638,6 @@ def sweep_values(override: Any) -> list[str] | None:
         return None
 
 
-def clients_per_round(num_clients: int, fraction: float) -> int:
-    """How many clients a round samples: ``max(1, round(fraction · num_clients))``, at most ``num_clients``."""
-    return min(num_clients, max(1, round(fraction * num_clients)))
-
-
 #: ``ray_address`` values: ``auto`` or ``HOST:PORT`` (a Ray head's GCS address, as ``ray start --head`` prints it).
 RAY_ADDRESS = re.compile(r"auto|[A-Za-z0-9.\-]+:[0-9]{1,5}")
 
@@ -662,6 +668,7 @@ READ_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
     "hessian.max_memory_gb": ("hessian.mode", ("exact",)),
     "delta": ("hessian.mode", ("fd",)),
     "ray_address": ("backend", ("ray",)),
+    "inprocess_workers": ("backend", ("inprocess",)),
 }
 
 

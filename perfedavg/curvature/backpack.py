@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import functools
 import operator
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -305,8 +306,20 @@ def diag_hessian_or_reason(
     """``(the exact Hessian diagonal [P] by BackPACK, "")``, or ``(None, why the one-pass path does not apply)``.
 
     Cost: one forward and one extended backward on a cached copy whose parameters are refreshed from the model
-    (the first call per model also traces and extends the copy, ~20 ms).
+    (the first call per model also traces and extends the copy, ~20 ms). One call at a time in a process: BackPACK
+    keeps its active extensions in global state, so the in-process pool's threads take turns here.
     """
+    with _BACKPACK_LOCK:
+        return _diag_hessian_or_reason(model, loss_fn, batch)
+
+
+#: BackPACK's ``backpack(...)`` context is process-global: one extended pass at a time.
+_BACKPACK_LOCK = threading.RLock()
+
+
+def _diag_hessian_or_reason(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch
+) -> tuple[Tensor | None, str]:
     inputs, targets = batch
     loss, why = loss_module(loss_fn)
     if loss is None:

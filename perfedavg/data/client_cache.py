@@ -11,6 +11,7 @@ never a second decode). For scale: MNIST's whole train split as float32 is 0.19 
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -48,9 +49,15 @@ class ClientCache:
         self._entries: OrderedDict[Hashable, ClientData] = OrderedDict()
         self._bytes = 0
         self.builds = 0
+        self._lock = threading.RLock()
 
     def get(self, key: Hashable, build: Callable[[], ClientData]) -> ClientData:
-        """The cached data for ``key``, or ``build()`` it, keep it, and drop the least recently used over the bound."""
+        """The cached data for ``key``, or ``build()`` it, keep it, and drop the least recently used over the bound.
+        Thread-safe (the in-process pool's threads share one cache): one lookup or build at a time."""
+        with self._lock:
+            return self._get(key, build)
+
+    def _get(self, key: Hashable, build: Callable[[], ClientData]) -> ClientData:
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]

@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import threading
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +87,31 @@ class Worker:
     data_key: str  # what identifies this run's client data in :data:`CLIENTS` (with the client id)
 
 
-@functools.lru_cache(maxsize=4)
+#: Each thread's workers by run config (the in-process pool runs clients in several threads: one model each).
+_THREAD_WORKERS = threading.local()
+#: Building a model seeds torch's global generator (:func:`perfedavg.task.build_model`): one build at a time.
+_BUILD_LOCK = threading.Lock()
+#: Workers kept per thread (runs of other configs in the same process: tests, a sweep in one process).
+WORKERS_PER_THREAD = 4
+
+
 def _worker(config_json: str) -> Worker:
+    """This thread's :class:`Worker` for the run config ``config_json``, built on its first message and kept (the
+    last :data:`WORKERS_PER_THREAD` configs per thread)."""
+    cache: OrderedDict[str, Worker] | None = getattr(_THREAD_WORKERS, "cache", None)
+    if cache is None:
+        cache = _THREAD_WORKERS.cache = OrderedDict()
+    worker = cache.get(config_json)
+    if worker is None:
+        with _BUILD_LOCK:
+            worker = cache[config_json] = _build_worker(config_json)
+        while len(cache) > WORKERS_PER_THREAD:
+            cache.popitem(last=False)
+    cache.move_to_end(config_json)
+    return worker
+
+
+def _build_worker(config_json: str) -> Worker:
     cfg = _parsed(config_json)
     device = task.compute_device(cfg)
     model = task.build_model(cfg["model"], cfg["seed"]).to(device)

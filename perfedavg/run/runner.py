@@ -161,8 +161,14 @@ def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[
         from perfedavg.engines.inprocess_grid import InProcessGrid
         from perfedavg.federation.record import run_and_record
 
-        grid = InProcessGrid(client_app or inprocess_app, resolved["num_clients"])
-        return run_and_record(grid, resolved, Path(run_dir))
+        from perfedavg import task
+
+        workers = task.concurrent_clients(resolved)
+        grid = InProcessGrid(client_app or inprocess_app, resolved["num_clients"], workers=workers)
+        try:
+            return run_and_record(grid, resolved, Path(run_dir))
+        finally:
+            grid.close()
     import ray
     from flwr.simulation import run_simulation
 
