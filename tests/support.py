@@ -67,11 +67,11 @@ def federate(overrides: list[str], tmp_path: Path, app: ClientApp | None = None)
     from perfedavg.engines.inprocess_grid import InProcessGrid
     from perfedavg.federation.record import run_and_record
     from perfedavg.run.runner import compose, prepare
-
     from perfedavg.task import concurrent_clients
 
     cfg = prepare(compose(overrides))
-    grid = InProcessGrid(app or client_app, cfg["num_clients"], workers=concurrent_clients({**cfg, "backend": "inprocess"}))
+    workers = concurrent_clients({**cfg, "backend": "inprocess"})
+    grid = InProcessGrid(app or client_app, cfg["num_clients"], workers=workers)
     try:
         return run_and_record(grid, cfg, tmp_path)
     finally:

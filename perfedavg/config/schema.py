@@ -376,7 +376,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"client_gpus={cfg.client_gpus}: must be ≥ 0 (a share of one GPU per client, e.g. 0.5)")
     if cfg.inprocess_workers is not None:
         _positive("inprocess_workers", cfg.inprocess_workers, problems, integer=True)
-        if cfg.inprocess_workers > 1 and cfg.hessian.mode == "diag" and algorithms.declaration_of(cfg.algorithm.name).uses_hessian:
+        traces = cfg.hessian.mode == "diag" and algorithms.declaration_of(cfg.algorithm.name).uses_hessian
+        if cfg.inprocess_workers > 1 and traces:
             problems.append(
                 f"inprocess_workers={cfg.inprocess_workers}: hessian=diag computes clients one at a time in-process "
                 "(BackPACK's torch.fx tracing patches torch.nn.Module for the whole process, under every other "

@@ -157,11 +157,10 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: Path, client_app: Any = None)
 def _simulate(resolved: dict[str, Any], run_dir: Path, client_app: Any) -> dict[str, Any]:
     """The federation of a prepared config on the chosen backend (see :func:`run`)."""
     if resolved.get("backend") == "inprocess":
+        from perfedavg import task
         from perfedavg.engines.client_app import app as inprocess_app
         from perfedavg.engines.inprocess_grid import InProcessGrid
         from perfedavg.federation.record import run_and_record
-
-        from perfedavg import task
 
         workers = task.concurrent_clients(resolved)
         grid = InProcessGrid(client_app or inprocess_app, resolved["num_clients"], workers=workers)
