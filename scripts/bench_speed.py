@@ -13,8 +13,14 @@ Hessian mode (fo, fd, hvp) it runs ``--rounds`` training rounds of
 * the plain loop (``perfedavg/testing/plain_loop.py``: clients one after another, deepcopy per step, DataLoader batches,
   finite differences through ``load_state_dict``), on the same client tensors perfedavg builds, with 1 and with
   all torch threads; the faster of the two is the reference;
-* perfedavg ``backend=inprocess`` (clients in sequence in one process, ``client_cpus=1``);
+* perfedavg ``backend=inprocess`` with ``inprocess_workers=1`` (clients one after another in the main thread) and
+  with its default (a round's clients on a pool of one thread per core), ``client_cpus=1``;
 * perfedavg ``backend=ray`` with one 1-CPU actor per core.
+
+Against the machine's limit (:mod:`perfedavg.analysis.arithmetic`): each round's matrix-product FLOPs, counted with
+``torch.utils.flop_counter`` on one client's update, the rate the pool achieves (FLOPs / round time), and this
+machine's GEMM rate for the model's layer shapes on all its cores, measured in the same run; the floor is FLOPs /
+GEMM rate.
 
 Each perfedavg measurement is one ``python -m perfedavg …`` command in its own process, as a user runs it, with
 evaluation at rounds R/2 and R. Round figures are medians of the training phase (``time/train_s``) over rounds
@@ -42,6 +48,7 @@ import numpy as np
 import torch
 
 from perfedavg import task
+from perfedavg.analysis import arithmetic
 from perfedavg.analysis.results_file import recording
 from perfedavg.data import load_client
 from perfedavg.data.registry import data_params
@@ -128,7 +135,7 @@ def tree_peak_while(process: subprocess.Popen, period: float = 0.2) -> int:
     return peak
 
 
-def perfedavg_run(overrides: list[str], backend: str, rounds: int, tmp: Path) -> dict:
+def perfedavg_run(overrides: list[str], backend: str, rounds: int, tmp: Path, *extra: str) -> dict:
     """One ``perfedavg`` command, as a user runs it (its own process; evaluation at rounds R/2 and R)."""
     run_dir = tmp / f"{backend}-{time.time_ns()}"
     command = [
@@ -141,6 +148,7 @@ def perfedavg_run(overrides: list[str], backend: str, rounds: int, tmp: Path) ->
         f"num_rounds={rounds}",
         f"eval_every={max(1, rounds // 2)}",
         f"hydra.run.dir={run_dir}",
+        *extra,
     ]
     started = time.time()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -167,21 +175,26 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
         f"τ = {base['local_steps']}, batch {base['batch_size']}, model={base['model']['name']}; "
         f"{rounds} rounds each; Ray: {threads_all} actors of 1 CPU\n"
     )
+    workers = task.inprocess_workers({**base, "backend": "inprocess", "client_cpus": 1})
     print(
         "| hessian | plain loop, 1 thread | plain loop, "
-        f"{threads_all} threads | in-process | × plain" + (" | Ray | × plain" if ray else "") + " |"
+        f"{threads_all} threads | in-process, 1 worker | × plain | in-process, {workers} workers | × plain"
+        + (" | Ray | × plain" if ray else "")
+        + " |"
     )
-    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if ray else ""))
-    extra = []
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if ray else ""))
+    extra, limits = [], []
     for mode in modes:
         cfg = {**base, "hessian": {**base["hessian"], "mode": mode}}
         plain = {n: mid_rounds(plain_loop_rounds(cfg, rounds, n)) for n in sorted({1, threads_all})}
         reference = min(plain.values())
+        one = perfedavg_run([*overrides, f"hessian={mode}"], "inprocess", rounds, tmp, "inprocess_workers=1")
         local = perfedavg_run([*overrides, f"hessian={mode}"], "inprocess", rounds, tmp)
         row = (
-            f"| {mode} | {plain[1]:.3f} s | {plain[threads_all]:.3f} s | {local['round']:.3f} s | "
-            f"{local['round'] / reference:.2f} |"
+            f"| {mode} | {plain[1]:.3f} s | {plain[threads_all]:.3f} s | {one['round']:.3f} s | "
+            f"{one['round'] / reference:.2f} | {local['round']:.3f} s | {local['round'] / reference:.2f} |"
         )
+        limits.append((mode, arithmetic.round_flops(cfg), local["round"], reference))
         if ray:
             distributed = perfedavg_run([*overrides, f"hessian={mode}"], "ray", rounds, tmp)
             row += f" {distributed['round']:.3f} s | {distributed['round'] / reference:.2f} |"
@@ -189,10 +202,27 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
         else:
             extra.append((mode, local, None))
         print(row, flush=True)
+    shapes = arithmetic.gemm_shapes(task.build_model(base["model"], base["seed"]), base["batch_size"])
+    if shapes:
+        rate = arithmetic.gemm_rate(shapes, threads_all)
+        print(
+            f"\nAgainst the limit: this machine's GEMM rate for the model's layer shapes at batch {base['batch_size']} "
+            f"on {threads_all} cores, measured here: {rate / 1e9:.1f} GFLOP/s\n"
+        )
+        print(
+            f"| hessian | matrix-product work per round | in-process, {workers} workers | achieved | of the GEMM rate "
+            "| floor (work ÷ GEMM rate) | plain loop |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for mode, flops, seconds, reference in limits:
+            print(
+                f"| {mode} | {flops / 1e9:.2f} GFLOP | {seconds:.3f} s | {flops / seconds / 1e9:.1f} GFLOP/s | "
+                f"{flops / seconds / rate:.0%} | {flops / rate:.3f} s | {reference:.3f} s |"
+            )
     print("\n| hessian | backend | evaluation round (all clients) | start-up to round 1 | peak memory (PSS) |")
     print("|---|---|---:|---:|---:|")
     for mode, local, distributed in extra:
-        for name, r in (("in-process", local), ("Ray", distributed)):
+        for name, r in ((f"in-process, {workers} workers", local), ("Ray", distributed)):
             if r is not None:
                 print(
                     f"| {mode} | {name} | {r['eval']:.3f} s ({base['num_clients']} clients) | {r['startup']:.1f} s | "

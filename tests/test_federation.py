@@ -231,16 +231,18 @@ def test_non_finite_evaluation_metrics_are_logged_and_the_run_goes_on(tmp_path: 
 
 
 def test_the_exact_modes_memory_budget_is_shared_among_the_clients_computing_at_once(monkeypatch) -> None:
-    """Net on digits needs 1.74 GB: a 3 GB budget fits one client at a time (in-process, or Ray with client_cpus=4
-    on 4 CPUs), not 4 Ray actors at once; each actor's own check uses the same share."""
+    """Net on digits needs 1.74 GB: a 3 GB budget fits one client at a time (in-process with one worker, or Ray with
+    client_cpus=4 on 4 CPUs), not 4 Ray actors or 4 in-process threads at once; each client's own check uses the same
+    share."""
     from perfedavg import task
     from perfedavg.config import ConfigError
 
     monkeypatch.setattr(task, "available_cpus", lambda: 4)
     exact = ["hessian=exact", "hessian.max_memory_gb=3"]
-    with pytest.raises(ConfigError, match=r"1.74 GB .* budget of 0.75 GB per client; hessian.max_memory_gb = 3.00 GB"):
-        prepare(compose([*exact, "client_cpus=1"]))
-    for fine in (["backend=inprocess"], ["client_cpus=4"]):
+    for four_at_once in (["client_cpus=1"], ["backend=inprocess", "fraction=0.4"]):
+        with pytest.raises(ConfigError, match=r"1.74 GB .* budget of 0.75 GB per client; hessian.max_memory_gb = 3.00"):
+            prepare(compose([*exact, *four_at_once]))
+    for fine in (["backend=inprocess", "inprocess_workers=1"], ["client_cpus=4"]):
         cfg = prepare(compose([*exact, *fine]))
         assert task.local_spec(cfg).max_memory_gb == 3.0
     two_at_once = {"backend": "ray", "client_cpus": 2, "hessian": {"max_memory_gb": 3.0}}
