@@ -11,6 +11,7 @@ import functools
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,6 +173,64 @@ def test_hvp_equals_dense_hessian_times_v(case: Case, dtype: torch.dtype, truth)
     hv = C.hvp(model, loss_fn, batch, v)
     expected = truth[case.name, dtype] @ v
     assert (hv - expected).abs().max().item() <= 10 * TOL[dtype] * max(1.0, expected.abs().max().item())
+
+
+#: Cases forward-over-reverse cannot differentiate in float64 (torch.func's limits: a gradient block that does not
+#: depend on the parameters is a ZeroTensor it then tries to write to): the table must never choose it for these models.
+FORWARD_FAILS = {"ann-mse", "frozen-param", "unused-param", "batchnorm-train"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_over_reverse_hvp_equals_dense_hessian_times_v_or_fails_clearly(case: Case, truth) -> None:
+    model, loss_fn, batch = case.build(torch.float64)
+    v = torch.randn(C.parameter_layout(model).size, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    if case.name in FORWARD_FAILS:
+        with pytest.raises(RuntimeError, match="ZeroTensors are immutable"):
+            C.hvp_forward_over_reverse(model, loss_fn, batch, v)
+        return
+    hv = C.hvp_forward_over_reverse(model, loss_fn, batch, v)
+    expected = truth[case.name, torch.float64] @ v
+    assert (hv - expected).abs().max().item() <= 10 * TOL[torch.float64] * max(1.0, expected.abs().max().item())
+    assert expected.abs().max().item() > 1e-3
+
+
+def test_forward_over_reverse_through_nn_lstm_in_float32_is_refused_by_torch() -> None:
+    """In float32 on the CPU nn.LSTM runs a fused oneDNN kernel without a forward-mode derivative (float64, above,
+    takes the unfused path): the LSTM's table entry must be ``reverse``."""
+    model, loss_fn, batch = CASES[IDS.index("lstm-tiny")].build(torch.float32)
+    v = torch.ones(C.parameter_layout(model).size)
+    with pytest.raises(NotImplementedError, match="forward AD"):
+        C.hvp_forward_over_reverse(model, loss_fn, batch, v)
+    assert C.HVP_PATH_BY_MODEL["CharLSTM"] == "reverse"
+
+
+def test_the_scratch_models_hvp_takes_its_models_path(monkeypatch) -> None:
+    """hessian=hvp's product goes the way the table says, and both ways give H v."""
+    model, loss_fn, batch = CASES[4].build(torch.float64)  # the MLP
+    scratch = C.ScratchModel(model, loss_fn)
+    w = C.flat_parameters(model).detach().clone()
+    v = torch.randn(w.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert scratch.path == C.hvp_path(model) == "reverse"
+    reverse = scratch.hvp(batch, v, w)
+    monkeypatch.setitem(C.HVP_PATH_BY_MODEL, "MLP", "forward")
+    forward = C.ScratchModel(model, loss_fn)
+    assert forward.path == "forward"
+    assert torch.allclose(forward.hvp(batch, v, w), reverse, rtol=1e-10, atol=1e-12)
+
+
+def test_the_hvp_path_table_is_the_measured_fastest_exact_path() -> None:
+    """scripts/results/hvp_paths.md (``scripts/bench_hvp.py``) names each shipped model's fastest exact path: the
+    table ``hessian=hvp`` reads says the same for every model the file measured."""
+    results = Path(__file__).resolve().parents[1] / "scripts" / "results" / "hvp_paths.md"
+    rows = [line.split("|")[1:-1] for line in results.read_text().splitlines() if line.startswith("| ")]
+    measured = {}
+    for cells in rows[1:]:  # after the header
+        model, fastest = cells[0].strip(), cells[-1].strip()
+        measured.setdefault(model.split(" (")[0], set()).add(fastest)
+    assert set(measured) == set(C.HVP_PATH_BY_MODEL), measured
+    for model, paths in measured.items():
+        assert paths == {C.HVP_PATH_BY_MODEL[model]}, (model, paths)
+    assert set(C.HVP_PATH_BY_MODEL.values()) <= set(C.HVP_PATHS)
 
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=["f64", "f32"])

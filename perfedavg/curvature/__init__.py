@@ -47,7 +47,18 @@ from perfedavg.curvature.layout import (
     set_flat_parameters,
     trainable_parameters,
 )
-from perfedavg.curvature.products import HessianOperator, ScratchModel, fd_hvp, gradient, hvp, loss_and_gradient
+from perfedavg.curvature.products import (
+    HVP_PATH_BY_MODEL,
+    HVP_PATHS,
+    HessianOperator,
+    ScratchModel,
+    fd_hvp,
+    gradient,
+    hvp,
+    hvp_forward_over_reverse,
+    hvp_path,
+    loss_and_gradient,
+)
 from perfedavg.curvature.spectrum import DENSE_SPECTRUM_MAX_P, Spectrum, hessian_spectrum, top_eigenvalues
 
 #: The curvature modes of :func:`correction`, in the order the docs list them.
@@ -118,6 +129,10 @@ __all__ = [
     "ParamBlock",
     "ParameterLayout",
     "ScratchModel",
+    "HVP_PATHS",
+    "HVP_PATH_BY_MODEL",
+    "hvp_forward_over_reverse",
+    "hvp_path",
     "Spectrum",
     "Weights",
     "available_memory_bytes",

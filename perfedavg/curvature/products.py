@@ -107,6 +107,49 @@ def hvp(model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor) -> Tensor:
     return layout.flatten(hv)
 
 
+def hvp_forward_over_reverse(
+    model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor, at: Tensor | None = None
+) -> Tensor:
+    """The exact Hessian-vector product ``H v`` ``[P]`` by forward-mode differentiation of the gradient
+    (``torch.func.jvp`` of ``torch.func.grad``), at the model's parameters or at the flat point ``at``.
+
+    The other exact path beside :func:`hvp` (double backward). Measured slower on every shipped model
+    (scripts/results/hvp_paths.md: 2.5–3× the double backward on the MLPs), and unavailable through ``nn.LSTM`` on the
+    CPU (its fused kernel has no forward-mode derivative: ``NotImplementedError``). Memory: O(P) plus one gradient's
+    graph, with dual tensors.
+    """
+    from torch.func import grad, jvp
+
+    layout = parameter_layout(model)
+    check_vector(v, layout)
+    w = flat_parameters(model) if at is None else at.detach()
+    primals = dict(zip(layout.names, (t.detach() for t in layout.unflatten(w))))
+    tangents = dict(zip(layout.names, layout.unflatten(v.detach().to(w.dtype))))
+    _, hv = jvp(grad(lambda params: _loss(model, loss_fn, batch, params)), (primals,), (tangents,))
+    return layout.flatten([hv[name] for name in layout.names])
+
+
+#: The exact Hessian-vector product paths: ``reverse`` (double backward, :func:`hvp`) and ``forward``
+#: (forward-over-reverse, :func:`hvp_forward_over_reverse`).
+HVP_PATHS = ("reverse", "forward")
+
+#: ``hessian=hvp``'s path per model class, the faster exact one as measured by ``scripts/bench_hvp.py``
+#: (scripts/results/hvp_paths.md; ``tests/test_curvature.py`` checks this table against that file). A class not
+#: listed takes ``reverse``.
+HVP_PATH_BY_MODEL: dict[str, str] = {
+    "ANN": "reverse",
+    "Net": "reverse",
+    "MLP": "reverse",
+    "CNN": "reverse",
+    "CharLSTM": "reverse",
+}
+
+
+def hvp_path(model: nn.Module) -> str:
+    """The exact Hessian-vector product path ``hessian=hvp`` takes for ``model`` (:data:`HVP_PATH_BY_MODEL`)."""
+    return HVP_PATH_BY_MODEL.get(type(model).__name__, "reverse")
+
+
 def fd_hvp(
     model: nn.Module, loss_fn: LossFn, batch: Batch, v: Tensor, delta: float = 1e-3, at: Tensor | None = None
 ) -> Tensor:
@@ -145,6 +188,7 @@ class ScratchModel:
         self.loss_fn = loss_fn
         self.layout = parameter_layout(model)
         self.params = trainable_parameters(model)
+        self.path = hvp_path(model)
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -171,9 +215,12 @@ class ScratchModel:
         return loss.detach(), self.layout.flatten(grads)
 
     def hvp(self, batch: Batch, v: Tensor, at: Tensor) -> Tensor:
-        """The exact ``∇²f(at; batch) v`` ``[P]`` by double backward, leaving the model at ``at``. ≈ 2 gradients."""
+        """The exact ``∇²f(at; batch) v`` ``[P]`` on the model's path (:func:`hvp_path`): by double backward
+        (≈ 2 gradients on the MLPs, ≈ 7 through ``nn.LSTM``), or forward-over-reverse; leaves the model at ``at``."""
         check_vector(v, self.layout)
         self.load(at)
+        if self.path == "forward":
+            return hvp_forward_over_reverse(self.model, self.loss_fn, batch, v)
         grads = torch.autograd.grad(
             self._loss(batch), self.params, create_graph=True, allow_unused=True, materialize_grads=True
         )
