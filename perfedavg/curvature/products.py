@@ -113,10 +113,12 @@ def hvp_forward_over_reverse(
     """The exact Hessian-vector product ``H v`` ``[P]`` by forward-mode differentiation of the gradient
     (``torch.func.jvp`` of ``torch.func.grad``), at the model's parameters or at the flat point ``at``.
 
-    The other exact path beside :func:`hvp` (double backward). Measured slower on every shipped model
-    (scripts/results/hvp_paths.md: 2.5–3× the double backward on the MLPs), and unavailable through ``nn.LSTM`` on the
-    CPU (its fused kernel has no forward-mode derivative: ``NotImplementedError``). Memory: O(P) plus one gradient's
-    graph, with dual tensors.
+    The other exact path beside :func:`hvp` (double backward), measured per model in scripts/results/hvp_paths.md:
+    2–2.7× the double backward's time on the MLPs and the seed Net, 2–6 % faster on the FedAvg CNN (whose
+    convolutions dominate), unavailable through ``nn.LSTM`` on the CPU in float32 (its fused kernel has no
+    forward-mode derivative: ``NotImplementedError``) and through a loss with a parameter-independent gradient block
+    (torch.func writes into a ZeroTensor: ``RuntimeError``). Memory: O(P) plus one gradient's graph, with dual
+    tensors.
     """
     from torch.func import grad, jvp
 
@@ -140,7 +142,7 @@ HVP_PATH_BY_MODEL: dict[str, str] = {
     "ANN": "reverse",
     "Net": "reverse",
     "MLP": "reverse",
-    "CNN": "reverse",
+    "CNN": "forward",
     "CharLSTM": "reverse",
 }
 
