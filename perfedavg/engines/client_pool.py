@@ -201,11 +201,14 @@ class ClientPool(Generic[Job, Reply]):
         with current.changed:
             current.changed.notify_all()
 
-    def close(self) -> None:
-        """Let the threads end after their current job (daemon threads: one stuck in a C call does not hold up the
-        interpreter's exit)."""
+    def close(self, wait_s: float = 5.0) -> None:
+        """End the threads after their current job, waiting up to ``wait_s`` seconds for them (idle ones end at
+        once); a thread abandoned inside a C call is a daemon thread and does not hold up the interpreter's exit."""
         self._closed = True
         with self._lock:
-            for _ in self._threads:
+            threads, self._threads = list(self._threads), set()
+            for _ in threads:
                 self._queue.put(None)
-            self._threads = set()
+        deadline = time.monotonic() + wait_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
