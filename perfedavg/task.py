@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -74,17 +76,41 @@ def concurrent_clients(cfg: Mapping[str, Any]) -> int:
     return max(1, int(available_cpus() // float(cfg["client_cpus"])))
 
 
+#: A client's minibatch work (:func:`minibatch_work`) below which the in-process pool's default is one worker: such a
+#: client is mostly Python and autograd bookkeeping, which threads cannot overlap (they share the interpreter lock).
+#: Measured (scripts/results/speed.md, 2 cores): the digits MLP (≈ 0.1 M) ran 1.3–1.4× slower on two threads than
+#: on one; the MNIST MLP (2.7 M) 1.14–1.38× faster and the CIFAR-10 MLP (10 M) 1.33–1.43× faster.
+POOL_MIN_WORK = 1_000_000
+
+
+def minibatch_work(cfg: Mapping[str, Any]) -> int:
+    """``batch_size`` × the model's parameter count: a proxy for the multiply-adds of one forward pass of a client's
+    minibatch (exact for a dense network; a convolution or a recurrence reuses its weights and does more)."""
+    return int(cfg["batch_size"]) * parameter_count(cfg["model"])
+
+
+def parameter_count(model_cfg: Mapping[str, Any]) -> int:
+    """The trainable parameters of the configured network (built once per configuration and process)."""
+    return _parameter_count(json.dumps(dict(model_cfg), sort_keys=True, default=list))
+
+
+@functools.lru_cache(maxsize=16)
+def _parameter_count(model_json: str) -> int:
+    model = build_model(json.loads(model_json), 0)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def inprocess_workers(cfg: Mapping[str, Any]) -> int:
     """The threads an in-process run computes its clients on: ``inprocess_workers`` where set, else every core given
     to the run (:func:`available_cpus`) at ``client_cpus`` each, and no more than a round sends messages to (the
-    larger of the training and the evaluation sample); one for a run that traces its model
-    (:func:`traces_with_fx`)."""
+    larger of the training and the evaluation sample); one for a run that traces its model (:func:`traces_with_fx`)
+    or whose clients' work is too small to gain from threads (:data:`POOL_MIN_WORK`)."""
     from perfedavg.sampling import clients_per_round
 
     given = cfg.get("inprocess_workers")
     if given is not None:
         return int(given)
-    if traces_with_fx(cfg):
+    if traces_with_fx(cfg) or minibatch_work(cfg) < POOL_MIN_WORK:
         return 1
     busiest = max(
         clients_per_round(cfg["num_clients"], cfg["fraction"]),

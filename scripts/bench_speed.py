@@ -14,7 +14,8 @@ Hessian mode (fo, fd, hvp) it runs ``--rounds`` training rounds of
   finite differences through ``load_state_dict``), on the same client tensors perfedavg builds, with 1 and with
   all torch threads; the faster of the two is the reference;
 * perfedavg ``backend=inprocess`` with ``inprocess_workers=1`` (clients one after another in the main thread) and
-  with its default (a round's clients on a pool of one thread per core), ``client_cpus=1``;
+  with one worker per core (a round's clients on a pool of threads: the default where a client's minibatch work
+  pays for threads, ``perfedavg.task.POOL_MIN_WORK``), ``client_cpus=1``;
 * perfedavg ``backend=ray`` with one 1-CPU actor per core.
 
 Against the machine's limit (:mod:`perfedavg.analysis.arithmetic`): each round's matrix-product FLOPs, counted with
@@ -175,7 +176,7 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
         f"τ = {base['local_steps']}, batch {base['batch_size']}, model={base['model']['name']}; "
         f"{rounds} rounds each; Ray: {threads_all} actors of 1 CPU\n"
     )
-    workers = task.inprocess_workers({**base, "backend": "inprocess", "client_cpus": 1})
+    workers = threads_all  # the pool on every core (the run's default where its clients' work pays for threads)
     print(
         "| hessian | plain loop, 1 thread | plain loop, "
         f"{threads_all} threads | in-process, 1 worker | × plain | in-process, {workers} workers | × plain"
@@ -189,7 +190,7 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
         plain = {n: mid_rounds(plain_loop_rounds(cfg, rounds, n)) for n in sorted({1, threads_all})}
         reference = min(plain.values())
         one = perfedavg_run([*overrides, f"hessian={mode}"], "inprocess", rounds, tmp, "inprocess_workers=1")
-        local = perfedavg_run([*overrides, f"hessian={mode}"], "inprocess", rounds, tmp)
+        local = perfedavg_run([*overrides, f"hessian={mode}"], "inprocess", rounds, tmp, f"inprocess_workers={workers}")
         row = (
             f"| {mode} | {plain[1]:.3f} s | {plain[threads_all]:.3f} s | {one['round']:.3f} s | "
             f"{one['round'] / reference:.2f} | {local['round']:.3f} s | {local['round'] / reference:.2f} |"

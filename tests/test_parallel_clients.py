@@ -59,6 +59,8 @@ def test_the_default_is_every_core_at_client_cpus_each_capped_by_a_rounds_client
 
     monkeypatch.setattr(task, "available_cpus", lambda: 8)
     base = {
+        "batch_size": 40,
+        "model": {"name": "mlp", "input_shape": [1, 28, 28], "num_outputs": 10, "hidden": [80, 60]},
         "backend": "inprocess",
         "num_clients": 50,
         "fraction": 0.1,
@@ -78,6 +80,11 @@ def test_the_default_is_every_core_at_client_cpus_each_capped_by_a_rounds_client
     diag = {**base, "hessian": {"mode": "diag"}, "algorithm": {"name": "perfedavg"}}
     assert task.inprocess_workers(diag) == 1  # BackPACK traces with torch.fx: one client at a time
     assert task.inprocess_workers({**diag, "algorithm": {"name": "fedavg"}}) == 8  # FedAvg never uses it
+    assert task.minibatch_work(base) == 40 * 68_270  # the paper's MNIST MLP: the pool pays
+    small = {**base, "batch_size": 10, "model": {**base["model"], "input_shape": [1, 8, 8]}}
+    assert task.minibatch_work(small) < task.POOL_MIN_WORK
+    assert task.inprocess_workers(small) == 1  # the digits MLP: threads would only contend for the interpreter
+    assert task.inprocess_workers({**small, "inprocess_workers": 2}) == 2
 
 
 @pytest.mark.parametrize(
