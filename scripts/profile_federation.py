@@ -5,10 +5,11 @@
         num_rounds=10 eval_every=10 hessian=fd [--out=scripts/results/profile_paper_mnist.md]
 
 Runs the configuration with ``backend=inprocess inprocess_workers=1`` (clients one after another in the main
-thread, where cProfile sees them; 1 torch thread as a simulated client has), then prints the wall time split into: start-up (validation, data checks), data (loading,
-decoding, partitioning, building client tensors), local math (``algorithm.local_update`` and
-``personalized_evaluation``), and the rest of the per-message path (message encoding, config parsing, model
-lookup, aggregation, logging), followed by the top functions by cumulative and by own time.
+thread, where cProfile sees them; 1 torch thread as a simulated client has), then prints the wall time split into:
+start-up (validation, data checks), data (loading, decoding, partitioning, building client tensors), local math
+(``algorithm.local_update`` and ``personalized_evaluation``), and the rest of the per-message path (message
+encoding, config parsing, model lookup, aggregation, logging), followed by the top functions by cumulative and by
+own time.
 """
 
 from __future__ import annotations
