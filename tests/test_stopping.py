@@ -31,10 +31,11 @@ def column(summary: dict, key: str) -> list[float]:
 # -- round_timeout_s ---------------------------------------------------------------------------------------------------
 
 
-def test_a_hung_client_is_cut_off_in_process_and_the_round_goes_on(tmp_path: Path, caplog) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["main-thread", "pool"])
+def test_a_hung_client_is_cut_off_in_process_and_the_round_goes_on(tmp_path: Path, caplog, workers: int) -> None:
     app = faulty_client_app(Fault("stall", client=1, server_round=2, seconds=60))
     started = time.monotonic()
-    summary = federate([*SMALL, "num_rounds=3", "round_timeout_s=1"], tmp_path, app)
+    summary = federate([*SMALL, "num_rounds=3", "round_timeout_s=1", f"inprocess_workers={workers}"], tmp_path, app)
     assert time.monotonic() - started < 30
     assert column(summary, "clients/failed") == [0, 1, 0]
     assert column(summary, "clients/trained") == [4, 3, 4]
@@ -104,8 +105,11 @@ def assert_stopped_cleanly(stopped: Stopped, signum: int) -> int:
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
-    args = [*SMALL, "backend=inprocess", "num_rounds=400", "local_steps=20"]
+@pytest.mark.parametrize("workers", [1, 2], ids=["main-thread", "pool"])
+def test_ctrl_c_in_process_stops_at_once_and_the_resumed_run_equals_an_uninterrupted_one(
+    tmp_path: Path, workers: int
+) -> None:
+    args = [*SMALL, "backend=inprocess", "num_rounds=400", "local_steps=20", f"inprocess_workers={workers}"]
     stopped = signal_mid_run(args, tmp_path / "stopped", signal.SIGINT)
     done = assert_stopped_cleanly(stopped, signal.SIGINT)
     assert stopped.seconds < 20 and done < 400
@@ -132,12 +136,15 @@ def test_a_stop_signal_under_ray_stops_within_seconds_and_leaves_no_process(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["inprocess", "ray"])
+@pytest.mark.parametrize(
+    "backend", ["backend=inprocess inprocess_workers=1", "backend=inprocess inprocess_workers=2", "backend=ray"]
+)
 def test_ctrl_c_while_a_client_hangs_stops_within_seconds(tmp_path: Path, backend: str) -> None:
     """Client 1 sleeps 600 s in round 2 (a hung client; round_timeout_s left at its default of 600 s): Ctrl-C cuts it
-    off at once (in-process: an exception raised inside it; under Ray: its worker is killed) instead of waiting."""
+    off at once (in the main thread: an exception raised inside it; on the in-process pool: its thread, asleep in C,
+    is abandoned; under Ray: its worker is killed) instead of waiting."""
     stopped = signal_mid_run(
-        ["num_clients=6", "fraction=1.0", "num_rounds=5", f"backend={backend}"],
+        ["num_clients=6", "fraction=1.0", "num_rounds=5", *backend.split()],
         tmp_path / "run",
         signal.SIGINT,
         after_round=1,

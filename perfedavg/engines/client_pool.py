@@ -86,6 +86,7 @@ class ClientPool(Generic[Job, Reply]):
         self.workers = workers
         self._queue: queue.SimpleQueue[tuple[_Round, _Task] | None] = queue.SimpleQueue()
         self._threads: set[threading.Thread] = set()
+        self._retired: set[threading.Thread] = set()  # cut off: they end once their client sees the exception
         self._lock = threading.Lock()  # guards every task's done/cut/thread_id and the thread set
         self.abandoned = 0  # threads left inside a client that could not be cut off (for tests and the log)
         self._closed = False
@@ -140,7 +141,9 @@ class ClientPool(Generic[Job, Reply]):
         task.cut = task.done = True
         assert task.thread_id is not None
         _raise_in(task.thread_id, ClientCutOff)
-        self._threads = {t for t in self._threads if t.ident != task.thread_id}
+        cut = {t for t in self._threads if t.ident == task.thread_id}
+        self._threads -= cut
+        self._retired |= cut
         self.abandoned += 1
         self._top_up(locked=True)
 
@@ -202,13 +205,17 @@ class ClientPool(Generic[Job, Reply]):
             current.changed.notify_all()
 
     def close(self, wait_s: float = 5.0) -> None:
-        """End the threads after their current job, waiting up to ``wait_s`` seconds for them (idle ones end at
-        once); a thread abandoned inside a C call is a daemon thread and does not hold up the interpreter's exit."""
+        """End the threads after their current job, and wait up to ``wait_s`` seconds in all for them and for the
+        cut-off ones to end (idle threads end at once, a cut-off one at its client's next bytecode). A thread that
+        ends while the interpreter shuts down can abort the process inside a torch call ("terminate called without
+        an active exception"), hence the wait; one still inside a C call after it (a client asleep) is a daemon
+        thread and does not hold up the exit."""
         self._closed = True
         with self._lock:
             threads, self._threads = list(self._threads), set()
+            retired, self._retired = list(self._retired), set()
             for _ in threads:
                 self._queue.put(None)
         deadline = time.monotonic() + wait_s
-        for thread in threads:
+        for thread in threads + retired:
             thread.join(max(0.0, deadline - time.monotonic()))
