@@ -78,7 +78,7 @@ def concurrent_clients(cfg: Mapping[str, Any]) -> int:
 
 #: A client's minibatch work (:func:`minibatch_work`) below which the in-process pool's default is one worker: such a
 #: client is mostly Python and autograd bookkeeping, which threads cannot overlap (they share the interpreter lock).
-#: Measured (scripts/results/speed.md, 2 cores): the digits MLP (≈ 0.1 M) ran 1.3–1.4× slower on two threads than
+#: Measured (scripts/results/speed.md, 2 cores): the digits MLP (≈ 0.1 M) ran 1.2–1.4× slower on two threads than
 #: on one; the MNIST MLP (2.7 M) 1.14–1.38× faster and the CIFAR-10 MLP (10 M) 1.33–1.43× faster.
 POOL_MIN_WORK = 1_000_000
 
