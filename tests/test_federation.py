@@ -239,7 +239,7 @@ def test_the_exact_modes_memory_budget_is_shared_among_the_clients_computing_at_
 
     monkeypatch.setattr(task, "available_cpus", lambda: 4)
     exact = ["hessian=exact", "hessian.max_memory_gb=3"]
-    for four_at_once in (["client_cpus=1"], ["backend=inprocess", "fraction=0.4"]):
+    for four_at_once in (["client_cpus=1"], ["backend=inprocess", "inprocess_workers=4"]):
         with pytest.raises(ConfigError, match=r"1.74 GB .* budget of 0.75 GB per client; hessian.max_memory_gb = 3.00"):
             prepare(compose([*exact, *four_at_once]))
     for fine in (["backend=inprocess", "inprocess_workers=1"], ["client_cpus=4"]):
