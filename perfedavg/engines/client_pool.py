@@ -53,7 +53,6 @@ def _raise_in(thread_id: int, exception: type[BaseException] | None) -> None:
 
 @dataclass(eq=False)
 class _Task(Generic[Job, Reply]):
-    index: int
     job: Job
     thread_id: int | None = None  # the thread running it, once started
     started: float | None = None  # time.monotonic() at its start
@@ -77,7 +76,7 @@ class ClientPool(Generic[Job, Reply]):
     """``workers`` daemon threads that call ``handle(job)``; :meth:`run` gives them a round's jobs and waits.
 
     ``handle`` returns the reply or raises :class:`ClientCutOff` (a cut-off client: no reply); any other failure
-    is ``handle``'s to turn into a reply. ``thread_setup`` runs once in each new thread before its first job."""
+    is ``handle``'s to turn into a reply."""
 
     def __init__(self, handle: Callable[[Job], Reply], workers: int) -> None:
         if workers < 1:
@@ -88,7 +87,7 @@ class ClientPool(Generic[Job, Reply]):
         self._threads: set[threading.Thread] = set()
         self._retired: set[threading.Thread] = set()  # cut off: they end once their client sees the exception
         self._lock = threading.Lock()  # guards every task's done/cut/thread_id and the thread set
-        self.abandoned = 0  # threads left inside a client that could not be cut off (for tests and the log)
+        self.cut_offs = 0  # clients cut off, each thread replaced by a fresh one (for tests)
         self._closed = False
 
     # -- the waiting side ------------------------------------------------------------------------------------------
@@ -100,7 +99,7 @@ class ClientPool(Generic[Job, Reply]):
         start, or running when ``stop`` was set) or never started (``stop`` set before)."""
         if self._closed:
             raise RuntimeError("the client pool is closed")
-        current = _Round([_Task(i, job) for i, job in enumerate(jobs)])
+        current = _Round([_Task(job) for job in jobs])
         self._top_up()
         for task in current.tasks:
             self._queue.put((current, task))
@@ -144,7 +143,7 @@ class ClientPool(Generic[Job, Reply]):
         cut = {t for t in self._threads if t.ident == task.thread_id}
         self._threads -= cut
         self._retired |= cut
-        self.abandoned += 1
+        self.cut_offs += 1
         self._top_up(locked=True)
 
     # -- the threads -----------------------------------------------------------------------------------------------
