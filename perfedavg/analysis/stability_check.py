@@ -43,6 +43,7 @@ class Setting:
     methods: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     fo_every: int = 10  # FO's probe cadence: FO is never warned about, its runs are the comparison's baseline
+    overrides: tuple[str, ...] = ()  # pinned on every run of the setting (e.g. a step-size pair since re-tuned)
 
 
 #: The settings: MNIST's paper split at its tuned α = 0.144 (HF hvp seed 1 collapses at round 12 on this project's
@@ -58,6 +59,9 @@ SETTINGS: tuple[Setting, ...] = (
         "fashion_mnist",
         300,
         ("hvp", "hvp-safeguard", "fo"),
+        # HF's pair from the first tuning, where seeds 2–4 collapse: the check validates on those collapses. The
+        # tuned experiment now holds the pair re-tuned on three confirmation seeds (α = 0.0133, β = 0.0419).
+        overrides=("step_sizes.hvp.alpha=0.0648", "step_sizes.hvp.beta=0.122"),
     ),
     Setting("mnist_dirichlet0.1", "dirichlet_mnist_alpha0.1_tuned", "mnist", 300, ("hvp", "hvp-safeguard", "fo")),
     Setting(
@@ -138,6 +142,7 @@ def _jobs(out: Path, paths: dict[str, str], methods: Sequence[str], settings: Se
                     f"stability.every={s.fo_every if method == 'fo' else 1}",
                     f"hydra.run.dir={run_dir}",
                     "resume=auto",
+                    *s.overrides,
                 ]
                 jobs.append(Job(f"{s.name} {method} seed {seed}", args, out / "logs" / f"{s.name}-{method}-{seed}.log"))
     return jobs
