@@ -53,7 +53,14 @@ def test_the_two_paths_are_different_arithmetic() -> None:
 
 
 def test_the_results_page_quotes_the_csvs() -> None:
-    page = " ".join((ROOT / "docs" / "results.md").read_text().split()).replace("−", "-")
+    page = " ".join((ROOT / "docs" / "results.md").read_text().split()).replace("−", "-").replace("**", "")
     for path in PATHS:
         for mode in HF:
             assert comparison(PATHS[path], mode) in page, (path, mode, comparison(PATHS[path], mode))
+
+
+def test_the_readme_quotes_the_csvs() -> None:
+    readme = " ".join((ROOT / "README.md").read_text().split()).replace("−", "-").replace("**", "")
+    assert comparison(PATHS["default"], "hvp") in readme
+    avx2 = comparison(PATHS["avx2"], "hvp")  # quoted as "+0.0065 [+0.0040, +0.0091], 9/10"
+    assert avx2 in readme, avx2
