@@ -2,7 +2,8 @@
 messages on a pool of threads (``workers`` > 1, :mod:`perfedavg.engines.client_pool`).
 
 No Ray, no SuperLink, no network: the same ServerApp loop and ClientApp handlers, called directly. It serves
-``backend=inprocess`` runs (``inprocess_workers`` threads: every core given to the run), the tests, debugging
+``backend=inprocess`` runs (``inprocess_workers`` threads; by default one per core where a client's work pays for
+threads, :func:`perfedavg.task.inprocess_workers`), the tests, debugging
 (breakpoints inside a client: ``inprocess_workers=1`` runs each client in the main thread) and the federation
 benchmark. A handler that raises becomes an error reply, as in Flower's simulation engine. :meth:`InProcessGrid.
 exchange` gives each client at most the round's timeout and stops at a stop request, cutting off a client where
