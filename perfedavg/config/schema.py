@@ -195,7 +195,7 @@ class Config:
     round_timeout_s: float | None = 600.0  # replies not in by then count as failed (timeout); null: wait forever
     client_cpus: float = 1.0
     client_gpus: float = 0.0  # share of a GPU each Ray actor reserves (Flower's convention; 0.5: two per GPU)
-    inprocess_workers: int | None = None  # backend=inprocess: clients computing at once (threads); null: the cores
+    inprocess_workers: int | None = None  # backend=inprocess: clients at once (threads); null: task.inprocess_workers
     device: Device = Device.auto  # where clients compute; aggregation stays on the CPU
     verbose: bool = False
     backend: Backend = Backend.ray
