@@ -54,6 +54,7 @@ from perfedavg.analysis.results_file import recording
 from perfedavg.data import load_client
 from perfedavg.data.registry import data_params
 from perfedavg.run.runner import compose, prepare
+from perfedavg.sampling import clients_per_round
 from perfedavg.testing.plain_loop import PlainClient, plain_round, sample
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def plain_loop_rounds(cfg: dict, rounds: int, threads: int) -> list[float]:
     loss_fn = task.build_loss(cfg["dataset"])
     data = [load_client(data_params(cfg), i, cfg["num_clients"], cfg["seed"]) for i in range(cfg["num_clients"])]
     clients = [PlainClient(d.x_train, d.y_train, cfg["batch_size"], cfg["seed"] * 1000 + i) for i, d in enumerate(data)]
-    per_round = max(1, round(cfg["fraction"] * cfg["num_clients"]))
+    per_round = clients_per_round(cfg["num_clients"], cfg["fraction"])
     rng = np.random.default_rng(cfg["seed"])
     times = []
     for _ in range(rounds):
@@ -172,7 +173,7 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
     base = prepare(compose(overrides))  # decodes once (if this machine has not yet), outside every timing
     print(f"\n### {label}: `{' '.join(overrides)}`\n")
     print(
-        f"{base['num_clients']} clients, {max(1, round(base['fraction'] * base['num_clients']))} per round, "
+        f"{base['num_clients']} clients, {clients_per_round(base['num_clients'], base['fraction'])} per round, "
         f"τ = {base['local_steps']}, batch {base['batch_size']}, model={base['model']['name']}; "
         f"{rounds} rounds each; Ray: {threads_all} actors of 1 CPU\n"
     )

@@ -123,9 +123,7 @@ class ClientPool(Generic[Job, Reply]):
                         task.cut = task.done = True
         for task in current.tasks:
             with self._lock:
-                if task.done:
-                    continue
-                if task.started is None:  # not started yet: its time has not begun
+                if task.done or task.started is None:  # finished, or not started: its time has not begun
                     continue
                 left = None if timeout is None else task.started + timeout - now
                 if stopping or (left is not None and left <= 0):
@@ -142,7 +140,7 @@ class ClientPool(Generic[Job, Reply]):
         _raise_in(task.thread_id, ClientCutOff)
         cut = {t for t in self._threads if t.ident == task.thread_id}
         self._threads -= cut
-        self._retired |= cut
+        self._retired = {t for t in self._retired if t.is_alive()} | cut  # the ended ones need no waiting for
         self.cut_offs += 1
         self._top_up(locked=True)
 
@@ -173,13 +171,12 @@ class ClientPool(Generic[Job, Reply]):
             if dropped:
                 self._notify(current)  # never while holding the lock: the waiting side holds the condition first
                 continue
-            reply, retired = None, False
+            reply = None
             try:
                 reply = self.handle(task.job)
             except ClientCutOff:
                 pass
-            retired = self._finish(current, task, reply, me)
-            if retired:
+            if self._finish(current, task, reply, me):
                 return  # a cut-off thread: a fresh one serves in its place
 
     def _finish(self, current: _Round, task: _Task, reply: Reply | None, me: int) -> bool:
