@@ -197,3 +197,20 @@ def test_a_handler_that_raises_a_cut_off_itself_has_no_reply() -> None:
         assert pool.run([0, 1, 2]) == [0, None, 2]
     finally:
         pool.close()
+
+
+@pytest.mark.slow
+def test_forward_over_reverse_products_on_the_pool_equal_one_worker(monkeypatch, tmp_path: Path) -> None:
+    """The CNN once took forward-over-reverse, whose forward-AD levels torch numbers process-wide: on two threads
+    most clients failed ("forward AD level with an invalid index"). Serialised (``FORWARD_AD_LOCK``), the path
+    gives the same bits on the pool as one client after another."""
+    from perfedavg import curvature
+
+    monkeypatch.setitem(curvature.HVP_PATH_BY_MODEL, "CNN", "forward")
+    cnn = [*DIGITS, "model=cnn", "model.channels=[2,4]", "model.hidden=[8]", "hessian=hvp", "min_clients=6"]
+    rounds = {}
+    for workers in (1, 2):
+        summary = run(compose([*cnn, f"inprocess_workers={workers}"]), tmp_path / str(workers))
+        rounds[workers] = without_times(summary["rounds"])
+    assert len(rounds[1]) >= 2
+    assert rounds[2] == rounds[1]
