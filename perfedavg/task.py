@@ -153,6 +153,7 @@ def local_spec(cfg: Mapping[str, Any]) -> LocalSpec:
         batch_size=cfg["batch_size"],
         max_memory_gb=hessian_budget_gb(cfg) if cfg["hessian"]["mode"] == "exact" else None,
         adapt_steps=cfg["adapt_steps"],
+        adapt_batch=cfg.get("adapt_batch"),
         options=algorithm_options(cfg),
     )
 

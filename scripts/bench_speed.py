@@ -5,9 +5,13 @@ start-up and memory. Prints Markdown tables (the README's speed table comes from
     .venv/bin/python scripts/bench_speed.py --mnist ../shared/data/mnist        # real MNIST (paper_mnist) + digits
     .venv/bin/python scripts/bench_speed.py --cifar10 ../shared/data/cifar10 --no-digits   # paper_cifar10 only
     .venv/bin/python scripts/bench_speed.py --rounds 8 --modes fd --no-ray      # a quicker look
+    .venv/bin/python scripts/bench_speed.py --shakespeare ../shared/data/shakespeare/roles.parquet --no-digits \
+        --modes fo,fd --rounds 5 --out scripts/results/speed_shakespeare.md      # LEAF's Shakespeare, real size
 
 For each data set (``experiment=paper_mnist`` with ``dataset.path`` when ``--mnist`` is given,
-``experiment=paper_cifar10`` when ``--cifar10`` is, and ``experiment=paper_digits`` unless ``--no-digits``) and each
+``experiment=paper_cifar10`` when ``--cifar10`` is, ``experiment=shakespeare`` when ``--shakespeare`` is (there also in
+characters per second: windows whose next character a round's minibatches predict), and ``experiment=paper_digits``
+unless ``--no-digits``) and each
 Hessian mode (fo, fd, hvp) it runs ``--rounds`` training rounds of
 
 * the plain loop (``perfedavg/testing/plain_loop.py``: clients one after another, deepcopy per step, DataLoader batches,
@@ -25,8 +29,8 @@ GEMM rate.
 
 Each perfedavg measurement is one ``python -m perfedavg …`` command in its own process, as a user runs it, with
 evaluation at rounds R/2 and R. Round figures are medians of the training phase (``time/train_s``) over rounds
-2..R−1 (round 1 warms up); ratios are to the plain loop. Evaluation: the evaluation phase of round R (every client
-personalizes and is tested; all were built in round R/2). Start-up: from launching the command to the first round
+2..R−1 (round 1 warms up); ratios are to the plain loop. Evaluation: the evaluation phase of round R (each evaluated
+client personalizes and is tested; all were built in round R/2). Start-up: from launching the command to the first round
 (imports, validation, data check, Ray and its actors), with the decoded data already cached (the first run on a
 machine adds the one-off decode, printed separately). Memory: the peak proportional set size (PSS: shared pages
 split between the processes that map them) of the command and all its descendants (Ray's GCS, raylet and workers),
@@ -204,8 +208,12 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
         else:
             extra.append((mode, local, None))
         print(row, flush=True)
+    if base["dataset"]["task"] == "classification" and base["model"]["name"] == "lstm":
+        characters_per_second(base, [(mode, local, d) for mode, local, d in extra], limits)
     shapes = arithmetic.gemm_shapes(task.build_model(base["model"], base["seed"]), base["batch_size"])
-    if shapes:
+    if base["model"]["name"] == "lstm":  # its recurrent products are inside nn.LSTM: gemm_shapes sees its head only
+        print("\nAgainst the limit: not measured for the LSTM (its recurrent matrix products are not in gemm_shapes)")
+    elif shapes:
         rate = arithmetic.gemm_rate(shapes, threads_all)
         print(
             f"\nAgainst the limit: this machine's GEMM rate for the model's layer shapes at batch {base['batch_size']} "
@@ -221,21 +229,36 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
                 f"| {mode} | {flops / 1e9:.2f} GFLOP | {seconds:.3f} s | {flops / seconds / 1e9:.1f} GFLOP/s | "
                 f"{flops / seconds / rate:.0%} | {flops / rate:.3f} s | {reference:.3f} s |"
             )
-    print("\n| hessian | backend | evaluation round (all clients) | start-up to round 1 | peak memory (PSS) |")
+    print("\n| hessian | backend | evaluation round | start-up to round 1 | peak memory (PSS) |")
     print("|---|---|---:|---:|---:|")
     for mode, local, distributed in extra:
         for name, r in ((f"in-process, {workers} workers", local), ("Ray", distributed)):
             if r is not None:
                 print(
-                    f"| {mode} | {name} | {r['eval']:.3f} s ({base['num_clients']} clients) | {r['startup']:.1f} s | "
+                    f"| {mode} | {name} | {r['eval']:.3f} s ({r['clients_eval'] or base['num_clients']} clients) | "
+                    f"{r['startup']:.1f} s | "
                     f"{r['peak_gb']:.2f} GB |"
                 )
+
+
+def characters_per_second(base: dict, runs: list[tuple[str, dict, dict | None]], limits: list[tuple]) -> None:
+    """Text data sets: the rounds above as characters per second (each window read by a minibatch predicts one
+    character; a Per-FedAvg step reads D and D′, and D″ where it applies the Hessian term)."""
+    per_round = clients_per_round(base["num_clients"], base["fraction"]) * base["local_steps"] * base["batch_size"]
+    reference = {mode: plain for mode, _, _, plain in limits}
+    print("\n| hessian | characters per round | plain loop (faster) | in-process pool | Ray |")
+    print("|---|---:|---:|---:|---:|")
+    for mode, local, distributed in runs:
+        chars = per_round * (2 if mode == "fo" else 3)
+        ray = f"{chars / distributed['round']:,.0f}/s" if distributed else "–"
+        print(f"| {mode} | {chars:,} | {chars / reference[mode]:,.0f}/s | {chars / local['round']:,.0f}/s | {ray} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mnist", help="a local MNIST copy (dataset.path): measure experiment=paper_mnist")
     parser.add_argument("--cifar10", help="a local CIFAR-10 copy (dataset.path): measure experiment=paper_cifar10")
+    parser.add_argument("--shakespeare", help="LEAF's Shakespeare parquet (dataset.path): experiment=shakespeare")
     parser.add_argument("--no-digits", action="store_true", help="skip the offline paper_digits setting")
     parser.add_argument("--rounds", type=int, default=12, help="training rounds per measurement (default 12)")
     parser.add_argument("--modes", default="fo,fd,hvp", help="Hessian modes (default fo,fd,hvp)")
@@ -266,6 +289,22 @@ def measure(args: argparse.Namespace) -> None:
                 f"images, partitions, stores them): {time.perf_counter() - t:.1f} s"
             )
             bench(f"real {name}, the paper's setting", setting, modes, args.rounds, not args.no_ray, Path(tmp))
+        if args.shakespeare:
+            setting = ["experiment=shakespeare", f"dataset.path={args.shakespeare}"]
+            t = time.perf_counter()
+            prepare(compose(setting))
+            print(
+                "\nShakespeare, first data check on this machine (prepare(): reads the parquet file, decodes every "
+                f"role's text, checks the eligible roles): {time.perf_counter() - t:.1f} s"
+            )
+            bench(
+                "real Shakespeare (LEAF), every role of 450+ characters",
+                setting,
+                modes,
+                args.rounds,
+                not args.no_ray,
+                Path(tmp),
+            )
         if not args.no_digits:
             bench(
                 "digits (offline analogue)", ["experiment=paper_digits"], modes, args.rounds, not args.no_ray, Path(tmp)

@@ -184,6 +184,33 @@ def test_in_place_personalization_equals_the_copy_and_restores_the_model(adapt_s
     assert via_copy["personalized_loss"] == pytest.approx(in_place["personalized_loss"], rel=1e-12)
 
 
+def test_spread_subset_takes_evenly_spaced_examples_or_all() -> None:
+    x, y = torch.arange(10).reshape(10, 1), torch.arange(10)
+    assert algorithms.spread_subset(x, y, 4)[1].tolist() == [0, 2, 5, 7]  # ⌊i·10/4⌋
+    assert algorithms.spread_subset(x, y, 4)[0][:, 0].tolist() == [0, 2, 5, 7]
+    for n in (None, 10, 11):
+        assert algorithms.spread_subset(x, y, n)[1] is y
+
+
+def test_personalization_on_adapt_batch_examples_steps_on_that_subset_alone() -> None:
+    """adapt_batch=n: the personalization gradient is over the n evenly spaced training examples, so the result
+    equals personalizing on that subset; it differs from the whole split's."""
+    model, loss_fn, x, y = quadratic_problem()
+    sub_x, sub_y = algorithms.spread_subset(x, y, 5)
+    capped = algorithms.personalized_evaluation(
+        model, loss_fn, x, y, x[:4], y[:4], alpha=0.2, adapt_steps=2, classification=False, adapt_batch=5
+    )
+    on_subset = algorithms.personalized_evaluation(
+        model, loss_fn, sub_x, sub_y, x[:4], y[:4], alpha=0.2, adapt_steps=2, classification=False
+    )
+    whole = algorithms.personalized_evaluation(
+        model, loss_fn, x, y, x[:4], y[:4], alpha=0.2, adapt_steps=2, classification=False
+    )
+    assert capped == on_subset
+    assert capped["personalized_loss"] != whole["personalized_loss"]
+    assert capped["global_loss"] == whole["global_loss"]
+
+
 @pytest.mark.parametrize("mode", ["fo", "fd", "hvp"])
 def test_local_update_fast_path_equals_the_curvature_path(mode: str) -> None:
     """Models without buffers take ScratchModel; with one they take curvature.correction: same numbers."""
@@ -194,3 +221,12 @@ def test_local_update_fast_path_equals_the_curvature_path(mode: str) -> None:
     fast = algorithms.local_update(model, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
     slow = algorithms.local_update(buffered, loss_fn, x, y, spec, torch.Generator().manual_seed(3))
     assert torch.equal(fast.weights, slow.weights) and fast.train_loss == slow.train_loss
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_an_adapt_batch_that_is_not_a_positive_integer_is_refused(value: str) -> None:
+    from perfedavg.config import ConfigError
+    from perfedavg.run.runner import compose, prepare
+
+    with pytest.raises(ConfigError, match=f"adapt_batch={value}: must be a positive integer"):
+        prepare(compose([f"adapt_batch={value}"]))

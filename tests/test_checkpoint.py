@@ -137,6 +137,12 @@ def test_a_changed_step_size_table_or_diagnostics_do_not_block_a_resume_but_a_ch
     assert resume.result_differences(saved, {**now, "alpha": 0.3}) == ["alpha: 0.1 → 0.3"]
 
 
+def test_a_checkpoint_from_before_adapt_batch_resumes_at_its_default_but_not_at_another_value() -> None:
+    saved = {"alpha": 0.1, "algorithm": {"name": "perfedavg"}}  # written before the key existed: whole split
+    assert resume.result_differences(saved, {**saved, "adapt_batch": None}) == []
+    assert resume.result_differences(saved, {**saved, "adapt_batch": 100}) == ["adapt_batch: None → 100"]
+
+
 def test_a_non_finite_global_model_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
     """The global model can only turn non-finite in aggregation (non-finite updates are excluded before it), e.g.
     by overflow; force that in round 3 and check the stop, the message and what is kept."""

@@ -43,12 +43,14 @@ def test_an_algorithm_that_keeps_the_base_evaluation_reads_adapt_steps() -> None
     class Plain(Algorithm):
         declaration: ClassVar[Declaration] = Declaration(name="plain", title="Plain")
 
-    assert algorithms.reads("fedavg") == Plain.reads() == {"alpha", "beta", "adapt_steps"}
-    assert "adapt_steps" not in algorithms.reads("ditto") and "adapt_steps" not in algorithms.reads("local")
+    assert algorithms.reads("fedavg") == Plain.reads() == {"alpha", "beta", "adapt_steps", "adapt_batch"}
+    for own_evaluation in ("ditto", "local", "pfedme"):
+        assert not {"adapt_steps", "adapt_batch"} & algorithms.reads(own_evaluation)
     assert algorithms.reads("perfedavg") == {
         "alpha",
         "beta",
         "adapt_steps",
+        "adapt_batch",
         "delta",
         "diagnostics.every",
         "stability.every",

@@ -30,6 +30,7 @@ from perfedavg.algorithms.base import (
     personalize,
     personalized_evaluation,
     sample_batch,
+    spread_subset,
 )
 from perfedavg.algorithms.declaration import Declaration
 from perfedavg.errors import UserError
@@ -64,6 +65,7 @@ __all__ = [
     "methods",
     "personalize",
     "personalized_evaluation",
+    "spread_subset",
     "reads",
     "sample_batch",
 ]

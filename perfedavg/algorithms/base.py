@@ -57,6 +57,7 @@ class LocalSpec:
     batch_size: int = 16
     max_memory_gb: float | None = None
     adapt_steps: int = 1  # the base class's personalization: α-steps on the training split before evaluation
+    adapt_batch: int | None = None  # those steps' gradient over at most this many training examples (None: all)
     #: The algorithm's own keys (``algorithm.*``, its :class:`~perfedavg.algorithms.declaration.Declaration`'s),
     #: e.g. ``{"lam": 0.5}`` for Ditto; a key left out takes its declared default (:meth:`Algorithm.option`).
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -149,6 +150,19 @@ def personalize(
     return adapted
 
 
+def spread_subset(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor]:
+    """At most ``n`` of the examples ``x`` ``[N, …]``, ``y`` ``[N, …]``, evenly spaced over their order (indices
+    ⌊i·N/n⌋, i < n: the same every call, no randomness); all of them where ``n`` is None or ≥ N. For a text client
+    (windows in text order) the subset spans the whole training part."""
+    import torch
+
+    total = int(y.shape[0])
+    if n is None or n >= total:
+        return x, y
+    index = torch.arange(n, device=y.device) * total // n
+    return x[index], y[index]
+
+
 def personalized_evaluation(
     model: nn.Module,
     loss_fn: LossFn,
@@ -160,13 +174,16 @@ def personalized_evaluation(
     alpha: float,
     adapt_steps: int,
     classification: bool,
+    adapt_batch: int | None = None,
 ) -> dict[str, float]:
-    """Test metrics of the global model and of its copy after ``adapt_steps`` α-steps on the training split:
-    ``global_loss``, ``personalized_loss`` (and ``global_acc``, ``personalized_acc`` for classification). The global
-    model is left unchanged.
+    """Test metrics of the global model and of its copy after ``adapt_steps`` α-steps on the training split (on
+    :func:`spread_subset`'s ``adapt_batch`` of its examples where that is set): ``global_loss``,
+    ``personalized_loss`` (and ``global_acc``, ``personalized_acc`` for classification). The global model is left
+    unchanged. Cost: two forward passes over the test split and ``adapt_steps`` gradients over the (sub)set.
 
     Models without buffers are personalized in place (the adapted weights are loaded, evaluated, and the global
     ones restored; same arithmetic as :func:`personalize`, without its deep copy); others through a copy."""
+    x_train, y_train = spread_subset(x_train, y_train, adapt_batch)
     before = evaluate(model, loss_fn, x_test, y_test, classification)
     if not curvature.ScratchModel.supports(model):
         adapted = personalize(model, loss_fn, x_train, y_train, alpha, adapt_steps)
@@ -208,9 +225,9 @@ class Algorithm:
     @classmethod
     def reads(cls) -> frozenset[str]:
         """The algorithm-dependent shared keys it reads (:data:`~perfedavg.algorithms.declaration.
-        ALGORITHM_DEPENDENT_KEYS`): its declaration's, ``adapt_steps`` where it keeps the base class's
-        :meth:`evaluate`, and ``delta`` where it uses the Hessian mode (read with ``hessian=fd``)."""
-        implied = {"adapt_steps"} if cls.evaluate is Algorithm.evaluate else set()
+        ALGORITHM_DEPENDENT_KEYS`): its declaration's, ``adapt_steps`` and ``adapt_batch`` where it keeps the base
+        class's :meth:`evaluate`, and ``delta`` where it uses the Hessian mode (read with ``hessian=fd``)."""
+        implied = {"adapt_steps", "adapt_batch"} if cls.evaluate is Algorithm.evaluate else set()
         implied |= {"delta"} if cls.declaration.uses_hessian else set()
         return frozenset(cls.declaration.reads | implied)
 
@@ -256,7 +273,8 @@ class Algorithm:
         state: Tensor | None = None,
     ) -> dict[str, float]:
         """``global_*`` and ``personalized_*`` metrics on ``held_out`` of the model's (global) weights and of the
-        client's personalized model; the default personalizes with ``spec.adapt_steps`` α-steps on ``train``."""
+        client's personalized model; the default personalizes with ``spec.adapt_steps`` α-steps on ``train`` (on
+        ``spec.adapt_batch`` of its examples where that is set)."""
         return personalized_evaluation(
             model,
             loss_fn,
@@ -265,6 +283,7 @@ class Algorithm:
             alpha=spec.alpha,
             adapt_steps=spec.adapt_steps,
             classification=classification,
+            adapt_batch=spec.adapt_batch,
         )
 
     def initial_state(self, initial_weights: Tensor) -> Tensor | None:

@@ -22,6 +22,7 @@ ALGORITHM_DEPENDENT_KEYS: tuple[str, ...] = (
     "alpha",
     "beta",
     "adapt_steps",
+    "adapt_batch",
     "delta",
     "diagnostics.every",
     "stability.every",

@@ -34,6 +34,10 @@ RESUMABLE_DIFFERENCES = frozenset(
 SAFEGUARD_KEYS = ("stability.safeguard", "stability.iterations")
 
 
+#: Keys added after runs were checkpointed without them, with the value those runs had in effect.
+KEYS_ADDED_LATER: dict[str, Any] = {"adapt_batch": None}
+
+
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in cfg.items():
@@ -59,6 +63,9 @@ def result_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     # Where clients compute changes results; compare the devices meant here (checkpoints older than the
     # ``device`` key ran on the CPU).
     a["device"], b["device"] = (str(compute_device({"device": c.get("device", "cpu")})) for c in (a, b))
+    for flat in (a, b):  # keys newer than a checkpoint: it ran at their default
+        for key, default in KEYS_ADDED_LATER.items():
+            flat.setdefault(key, default)
     lines = []
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] in RESUMABLE_DIFFERENCES or _unread(key, a, b):

@@ -186,6 +186,7 @@ class Config:
     beta: float = 0.05
     delta: float = 1e-3
     adapt_steps: int = 1
+    adapt_batch: int | None = None  # the personalization steps' gradient over at most this many training examples
     seed: int = 0
     eval_every: int = 1
     eval_fraction: float = 1.0
@@ -374,6 +375,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append("eval_split=val: there is no validation split; set dataset.val_fraction > 0 (e.g. 0.2)")
     if not (math.isfinite(cfg.client_gpus) and cfg.client_gpus >= 0):
         problems.append(f"client_gpus={cfg.client_gpus}: must be ≥ 0 (a share of one GPU per client, e.g. 0.5)")
+    if cfg.adapt_batch is not None:
+        _positive("adapt_batch", cfg.adapt_batch, problems, integer=True)
     if cfg.inprocess_workers is not None:
         _positive("inprocess_workers", cfg.inprocess_workers, problems, integer=True)
         traces = cfg.hessian.mode == "diag" and algorithms.declaration_of(cfg.algorithm.name).uses_hessian

@@ -45,6 +45,8 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
     ):
         if reads_key(cfg, key):  # only what the run reads (e.g. no delta without hessian=fd, no β for Local)
             params[key] = cfg[key]
+    if cfg.get("adapt_batch") is not None and reads_key(cfg, "adapt_batch"):  # unset: the whole training split
+        params["adapt_batch"] = cfg["adapt_batch"]
     # the algorithm's own keys, as its declaration lists them (defaults filled in)
     params |= {f"algorithm.{key}": value for key, value in task.algorithm_options(cfg).items()}
     if not algorithms.declaration_of(cfg["algorithm"]["name"]).uses_hessian:
