@@ -371,7 +371,9 @@ def sweep_report(
     against_fo = paired(by_method, *metrics[1], baseline=FO)  # the paper's HF ≥ FO, seed by seed
     if against_fo and against_fo.count("\n") > 1:
         text += [against_fo, ""]
-    for baseline in against:  # --against: the methods listed after it, seed by seed
+    for baseline in dict.fromkeys(against):  # --against: the methods listed after it, seed by seed
+        if baseline in ("FedAvg", FO):  # already shown above
+            continue
         more = paired(by_method, *metrics[1], baseline=baseline)
         if more and more.count("\n") > 1:
             text += [more, ""]
