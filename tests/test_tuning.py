@@ -141,7 +141,7 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
     shutil.copytree(runner.CONF_DIR, conf)
     tuned, summary, studies = conf / "experiment" / "smoke_tuned.yaml", tmp_path / "tune.md", tmp_path / "tune"
     args = [*TUNE, "smoke", "num_clients=6", "--trials", "2", "--rounds", "2", "--confirm", "1", "--jobs", "2"]
-    args += ["--confirm-seeds", "2"]
+    args += ["--confirm-seeds", "2", "--range", "beta=0.01:0.02"]  # β's declared range is [3e-4, 0.3]
     args += ["--methods", "fd", "ditto", "local", "--tune-dir", str(studies)]  # FedAvg's study is fd's, without HF
     args += ["--tuned-config", str(tuned), "--report", str(summary)]
     out = run_command(args, tmp_path, timeout=900)
@@ -156,6 +156,7 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
         for metrics in trials:
             saved = yaml.safe_load((metrics.parent / ".hydra" / "config.yaml").read_text())
             assert saved["eval_split"] == "val" and saved["dataset"]["val_fraction"] == 0.2 and saved["num_rounds"] == 2
+            assert method == "local" or 0.01 <= saved["beta"] <= 0.02  # --range: searched in the given bounds
         objective = {m: json.loads(m.read_text())["final"]["eval/personalized_acc"] for m in trials}
         best_file = max(objective, key=objective.get)
         result = yaml.safe_load((study / "optimization_results.yaml").read_text())
@@ -177,6 +178,7 @@ def test_perfedavg_tune_runs_optuna_studies_on_validation_data_and_its_config_dr
     text = summary.read_text()
     assert "Per-FedAvg (HF, fd)" in text and "2 trials × 2 rounds + 2 confirmation runs" in text
     assert f"Confirmation over {smoke_rounds} rounds on seeds 0, 1" in text
+    assert "--range=beta=0.01:0.02" in tuned.read_text()  # the tuned experiment records the search's bounds
 
     sweep = tmp_path / "sweep"  # one sweep of the three methods; hessian=fd is read by Per-FedAvg's run only
     args = [sys.executable, "-m", "perfedavg", "-m", "experiment=smoke_tuned", "num_clients=6", "num_rounds=2"]
@@ -204,6 +206,9 @@ def test_perfedavg_tune_names_the_experiments_methods_and_ranges_on_a_wrong_one(
         (["--trials", "0"], "--trials=0: must be an integer ≥ 1"),
         (["--val-fraction", "1"], "--val-fraction=1.0: must be in (0, 1)"),
         (["alpha=0.1"], "alpha is chosen per method by the tuning, not a setting"),
+        (["--range", "beta=0.5:0.1"], "--range beta=0.5:0.1: needs a key and 0 < LOW < HIGH"),
+        (["--range", "beta=low:1"], "--range beta=low:1: expected KEY=LOW:HIGH with two numbers"),
+        (["--methods", "local", "--range", "beta=0.1:1"], "--range beta=…: none of the methods local searches beta"),
     ):
         out = run_command([*TUNE, "smoke", *args, "--tune-dir", str(tmp_path / "t")], tmp_path)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -40,9 +40,11 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from perfedavg import algorithms
+from perfedavg.algorithms.declaration import Search
 from perfedavg.analysis import launch, tune_report
 from perfedavg.analysis.launch import AnalysisError, Job, say
 from perfedavg.errors import exit_on_user_error
@@ -70,7 +72,39 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned-config", type=Path, help="default <config dir>/experiment/EXPERIMENT_tuned.yaml")
     p.add_argument("--report", type=Path, help="default TUNE_DIR/tune_EXPERIMENT.md")
     p.add_argument("--merge", action="store_true", help="keep the other methods' entries of --tuned-config")
+    p.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        metavar="KEY=LOW:HIGH",
+        help="search KEY (alpha, beta, algorithm.lam, …) over [LOW, HIGH] instead of its declared range, e.g. "
+        "beta=0.01:3 for an LSTM whose SGD steps are near 1 (repeatable; the scale, log or not, stays)",
+    )
     return p
+
+
+def parse_ranges(given: list[str]) -> dict[str, tuple[float, float]]:
+    """``--range KEY=LOW:HIGH`` values → ``{KEY: (LOW, HIGH)}``; refused unless 0 < LOW < HIGH, finite."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for text in given:
+        key, _, bounds = text.partition("=")
+        low_text, _, high_text = bounds.partition(":")
+        try:
+            low, high = float(low_text), float(high_text)
+        except ValueError:
+            raise AnalysisError(f"--range {text}: expected KEY=LOW:HIGH with two numbers, e.g. beta=0.01:3") from None
+        if not key or not (0 < low < high < float("inf")):
+            raise AnalysisError(f"--range {text}: needs a key and 0 < LOW < HIGH, e.g. beta=0.01:3")
+        ranges[key] = (low, high)
+    return ranges
+
+
+def search_space(method: str, ranges: dict[str, tuple[float, float]]) -> dict[str, Search]:
+    """The method's declared search space with the ``--range`` bounds put in (keys it does not search ignored)."""
+    space = algorithms.methods()[method][1].search_space()
+    return {
+        key: replace(s, low=ranges[key][0], high=ranges[key][1]) if key in ranges else s for key, s in space.items()
+    }
 
 
 def check(args: argparse.Namespace) -> None:
@@ -87,6 +121,14 @@ def check(args: argparse.Namespace) -> None:
         raise AnalysisError(f"--val-fraction={args.val_fraction}: must be in (0, 1)")
     launch.check_experiment(args.experiment)
     args.methods = launch.split_methods(args.methods)
+    args.ranges = parse_ranges(args.range)
+    searched = {key for method in args.methods for key in algorithms.methods()[method][1].search_space()}
+    for key in args.ranges:
+        if key not in searched:
+            raise AnalysisError(
+                f"--range {key}=…: none of the methods {', '.join(args.methods)} searches {key}; they search "
+                f"{', '.join(sorted(searched))}"
+            )
     try:
         setting = tune_report.settings(args.overrides)
         if args.merge and args.tuned_config.exists():
@@ -119,7 +161,7 @@ def search(args: argparse.Namespace, tune_dir: Path) -> None:
             say(TOOL, f"{method}: finished study kept ({study})")
             continue
         shutil.rmtree(study, ignore_errors=True)
-        space = algorithms.methods()[method][1].search_space()
+        space = search_space(method, args.ranges)
         say(TOOL, f"{method}: {args.trials} trials × {args.rounds} rounds, {args.jobs} at a time → {study}")
         code = launch.perfedavg(
             [
@@ -176,6 +218,7 @@ def command_line(args: argparse.Namespace) -> str:
     words += ["--trials", str(args.trials), "--rounds", str(args.rounds), "--confirm", str(args.confirm)]
     words += ["--confirm-seeds", str(args.confirm_seeds)]
     words += ["--val-fraction", f"{args.val_fraction:g}"]
+    words += [f"--range={key}={low:g}:{high:g}" for key, (low, high) in getattr(args, "ranges", {}).items()]
     return shlex.join(words)
 
 
