@@ -65,9 +65,9 @@ __all__ = [
     "methods",
     "personalize",
     "personalized_evaluation",
-    "spread_subset",
     "reads",
     "sample_batch",
+    "spread_subset",
 ]
 
 
