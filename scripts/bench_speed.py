@@ -208,8 +208,8 @@ def bench(label: str, overrides: list[str], modes: list[str], rounds: int, ray: 
         else:
             extra.append((mode, local, None))
         print(row, flush=True)
-    if base["dataset"]["task"] == "classification" and base["model"]["name"] == "lstm":
-        characters_per_second(base, [(mode, local, d) for mode, local, d in extra], limits)
+    if base["model"]["name"] == "lstm":  # text: also in characters per second
+        characters_per_second(base, extra, limits)
     shapes = arithmetic.gemm_shapes(task.build_model(base["model"], base["seed"]), base["batch_size"])
     if base["model"]["name"] == "lstm":  # its recurrent products are inside nn.LSTM: gemm_shapes sees its head only
         print("\nAgainst the limit: not measured for the LSTM (its recurrent matrix products are not in gemm_shapes)")

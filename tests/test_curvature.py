@@ -222,7 +222,7 @@ def test_the_scratch_models_hvp_takes_its_models_path(monkeypatch) -> None:
 
 def test_forward_over_reverse_gives_the_same_product_from_concurrent_threads() -> None:
     """torch numbers forward-AD levels process-wide: unserialised, three threads' calls failed ("no level exists")
-    or returned wrong products (18 of 600); under ``FORWARD_AD_LOCK`` every call equals the single-thread one."""
+    or returned wrong products silently; under ``FORWARD_AD_LOCK`` every call equals the single-thread one."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     batch = (torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))

@@ -122,7 +122,7 @@ def check(args: argparse.Namespace) -> None:
     launch.check_experiment(args.experiment)
     args.methods = launch.split_methods(args.methods)
     args.ranges = parse_ranges(args.range)
-    searched = {key for method in args.methods for key in algorithms.methods()[method][1].search_space()}
+    searched = {key for method in args.methods for key in search_space(method, {})}
     for key in args.ranges:
         if key not in searched:
             raise AnalysisError(
@@ -218,7 +218,7 @@ def command_line(args: argparse.Namespace) -> str:
     words += ["--trials", str(args.trials), "--rounds", str(args.rounds), "--confirm", str(args.confirm)]
     words += ["--confirm-seeds", str(args.confirm_seeds)]
     words += ["--val-fraction", f"{args.val_fraction:g}"]
-    words += [f"--range={key}={low:g}:{high:g}" for key, (low, high) in getattr(args, "ranges", {}).items()]
+    words += [f"--range={key}={low:g}:{high:g}" for key, (low, high) in args.ranges.items()]
     return shlex.join(words)
 
 

@@ -34,6 +34,7 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
         "beta",
         "delta",
         "adapt_steps",
+        "adapt_batch",
         "local_steps",
         "batch_size",
         "num_clients",
@@ -43,10 +44,9 @@ def hparams_of(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[d
         "aggregation",
         "eval_split",
     ):
-        if reads_key(cfg, key):  # only what the run reads (e.g. no delta without hessian=fd, no β for Local)
+        # only what the run reads (e.g. no delta without hessian=fd, no β for Local) and is set (adapt_batch)
+        if reads_key(cfg, key) and cfg.get(key) is not None:
             params[key] = cfg[key]
-    if cfg.get("adapt_batch") is not None and reads_key(cfg, "adapt_batch"):  # unset: the whole training split
-        params["adapt_batch"] = cfg["adapt_batch"]
     # the algorithm's own keys, as its declaration lists them (defaults filled in)
     params |= {f"algorithm.{key}": value for key, value in task.algorithm_options(cfg).items()}
     if not algorithms.declaration_of(cfg["algorithm"]["name"]).uses_hessian:
