@@ -154,3 +154,64 @@ def test_models_and_data_that_do_not_fit_are_refused(overrides: list[str], fragm
 
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         prepare(compose(overrides))
+
+
+# -- statistics (perfedavg.data.text_stats, python -m perfedavg.analysis.data_stats) ----------------------------------
+
+
+def test_the_statistics_count_clients_windows_and_characters_as_the_runs_cut_them(corpus_file: Path) -> None:
+    """Counted independently of the module: 8 rows, those with ≥ 60 characters eligible, each client's windows as
+    :func:`load_client` gives them, and the character shares over the eligible clients' text only."""
+    import statistics
+    from collections import Counter
+
+    from perfedavg.data import text_stats
+
+    texts = [LINE * 3, LINE[:70] + "é—$", "Hi.", *(LINE[i:] * 2 for i in range(5))]
+    kept = [t for t in texts if len(t) >= 60]
+    for val_fraction in (0.0, 0.25):
+        p = params(corpus_file, val_fraction=val_fraction)
+        stats = text_stats.statistics(p, top=3)
+        assert (stats.rows, stats.eligible, stats.characters) == (8, len(kept), sum(map(len, kept)))
+        clients = [load_client(p, i, len(kept), 0) for i in range(len(kept))]
+        parts = {"train": [len(c.y_train) for c in clients], "test": [len(c.y_test) for c in clients]}
+        if val_fraction:
+            parts["val"] = [len(c.y_val) for c in clients]
+        assert sorted(stats.windows) == sorted(parts)
+        for part, counts in parts.items():
+            expected = text_stats.Spread(sum(counts), statistics.median(counts), min(counts), max(counts))
+            assert stats.windows[part] == expected, part
+    joined = "".join(kept)
+    unknown = sum(c not in text_data.VOCABULARY for c in joined)
+    assert unknown == 3  # OPHELIA's "é", "—" and "$"
+    assert stats.unknown_share == pytest.approx(unknown / len(joined))
+    ranked = Counter(c for c in joined if c in text_data.VOCABULARY).most_common(3)
+    named = [{" ": "space", "\n": "newline"}.get(c, c) for c, _ in ranked]
+    assert stats.commonest == [(name, pytest.approx(n / len(joined))) for name, (_, n) in zip(named, ranked)]
+    assert stats.commonest[0][0] == "space"
+
+
+def test_the_statistics_command_prints_them_and_refuses_an_image_set(corpus_file: Path, tmp_path: Path, capsys) -> None:
+    from perfedavg.analysis import data_stats
+
+    out = tmp_path / "stats.md"
+    assert (
+        data_stats.main(
+            [
+                "dataset=shakespeare",
+                f"dataset.path={corpus_file}",
+                "dataset.min_chars=90",
+                "dataset.input_shape=[8]",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "eligible clients (at least dataset.min_chars = 90 characters)" in printed and "| space |" in printed
+    assert out.read_text().startswith("<!-- written by:") and printed in out.read_text()
+    with pytest.raises(SystemExit) as stop:
+        data_stats.main(["dataset=mnist"])
+    assert stop.value.code == 2
+    assert "dataset=mnist: not a text data set" in capsys.readouterr().err
