@@ -306,3 +306,30 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+def test_a_stopped_run_kills_what_of_it_outlives_the_grace_and_nothing_that_ended(tmp_path: Path) -> None:
+    """:func:`stopping.end_leftovers` in a process of its own (it looks at that process's children): a child that
+    ignores SIGTERM (as a busy, niced Ray worker may for seconds) is killed after the grace; a child that ends within
+    it, or has ended and is a zombie, is not counted."""
+    script = """
+import json, signal, subprocess, sys, time
+from perfedavg.federation import stopping
+quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+done = subprocess.Popen([sys.executable, "-c", "pass"]); time.sleep(1.0)  # ended, never waited for: a zombie
+assert stopping.end_leftovers(grace_s=5.0) == [] and quick.poll() == 0
+stubborn = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"],
+    stdout=subprocess.PIPE)
+stubborn.stdout.readline()
+started = time.monotonic()
+killed = stopping.end_leftovers(grace_s=0.5)
+took = time.monotonic() - started
+print(json.dumps({"killed": killed, "stubborn": stubborn.pid, "code": stubborn.wait(5), "s": took}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["killed"] == [result["stubborn"]] and result["code"] == -signal.SIGKILL
+    assert 0.5 <= result["s"] < 5
+    assert "1 process(es) of this run still running 0.5 s after the stop: killed" in out.stderr

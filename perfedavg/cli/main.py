@@ -35,6 +35,7 @@ from perfedavg.config.preparation import (
     load_checkpoint,
 )
 from perfedavg.errors import exit_on_user_error
+from perfedavg.federation import stopping
 from perfedavg.federation.stopping import FederationInterrupted
 from perfedavg.run import lock as run_lock
 from perfedavg.run import sweep_records
@@ -88,6 +89,7 @@ def _job(cfg: DictConfig) -> float | None:
         sys.exit(1)
     except FederationInterrupted as e:
         print(interrupted_line(e, run_dir, hydra_cfg.mode == RunMode.MULTIRUN), file=sys.stderr)
+        stopping.end_leftovers()
         logging.shutdown()
         sys.exit(e.exit_code)  # 130 (SIGINT) or 143 (SIGTERM); a sweep stops with it
     final = summary["final"]

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -95,7 +96,8 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _processes() -> list[tuple[int, int, int, str]]:
-    """``(pid, ppid, pgid, command line)`` of every process this user can see (Linux ``/proc``; elsewhere none)."""
+    """``(pid, ppid, pgid, command line)`` of every live process this user can see (Linux ``/proc``; elsewhere
+    none). A zombie (ended, not yet reaped by its parent) is not live: it runs nothing and holds no memory."""
     found = []
     for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
         if not entry.name.isdigit():
@@ -107,7 +109,8 @@ def _processes() -> list[tuple[int, int, int, str]]:
                 command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:  # it ended meanwhile
             continue
-        found.append((int(entry.name), int(fields[1]), int(fields[2]), command))
+        if fields[0] != b"Z":
+            found.append((int(entry.name), int(fields[1]), int(fields[2]), command))
     return found
 
 
@@ -145,6 +148,28 @@ def kill_leftovers() -> None:
     for leftover in leftovers():
         with contextlib.suppress(OSError):
             os.kill(leftover, signal.SIGKILL)
+
+
+#: How long a stopped run waits, on its way out, for its Ray processes to end before it kills them.
+LEFTOVER_GRACE_S = 5.0
+
+
+def end_leftovers(grace_s: float = LEFTOVER_GRACE_S) -> list[int]:
+    """On the way out of a stopped run, after Ray was shut down: wait up to ``grace_s`` for :func:`leftovers` to end
+    (a signal sent to the whole group reaches Ray's workers too, but a worker busy with a client, niced and on a
+    loaded machine, can take seconds to act on it), then SIGKILL those still running, so that none outlives the run.
+    Returns the processes killed (none, usually). Cost: a scan of ``/proc`` every 0.1 s while any is left."""
+    deadline = time.monotonic() + grace_s
+    left = leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = leftovers()
+    for leftover in left:
+        with contextlib.suppress(OSError):
+            os.kill(leftover, signal.SIGKILL)
+    if left:
+        log.warning("%d process(es) of this run still running %g s after the stop: killed", len(left), grace_s)
+    return left
 
 
 @contextlib.contextmanager
