@@ -1,0 +1,76 @@
+"""What the results tests share: the per-seed CSVs that ``perfedavg-report`` writes (scripts/results/*_runs.csv), the
+paired figures computed from them, and a check that a figure as the docs print it (rounded to the digits shown, with
+or without its interval, p and seeds ahead) is the CSV's."""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+from pathlib import Path
+
+from perfedavg.analysis.report import paired_test
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "scripts" / "results"
+
+
+def finals(*names: str) -> dict[str, dict[int, float]]:
+    """method → seed → final personalized test accuracy, over one or more CSVs of scripts/results (a method in two
+    of them must agree seed by seed: the same runs reported twice)."""
+    out: dict[str, dict[int, float]] = {}
+    for name in names:
+        with (RESULTS / name).open() as f:
+            for row in csv.DictReader(f):
+                seeds = out.setdefault(row["method"], {})
+                value = float(row["eval/personalized_acc"])
+                assert seeds.setdefault(int(row["seed"]), value) == value, (name, row["method"], row["seed"])
+    return out
+
+
+def mean_sd(values: dict[int, float]) -> str:
+    """``0.9679 ± 0.0020``: mean ± sample standard deviation over the seeds."""
+    return f"{statistics.mean(values.values()):.4f} ± {statistics.stdev(values.values()):.4f}"
+
+
+def differences(runs: dict[str, dict[int, float]], method: str, baseline: str) -> list[float]:
+    """``method`` − ``baseline`` on the seeds both have."""
+    return [runs[method][s] - runs[baseline][s] for s in sorted(runs[baseline]) if s in runs[method]]
+
+
+def unsigned(text: str) -> str:
+    """The docs' typography made plain: − → -, no bold, one space between words."""
+    return " ".join(text.replace("−", "-").replace("**", "").split())
+
+
+def check_paired(cell: str, diffs: list[float]) -> None:
+    """``cell`` (e.g. ``+0.0019 [-0.0016, +0.0053], p = 0.21, 4/5`` or ``-0.010, 0/5``) states ``diffs``: its mean at
+    the decimals shown, and where the cell has them its 95 % interval, its p (to the digits shown) and seeds ahead."""
+    cell = unsigned(cell)
+    shown = re.match(r"([+-]\d+\.(\d+))", cell)
+    assert shown, f"no signed figure leads {cell!r}"
+    digits = len(shown.group(2))
+    assert shown.group(1) == f"{statistics.mean(diffs):+.{digits}f}", (cell, statistics.mean(diffs))
+    interval, p = paired_test(diffs)
+    if "[" in cell:
+        assert interval in cell, (cell, interval)
+    p_shown = re.search(r"p = ([0-9.e-]+)", cell)
+    if p_shown:
+        decimals = len(p_shown.group(1).split(".")[1]) if "." in p_shown.group(1) else 0
+        assert abs(float(p_shown.group(1)) - float(p)) <= 0.5 * 10**-decimals + 1e-12, (cell, p)
+    ahead = re.search(r"(\d+)/(\d+)", cell)
+    if ahead:
+        assert (int(ahead.group(1)), int(ahead.group(2))) == (sum(d > 0 for d in diffs), len(diffs)), cell
+
+
+def table_after(text: str, marker: str) -> list[dict[str, str]]:
+    """The first Markdown table after ``marker`` in ``text``, as rows of header → cell."""
+    lines = text.split(marker, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        block.append([c.strip() for c in line.strip().strip("|").split("|")])
+    header, rows = block[0], block[2:]
+    return [dict(zip(header, row)) for row in rows]
