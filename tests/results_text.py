@@ -15,15 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "results"
 
 
-def finals(*names: str) -> dict[str, dict[int, float]]:
-    """method → seed → final personalized test accuracy, over one or more CSVs of scripts/results (a method in two
-    of them must agree seed by seed: the same runs reported twice)."""
+def finals(*names: str, tag: str = "eval/personalized_acc") -> dict[str, dict[int, float]]:
+    """method → seed → final personalized test accuracy (or another column, ``tag``), over one or more CSVs of
+    scripts/results (a method in two of them must agree seed by seed: the same runs reported twice)."""
     out: dict[str, dict[int, float]] = {}
     for name in names:
         with (RESULTS / name).open() as f:
             for row in csv.DictReader(f):
                 seeds = out.setdefault(row["method"], {})
-                value = float(row["eval/personalized_acc"])
+                value = float(row[tag])
                 assert seeds.setdefault(int(row["seed"]), value) == value, (name, row["method"], row["seed"])
     return out
 
