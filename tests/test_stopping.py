@@ -309,27 +309,38 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_stopped_run_kills_what_of_it_outlives_the_grace_and_nothing_that_ended(tmp_path: Path) -> None:
-    """:func:`stopping.end_leftovers` in a process of its own (it looks at that process's children): a child that
-    ignores SIGTERM (as a busy, niced Ray worker may for seconds) is killed after the grace; a child that ends within
-    it, or has ended and is a zombie, is not counted."""
-    script = """
-import json, signal, subprocess, sys, time
+    """:func:`stopping.end_leftovers` in a process of its own (it looks at that process's children): a Ray child
+    (a program of a ``ray`` package) that ignores SIGTERM, as a busy, niced Ray worker may for seconds, is killed
+    after the grace; a Ray child that ends within it, or has ended and is a zombie, is not counted; a child that is
+    not Ray's is never touched."""
+    ray = tmp_path / "site-packages" / "ray"
+    ray.mkdir(parents=True)
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    )
+    (ray / "worker.py").write_text(stubborn)
+    (ray / "quick.py").write_text("import time; time.sleep(float(__import__('sys').argv[1]))")
+    (tmp_path / "other.py").write_text(stubborn)
+    script = f"""
+import json, subprocess, sys, time
 from perfedavg.federation import stopping
-quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
-done = subprocess.Popen([sys.executable, "-c", "pass"]); time.sleep(1.0)  # ended, never waited for: a zombie
+quick = subprocess.Popen([sys.executable, {str(ray / "quick.py")!r}, "0.3"])
+done = subprocess.Popen([sys.executable, {str(ray / "quick.py")!r}, "0"]); time.sleep(1.0)  # a zombie: never waited for
 assert stopping.end_leftovers(grace_s=5.0) == [] and quick.poll() == 0
-stubborn = subprocess.Popen([sys.executable, "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"],
-    stdout=subprocess.PIPE)
-stubborn.stdout.readline()
+worker, other = (subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE)
+                 for path in ({str(ray / "worker.py")!r}, {str(tmp_path / "other.py")!r}))
+worker.stdout.readline(), other.stdout.readline()
 started = time.monotonic()
 killed = stopping.end_leftovers(grace_s=0.5)
 took = time.monotonic() - started
-print(json.dumps({"killed": killed, "stubborn": stubborn.pid, "code": stubborn.wait(5), "s": took}))
+alive = other.poll() is None
+other.kill()
+print(json.dumps({{"killed": killed, "worker": worker.pid, "code": worker.wait(5), "s": took, "other": alive}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["killed"] == [result["stubborn"]] and result["code"] == -signal.SIGKILL
+    assert result["killed"] == [result["worker"]] and result["code"] == -signal.SIGKILL
+    assert result["other"], "a process that is not Ray's was killed"
     assert 0.5 <= result["s"] < 5
     assert "1 process(es) of this run still running 0.5 s after the stop: killed" in out.stderr

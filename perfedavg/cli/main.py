@@ -89,7 +89,8 @@ def _job(cfg: DictConfig) -> float | None:
         sys.exit(1)
     except FederationInterrupted as e:
         print(interrupted_line(e, run_dir, hydra_cfg.mode == RunMode.MULTIRUN), file=sys.stderr)
-        stopping.end_leftovers()
+        if cfg.backend == "ray":
+            stopping.end_leftovers()  # Ray's workers, still busy with a client, may outlive the driver
         logging.shutdown()
         sys.exit(e.exit_code)  # 130 (SIGINT) or 143 (SIGTERM); a sweep stops with it
     final = summary["final"]

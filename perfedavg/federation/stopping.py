@@ -114,10 +114,10 @@ def _processes() -> list[tuple[int, int, int, str]]:
     return found
 
 
-def leftovers(pid: int | None = None) -> list[int]:
-    """What an immediate exit of ``pid`` (default: this process) would leave running: its descendants, and the Ray
-    processes of its process group that have already lost their parent (Ray's agents, once the signal that reached
-    the whole group has ended the raylet that started them)."""
+def leftovers(pid: int | None = None, ray_only: bool = False) -> list[int]:
+    """What an immediate exit of ``pid`` (default: this process) would leave running: its descendants (only the Ray
+    ones with ``ray_only``), and the Ray processes of its process group that have already lost their parent (Ray's
+    agents, once the signal that reached the whole group has ended the raylet that started them)."""
     pid = os.getpid() if pid is None else pid
     table = _processes()
     pgid = os.getpgid(pid)
@@ -133,6 +133,9 @@ def leftovers(pid: int | None = None) -> list[int]:
     group = {p for p, _, g, _ in table if g == pgid}
     # lost their parent: re-parented to init or to a subreaper outside the group
     orphans = {p for p, parent, g, command in table if g == pgid and parent not in group and _is_ray(command)}
+    if ray_only:
+        commands = {p: command for p, _, _, command in table}
+        found = {p for p in found if _is_ray(commands[p])}
     return sorted((found | orphans) - {pid})
 
 
@@ -155,15 +158,16 @@ LEFTOVER_GRACE_S = 5.0
 
 
 def end_leftovers(grace_s: float = LEFTOVER_GRACE_S) -> list[int]:
-    """On the way out of a stopped run, after Ray was shut down: wait up to ``grace_s`` for :func:`leftovers` to end
-    (a signal sent to the whole group reaches Ray's workers too, but a worker busy with a client, niced and on a
-    loaded machine, can take seconds to act on it), then SIGKILL those still running, so that none outlives the run.
-    Returns the processes killed (none, usually). Cost: a scan of ``/proc`` every 0.1 s while any is left."""
+    """On the way out of a stopped Ray run, after Ray was shut down: wait up to ``grace_s`` for the Ray processes
+    among :func:`leftovers` to end (a signal sent to the whole group reaches Ray's workers too, but a worker busy with
+    a client, niced and on a loaded machine, can take seconds to act on it), then SIGKILL those still running, so
+    that none outlives the run. Processes that are not Ray's (a notebook's own children) are never touched. Returns
+    the processes killed (none, usually). Cost: a scan of ``/proc`` every 0.1 s while any is left."""
     deadline = time.monotonic() + grace_s
-    left = leftovers()
+    left = leftovers(ray_only=True)
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        left = leftovers()
+        left = leftovers(ray_only=True)
     for leftover in left:
         with contextlib.suppress(OSError):
             os.kill(leftover, signal.SIGKILL)
