@@ -221,3 +221,17 @@ def test_report_plots_tick_whole_rounds_only(rounds: list[int]) -> None:
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     plt.close(fig)
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_report_names_why_a_run_stopped(tmp_path: Path) -> None:
+    """A run that stopped before its last round is listed with the reason its job log gives (Hydra's job log is
+    main.log: the report once read cli.log, the name before the CLI became a package, and said "no reason logged")."""
+    from perfedavg.analysis import report
+
+    run_dir = tmp_path / "sweep" / "fedavg-fo-seed0"
+    args = [sys.executable, "-m", "perfedavg.testing.faults", "raise:0:2", "--", "experiment=smoke", "num_rounds=3"]
+    out = run_command([*args, "backend=inprocess", "min_clients=4", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    (run,), _ = report.find_runs(tmp_path / "sweep")
+    reason = report.stop_reason(run)
+    assert reason.startswith("last logged round 1 of 3; round 2: 1 of 4 sampled clients failed"), reason

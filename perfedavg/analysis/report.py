@@ -99,13 +99,14 @@ def finished(run: Run) -> bool:
 
 
 def stop_reason(run: Run) -> str:
-    """Where a run stopped and why, from its console log (``federation stopped: …``)."""
-    log = run.path / "cli.log"
-    lines = (
-        [ln for ln in log.read_text(errors="replace").splitlines() if "federation stopped:" in ln]
-        if log.exists()
-        else []
-    )
+    """Where a run stopped and why, from Hydra's log of the job in its directory (``federation stopped: …``): named
+    after the task function's module, ``main.log`` (``cli.log`` in runs from before the CLI became a package)."""
+    lines = [
+        line
+        for log in sorted(run.path.glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if "federation stopped:" in line
+    ]
     why = (
         lines[-1].split("federation stopped:", 1)[1].split(" (logs so far")[0].strip()
         if lines
