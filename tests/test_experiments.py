@@ -170,6 +170,18 @@ def test_report_refuses_a_directory_without_runs(tmp_path: Path) -> None:
     assert empty.returncode == 2 and "no finished runs with TensorBoard event files" in empty.stderr
 
 
+def test_report_ignores_the_records_a_killed_sweep_left(tmp_path: Path) -> None:
+    """A multirun copies its jobs' ``.hydra/`` into ``.hydra-records/`` while it runs; a sweep killed midway leaves
+    the copy, which holds configs but no runs: not "runs without metrics"."""
+    from perfedavg.analysis import report
+    from perfedavg.run.sweep_records import BACKUP
+
+    for job in (tmp_path / "fedavg-fo-seed0", tmp_path / BACKUP / "jobs" / "fedavg-fo-seed0"):
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    assert report.find_runs(tmp_path) == ([], [tmp_path / "fedavg-fo-seed0"])
+
+
 def test_reproduce_names_the_experiments_on_a_wrong_one(tmp_path: Path) -> None:
     out = run_command([*REPRODUCE, "paper_mnst"], tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr

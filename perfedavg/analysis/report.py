@@ -80,10 +80,16 @@ def read_run(run_dir: Path) -> Run | None:
 
 
 def find_runs(sweep_dir: Path) -> tuple[list[Run], list[Path]]:
-    """(runs with event files, run directories without any: still running, failed or empty)."""
+    """(runs with event files, run directories without any: still running, failed or empty). The copy of the
+    records that a multirun keeps while it runs (:data:`perfedavg.run.sweep_records.BACKUP`, left behind by a killed
+    sweep) holds no runs."""
+    from perfedavg.run.sweep_records import BACKUP
+
     runs, empty = [], []
     for hydra_cfg in sorted(sweep_dir.rglob(".hydra/config.yaml")):
         run_dir = hydra_cfg.parent.parent
+        if BACKUP in run_dir.relative_to(sweep_dir).parts:
+            continue
         run = read_run(run_dir) if list(run_dir.glob("events.out.tfevents*")) else None
         (runs.append(run) if run else empty.append(run_dir))
     return runs, empty
