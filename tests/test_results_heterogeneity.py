@@ -21,7 +21,7 @@ ROWS = {
     ("MNIST", "10"): "heterogeneity_mnist_1_runs.csv",
     ("MNIST", "0.3"): "heterogeneity_mnist_2_runs.csv",
     ("MNIST", "0.1"): "heterogeneity_mnist_3_runs.csv",
-    ("Fashion-MNIST", "10"): "heterogeneity_fashion_mnist_runs.csv",
+    ("Fashion-MNIST", "10"): "heterogeneity_fashion_mnist_1_runs.csv",
 }
 FEDAVG, FO, HF = "FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, hvp)"
 
