@@ -334,3 +334,69 @@ def test_confirmation_rejects_a_candidate_unstable_on_any_seed(tmp_path: Path) -
         ValueError, match=r"no confirmed candidate is stable on every seed \(trial 0: seed 1: collapsed"
     ):
         tune_report.report(tmp_path / "tune", "smoke", ["hvp"], top=5)
+
+
+# -- a study cut off continues (perfedavg.analysis.study_store) ------------------------------------------------------
+
+
+def test_a_studys_trials_are_numbered_over_its_launches_and_a_cut_off_run_is_not_one(tmp_path: Path) -> None:
+    """The first launch's trial<N>, a resumed launch's from<K>/trial<N> (trial K + N); a run without metrics or a
+    logged failure that a later launch followed was cut off: not a trial, not counted; one that failed on its own
+    (``federation stopped`` in its log) is a failed trial."""
+    from perfedavg.analysis import study_store
+
+    study = tmp_path / "fo"
+    fake_trial(study, 0, {"alpha": 0.01, "beta": 0.02}, 0.7)
+    fake_trial(study, 1, {"alpha": 0.02, "beta": 0.02}, 0.6)
+    cut = study / "trial2"  # the first launch ended (a session's end) while this run was under way
+    (cut / ".hydra").mkdir(parents=True)
+    (cut / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["alpha=0.03", "beta=0.02"]))
+    assert study_store.told(study) == 2 and study_store.next_launch_dir(study) == study / "from3"
+    assert study_store.cut_off(study) == set()  # nothing followed it yet: it may still be running
+    fake_trial(study / "from3", 0, {"alpha": 0.04, "beta": 0.02}, 0.8)
+    failed = study / "from3" / "trial1"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["alpha=0.3", "beta=0.3"]))
+    (failed / "main.log").write_text("… federation stopped: round 3: every client's update is non-finite …\n")
+    assert [n for n, _ in study_store.trial_dirs(study)] == [0, 1, 2, 3, 4]
+    assert study_store.cut_off(study) == {2} and study_store.told(study) == 4
+    trials = tune_report.read_trials(study)
+    assert [(t.number, t.objective) for t in trials] == [(0, 0.7), (1, 0.6), (3, 0.8), (4, None)]
+    space = ["alpha=tag(log, interval(0.0003, 0.3))", "beta=tag(log, interval(0.0003, 0.3))"]
+    told = study_store.told_trials(study, space)
+    assert [(t.state.name, t.value, t.params) for t in told] == [
+        ("COMPLETE", 0.7, {"alpha": 0.01, "beta": 0.02}),
+        ("COMPLETE", 0.6, {"alpha": 0.02, "beta": 0.02}),
+        ("COMPLETE", 0.8, {"alpha": 0.04, "beta": 0.02}),
+        ("FAIL", None, {"alpha": 0.3, "beta": 0.3}),
+    ]
+    narrower = ["alpha=tag(log, interval(0.0003, 0.03))", "beta=tag(log, interval(0.0003, 0.3))"]
+    assert len(study_store.told_trials(study, narrower)) == 2  # trials outside the space searched now are left out
+
+
+@pytest.mark.slow
+def test_perfedavg_tune_continues_a_study_that_was_cut_off(tmp_path: Path) -> None:
+    """A study run with fewer trials than asked for (as one cut off is) continues with the trials still missing
+    in from<K>/, its sampler seeing the earlier ones (the resumed study's best is the best over all trials), at other
+    points than the first launch's (its seed moves on), and the report counts every trial once."""
+    studies, args = tmp_path / "tune", [*TUNE, "smoke", "num_clients=6", "--rounds", "2", "--confirm", "0"]
+    args += ["--methods", "fo", "--jobs", "1", "--tune-dir", str(studies), "--report", str(tmp_path / "tune.md")]
+    args += ["--tuned-config", str(tmp_path / "smoke_tuned.yaml")]
+    first = run_command([*args, "--trials", "2"], tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_command([*args, "--trials", "4"], tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fo: 2 trials × 2 rounds, 1 at a time (continued: 2 of 4 done)" in resumed.stdout + resumed.stderr
+    study = studies / "fo"
+    objectives = {}
+    points = []
+    for metrics in sorted(study.glob("trial*/metrics.json")) + sorted(study.glob("from2/trial*/metrics.json")):
+        given = yaml.safe_load((metrics.parent / ".hydra" / "overrides.yaml").read_text())
+        points.append(tuple(sorted(item for item in given if item.startswith(("alpha=", "beta=")))))
+        objectives[metrics] = json.loads(metrics.read_text())["final"]["eval/personalized_acc"]
+    assert len(objectives) == 4 and len(set(points)) == 4  # no point drawn twice
+    best = yaml.safe_load((study / "from2" / "optimization_results.yaml").read_text())["best_value"]
+    assert best == pytest.approx(max(objectives.values()), abs=1e-12)
+    assert "4 trials, 4 finished, 0 failed" in (tmp_path / "tune.md").read_text()
+    again = run_command([*args, "--trials", "4"], tmp_path, timeout=600)
+    assert again.returncode == 0 and "fo: finished study kept" in again.stdout + again.stderr

@@ -59,13 +59,14 @@ def say(tool: str, message: str) -> None:
     print(f"[{tool}] {message}", file=sys.stderr, flush=True)
 
 
-def perfedavg(args: Sequence[str], log: Path | None = None) -> int:
-    """Run ``perfedavg ARGS`` to its end; its output goes to ``log`` (appended) or to this process's own streams.
-    Returns its exit status."""
+def perfedavg(args: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None) -> int:
+    """Run ``perfedavg ARGS`` to its end, with ``env`` added to the environment; its output goes to ``log``
+    (appended) or to this process's own streams. Returns its exit status."""
+    environment = {**os.environ, **env} if env else None
     if log is None:
-        return subprocess.run([*PERFEDAVG, *args]).returncode
+        return subprocess.run([*PERFEDAVG, *args], env=environment).returncode
     with open(log, "a") as out:
-        return subprocess.run([*PERFEDAVG, *args], stdout=out, stderr=subprocess.STDOUT).returncode
+        return subprocess.run([*PERFEDAVG, *args], stdout=out, stderr=subprocess.STDOUT, env=environment).returncode
 
 
 @dataclass

@@ -29,8 +29,9 @@ Writes the tuned experiment (``--tuned-config``, default ``<config dir>/experime
 ``TUNE_DIR/tune_EXPERIMENT.md``). ``--merge`` keeps the entries of the methods not tuned now from an existing tuned
 experiment (e.g. to add ``--methods pfedme ditto``). The overrides after EXPERIMENT that say what is computed
 (``partition.alpha=0.1``, not ``dataset.path=…``) are written into the tuned experiment: its step sizes hold for that
-setting. Cut off? Run it again with the same ``--tune-dir``: finished studies are kept (an unfinished one starts
-over) and confirmation runs continue from their checkpoints.
+setting. Cut off? Run it again with the same ``--tune-dir``: finished studies are kept, an unfinished one continues
+from its Optuna storage with the trials still missing (a trial cut off midway is asked again, not counted;
+:mod:`perfedavg.analysis.study_store`), and confirmation runs continue from their checkpoints.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pathlib import Path
 
 from perfedavg import algorithms
 from perfedavg.algorithms.declaration import Search
-from perfedavg.analysis import launch, tune_report
+from perfedavg.analysis import launch, study_store, tune_report
 from perfedavg.analysis.launch import AnalysisError, Job, say
 from perfedavg.errors import exit_on_user_error
 
@@ -152,17 +153,23 @@ def validation(val_fraction: float) -> list[str]:
 
 
 def search(args: argparse.Namespace, tune_dir: Path) -> None:
-    """Stage 1: one Optuna study per method (a finished one is kept)."""
+    """Stage 1: one Optuna study per method. A finished one is kept; one cut off continues with the trials still
+    missing, its sampler seeing those told so far (:mod:`perfedavg.analysis.study_store`)."""
     maximize = direction(args.experiment, args.overrides)
     say(TOOL, f"1/2 search: one study per method ({' '.join(args.methods)})")
     for method in args.methods:
         study = tune_dir / method
-        if (study / "optimization_results.yaml").is_file():
+        done = study_store.told(study)
+        if done >= args.trials:
             say(TOOL, f"{method}: finished study kept ({study})")
             continue
-        shutil.rmtree(study, ignore_errors=True)
-        space = search_space(method, args.ranges)
-        say(TOOL, f"{method}: {args.trials} trials × {args.rounds} rounds, {args.jobs} at a time → {study}")
+        if not study_store.trial_dirs(study):  # nothing of it ran: a fresh start
+            shutil.rmtree(study, ignore_errors=True)
+        sweep_dir = study_store.next_launch_dir(study)
+        space = [f"{key}={s.sweep()}" for key, s in search_space(method, args.ranges).items()]
+        remaining = args.trials - done
+        resumed = f" (continued: {done} of {args.trials} done)" if done else ""
+        say(TOOL, f"{method}: {remaining} trials × {args.rounds} rounds, {args.jobs} at a time{resumed} → {sweep_dir}")
         code = launch.perfedavg(
             [
                 "-m",
@@ -172,21 +179,20 @@ def search(args: argparse.Namespace, tune_dir: Path) -> None:
                 f"eval_every={args.rounds}",
                 *validation(args.val_fraction),
                 "hydra/sweeper=step_sizes",
-                *(f"{key}={s.sweep()}" for key, s in space.items()),
+                *space,
                 f"hydra.sweeper.direction={maximize}",
-                f"hydra.sweeper.n_trials={args.trials}",
+                f"hydra.sweeper.n_trials={remaining}",
                 f"hydra.sweeper.n_jobs={args.jobs}",
                 "hydra/launcher=joblib",
                 f"hydra.launcher.n_jobs={args.jobs}",
-                f"hydra.sweep.dir={study}",
+                f"hydra.sweep.dir={sweep_dir}",
                 "hydra.sweep.subdir=trial${hydra.job.num}",
                 *args.overrides,
-            ]
+            ],
+            env=study_store.resume_environment(study, space) if done else None,
         )
         if code != 0:
-            raise SystemExit(
-                f"[{TOOL}] {method}: the study stopped (exit {code}); run the same command to start it over"
-            )
+            raise SystemExit(f"[{TOOL}] {method}: the study stopped (exit {code}); run the same command to continue it")
 
 
 def confirm(args: argparse.Namespace, tune_dir: Path) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perfedavg import algorithms
+from perfedavg.analysis import study_store
 from perfedavg.analysis.results_file import recording
 from perfedavg.config import EXECUTION_KEYS
 
@@ -123,13 +124,13 @@ def _overrides(run_dir: Path) -> dict[str, str]:
 
 
 def read_trials(study: Path) -> list[Trial]:
-    """Every search trial ``trial<N>`` under ``study`` (in trial order), finished or not (the confirmation runs:
+    """Every search trial of ``study`` (in trial order, over the launches of a resumed study), finished or failed;
+    a run cut off with its launch is not one (:mod:`perfedavg.analysis.study_store`; the confirmation runs:
     :func:`read_confirmations`)."""
-    prefix = "trial"
     trials = []
-    runs = [p for p in study.glob(f"{prefix}*") if p.is_dir() and p.name.removeprefix(prefix).isdigit()]
-    for run_dir in sorted(runs, key=lambda p: int(p.name.removeprefix(prefix))):
-        if not (run_dir / ".hydra" / "overrides.yaml").exists():
+    cut_off = study_store.cut_off(study)
+    for number, run_dir in study_store.trial_dirs(study):
+        if number in cut_off or not (run_dir / ".hydra" / "overrides.yaml").exists():
             continue
         given = _overrides(run_dir)
         metrics = run_dir / "metrics.json"
@@ -141,7 +142,6 @@ def read_trials(study: Path) -> list[Trial]:
             maximize = "eval/personalized_acc" in final
             objective = final["eval/personalized_acc" if maximize else "eval/personalized_loss"]
             wall = summary.get("wall_s")
-        number = int(run_dir.name.removeprefix(prefix))
         searched = {key: float(given[key]) for key in SEARCHED if key in given}
         trials.append(Trial(number, objective, maximize, wall, given, searched))
     return trials
