@@ -268,6 +268,9 @@ def _main() -> None:
             validate(composed)
         if not single:  # the jobs (in this process or a launcher's workers) name their runs after what varies
             os.environ[SWEPT_KEYS_VARIABLE] = ",".join(swept_in(sys.argv[1:]))
+            # The Optuna sweeper imports alembic, whose plugin set-up logs at INFO through Hydra's root handler
+            # (the runs themselves: perfedavg.run.runner).
+            logging.getLogger("alembic").setLevel(logging.INFO if composed.verbose else logging.WARNING)
         chosen_dir = single and any(a.startswith("hydra.run.dir=") for a in sys.argv[1:])
         if chosen_dir and not any(a.startswith("resume=") for a in sys.argv[1:]):
             check_not_a_run(target)
