@@ -235,6 +235,7 @@ def test_report_plots_tick_whole_rounds_only(rounds: list[int]) -> None:
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
 
 
+@pytest.mark.slow
 def test_report_names_why_a_run_stopped(tmp_path: Path) -> None:
     """A run that stopped before its last round is listed with the reason its job log gives (Hydra's job log is
     main.log: the report once read cli.log, the name before the CLI became a package, and said "no reason logged")."""
