@@ -19,6 +19,7 @@ open an SQLite storage with SQLAlchemy 2.) The start-up draws of a resumed launc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -131,30 +132,39 @@ def _resume_spec() -> dict[str, Any] | None:
     return json.loads(spec) if spec else None
 
 
-def _tpe() -> type:
+@functools.cache
+def _resumed_tpe_sampler() -> type:
+    """:class:`ResumedTPESampler`, built on first use: Optuna takes seconds to import, and only a sweep needs it."""
+    from optuna.exceptions import ExperimentalWarning
     from optuna.samplers import TPESampler
 
-    return TPESampler
+    class ResumedTPESampler(TPESampler):  # type: ignore[misc]
+        """Optuna's TPE sampler that, before its first suggestion, adds the told trials of the study named in
+        :data:`RESUME_ENV` to the (new) study it samples for, so a resumed launch continues the search where the
+        cut-off one stopped; its seed is offset by the trials already told. Without the variable it is the TPE
+        sampler."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            self._resume = _resume_spec()
+            if self._resume is not None and kwargs.get("seed") is not None:
+                kwargs["seed"] = int(kwargs["seed"]) + told(Path(self._resume["study"]))
+            super().__init__(**kwargs)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            if self._resume is not None:
+                resume, self._resume = self._resume, None
+                with warnings.catch_warnings():  # "add_trial is experimental" (since Optuna 2.0, stable in 3)
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    for past in told_trials(Path(resume["study"]), resume["space"]):
+                        study.add_trial(past)
+            return super().infer_relative_search_space(study, trial)
+
+    ResumedTPESampler.__module__, ResumedTPESampler.__qualname__ = __name__, "ResumedTPESampler"
+    return ResumedTPESampler
 
 
-class ResumedTPESampler(_tpe()):  # type: ignore[misc]
-    """Optuna's TPE sampler that, before its first suggestion, adds the told trials of the study named in
-    :data:`RESUME_ENV` to the (new) study it samples for, so a resumed launch continues the search where the cut-off
-    one stopped; its seed is offset by the trials already told. Without the variable it is the TPE sampler."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self._resume = _resume_spec()
-        if self._resume is not None and kwargs.get("seed") is not None:
-            kwargs["seed"] = int(kwargs["seed"]) + told(Path(self._resume["study"]))
-        super().__init__(**kwargs)
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-        if self._resume is not None:
-            resume, self._resume = self._resume, None
-            from optuna.exceptions import ExperimentalWarning
-
-            with warnings.catch_warnings():  # "add_trial is experimental" (since Optuna 2.0, stable in 3)
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                for past in told_trials(Path(resume["study"]), resume["space"]):
-                    study.add_trial(past)
-        return super().infer_relative_search_space(study, trial)
+def __getattr__(name: str) -> Any:
+    """``ResumedTPESampler`` (the name conf/hydra/sweeper/step_sizes.yaml gives Hydra), built on first access."""
+    if name == "ResumedTPESampler":
+        return _resumed_tpe_sampler()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
