@@ -52,7 +52,17 @@ class Setting:
 #: Each setting also runs HF with the safeguard (``hvp-safeguard``: ``stability.safeguard=1``, every client's inner
 #: step min(α, 1/λ_max)) and FO at its own tuned steps, to see whether the safeguard keeps HF's gain.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("mnist_paper", "paper_mnist_tuned", "mnist", 100, ("fo", "hvp", "hvp-safeguard"), fo_every=1),
+    Setting(
+        "mnist_paper",
+        "paper_mnist_tuned",
+        "mnist",
+        100,
+        ("fo", "hvp", "hvp-safeguard"),
+        fo_every=1,
+        # HF's pair from the first tuning (confirmed on seed 0 alone), where seed 1 collapses: the check validates on
+        # that collapse, whatever pair the tuned experiment holds now.
+        overrides=("step_sizes.hvp.alpha=0.144", "step_sizes.hvp.beta=0.134"),
+    ),
     Setting(
         "fashion_mnist_dirichlet0.1",
         "dirichlet_fashion_mnist_alpha0.1_tuned",
