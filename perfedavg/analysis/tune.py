@@ -29,9 +29,10 @@ Writes the tuned experiment (``--tuned-config``, default ``<config dir>/experime
 ``TUNE_DIR/tune_EXPERIMENT.md``). ``--merge`` keeps the entries of the methods not tuned now from an existing tuned
 experiment (e.g. to add ``--methods pfedme ditto``). The overrides after EXPERIMENT that say what is computed
 (``partition.alpha=0.1``, not ``dataset.path=…``) are written into the tuned experiment: its step sizes hold for that
-setting. Cut off? Run it again with the same ``--tune-dir``: finished studies are kept, an unfinished one continues
-from its Optuna storage with the trials still missing (a trial cut off midway is asked again, not counted;
-:mod:`perfedavg.analysis.study_store`), and confirmation runs continue from their checkpoints.
+setting. Cut off? Run it again with the same ``--tune-dir``: finished studies are kept, an unfinished one (fewer
+trials with an outcome than ``--trials``) continues with the trials still missing, its sampler given those run so far
+(a run cut off midway is not counted; :mod:`perfedavg.analysis.study_store`), and confirmation runs continue from
+their checkpoints.
 """
 
 from __future__ import annotations
