@@ -337,7 +337,10 @@ alive = other.poll() is None
 other.kill()
 print(json.dumps({{"killed": killed, "worker": worker.pid, "code": worker.wait(5), "s": took, "other": alive}}))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    # a session of its own: Ray processes of other tests in this worker's process group are not its leftovers
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path, start_new_session=True
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["killed"] == [result["worker"]] and result["code"] == -signal.SIGKILL
