@@ -6,16 +6,14 @@ figures, is re-derived here from the CSVs."""
 
 from __future__ import annotations
 
-import csv
 import statistics
-from pathlib import Path
 
 import pytest
+import results_text
 
 from perfedavg.analysis.report import paired_test
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "scripts" / "results"
+ROOT, RESULTS = results_text.ROOT, results_text.RESULTS
 #: (data set as the tables name it, α_D) → the CSV the report wrote (its sweeps numbered in the command's order)
 ROWS = {
     ("MNIST", "10"): "heterogeneity_mnist_1_runs.csv",
@@ -28,11 +26,7 @@ FEDAVG, FO, HF = "FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, hvp)"
 
 def finals(key: tuple[str, str]) -> dict[str, dict[int, float]]:
     """method → seed → final personalized test accuracy of one (data set, α_D)."""
-    out: dict[str, dict[int, float]] = {}
-    with (RESULTS / ROWS[key]).open() as f:
-        for row in csv.DictReader(f):
-            out.setdefault(row["method"], {})[int(row["seed"])] = float(row["eval/personalized_acc"])
-    return out
+    return results_text.finals(ROWS[key])
 
 
 def paired_cell(runs: dict[str, dict[int, float]], method: str, baseline: str) -> str:
@@ -45,9 +39,8 @@ def paired_cell(runs: dict[str, dict[int, float]], method: str, baseline: str) -
 
 def row_cells(key: tuple[str, str]) -> list[str]:
     runs = finals(key)
-    fedavg = list(runs[FEDAVG].values())
     return [
-        f"{statistics.mean(fedavg):.4f} ± {statistics.stdev(fedavg):.4f}",
+        results_text.mean_sd(runs[FEDAVG]),
         paired_cell(runs, FO, FEDAVG),
         paired_cell(runs, HF, FEDAVG),
         paired_cell(runs, HF, FO),
@@ -82,30 +75,12 @@ def test_the_readme_quotes_the_csvs() -> None:
         assert quoted in readme, (level, method, quoted)
 
 
-def quoted_parts_agree(cell: str, runs: dict[str, dict[int, float]], method: str, baseline: str) -> None:
-    """A results-page cell such as ``−0.0018, 1/5`` or ``+0.0065 [+0.0004, +0.0125], 5/5`` or ``… p = 0.10``:
-    each part it quotes equals the CSVs' (the mean always; the interval, p and seeds ahead where quoted)."""
-    seeds = sorted(runs[baseline])
-    diffs = [runs[method][s] - runs[baseline][s] for s in seeds]
-    interval, p = paired_test(diffs)
-    cell = cell.replace("−", "-")
-    assert cell.startswith(f"{statistics.mean(diffs):+.4f}"), (cell, statistics.mean(diffs))
-    if "[" in cell:
-        assert interval in cell, (cell, interval)
-    if "p = " in cell:
-        assert float(cell.split("p = ")[1].split(",")[0]) == pytest.approx(float(p), abs=0.005), (cell, p)
-    if "/5" in cell:
-        assert cell.endswith(f"{sum(d > 0 for d in diffs)}/{len(diffs)}"), cell
-
-
 @pytest.mark.parametrize("key", list(ROWS), ids=" ".join)
 def test_the_results_pages_heterogeneity_row_is_the_csvs(key: tuple[str, str]) -> None:
     page = (ROOT / "docs" / "results.md").read_text()
     row = next(line for line in page.splitlines() if line.startswith(f"| {key[0]} | {key[1]} |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     runs = finals(key)
-    fedavg = list(runs[FEDAVG].values())
-    assert cells[4] == f"{statistics.mean(fedavg):.4f} ± {statistics.stdev(fedavg):.4f}"
-    quoted_parts_agree(cells[5], runs, FO, FEDAVG)
-    quoted_parts_agree(cells[6], runs, HF, FEDAVG)
-    quoted_parts_agree(cells[7], runs, HF, FO)
+    assert cells[4] == results_text.mean_sd(runs[FEDAVG])
+    for cell, method, baseline in zip(cells[5:8], (FO, HF, HF), (FEDAVG, FEDAVG, FO)):
+        results_text.check_paired(cell, results_text.differences(runs, method, baseline))

@@ -58,6 +58,14 @@ def outcome(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def run_overrides(run_dir: Path) -> dict[str, str]:
+    """The ``key=value`` overrides a run was given (its ``.hydra/overrides.yaml``)."""
+    import yaml
+
+    items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
 def told(study: Path) -> int:
     """How many trials of ``study`` have an outcome: its budget spent."""
     return sum(outcome(run_dir) is not None for _, run_dir in trial_dirs(study))
@@ -90,7 +98,6 @@ def told_trials(study: Path, space: list[str]) -> list[Any]:
     with their objective, failed ones as failed; a trial outside ``space`` (tuned before with another ``--range``)
     is left out."""
     import optuna
-    import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
     from optuna.distributions import IntLogUniformDistribution, IntUniformDistribution
@@ -104,8 +111,7 @@ def told_trials(study: Path, space: list[str]) -> list[Any]:
         summary = outcome(run_dir)
         if summary is None:
             continue
-        items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-        given = dict(item.split("=", 1) for item in items if "=" in item)
+        given = run_overrides(run_dir)
         if not set(distributions) <= set(given):
             continue
         params = {

@@ -116,13 +116,6 @@ class Trial:
         return " | ".join(f"{v:.3g}" for v in self.searched.values())
 
 
-def _overrides(run_dir: Path) -> dict[str, str]:
-    import yaml
-
-    items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    return dict(item.split("=", 1) for item in items if "=" in item)
-
-
 def read_trials(study: Path) -> list[Trial]:
     """Every search trial of ``study`` (in trial order, over the launches of a resumed study), finished or failed;
     a run cut off with its launch is not one (:mod:`perfedavg.analysis.study_store`; the confirmation runs:
@@ -132,7 +125,7 @@ def read_trials(study: Path) -> list[Trial]:
     for number, run_dir in study_store.trial_dirs(study):
         if number in cut_off or not (run_dir / ".hydra" / "overrides.yaml").exists():
             continue
-        given = _overrides(run_dir)
+        given = study_store.run_overrides(run_dir)
         metrics = run_dir / "metrics.json"
         objective = wall = None
         maximize = True
@@ -197,7 +190,7 @@ def read_confirmations(study: Path) -> dict[int, list[Trial]]:
         match = _CONFIRMATION.fullmatch(run_dir.name)
         if not match or not (run_dir / ".hydra" / "overrides.yaml").exists():
             continue
-        given = _overrides(run_dir)
+        given = study_store.run_overrides(run_dir)
         objective = wall = unstable = None
         maximize = True
         if (run_dir / "metrics.json").exists():
