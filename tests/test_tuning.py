@@ -16,7 +16,7 @@ import yaml
 from support import run_command
 
 from perfedavg import checkpoint, task
-from perfedavg.analysis import tune_report
+from perfedavg.analysis import launch, tune_report
 from perfedavg.config import ConfigError, preparation, validate
 from perfedavg.data import data_params, load_client
 from perfedavg.data.types import ClientData, hold_out_validation, validation_generator
@@ -316,7 +316,7 @@ def test_confirmation_rejects_a_candidate_unstable_on_any_seed(tmp_path: Path) -
         fake_confirmation(study, 0, seed, sharp, acc, losses)
     for seed, acc in ((0, 0.95), (1, 0.94), (2, 0.93)):
         fake_confirmation(study, 1, seed, calm, acc)
-    for seed, acc in ((0, 0.92), (1, 0.11), (2, None)):
+    for seed, acc in ((0, 0.11), (1, None)):  # seed 2 not run: the tuner drops it once seed 1 stopped
         fake_confirmation(study, 2, seed, slow, acc)
     text, table = tune_report.report(tmp_path / "tune", "smoke", ["hvp"], top=5)
     assert table == {"hvp": calm, "exact": calm}  # exact takes hvp's values
@@ -324,7 +324,7 @@ def test_confirmation_rejects_a_candidate_unstable_on_any_seed(tmp_path: Path) -
     assert "| 0 | 0.144 | 0.13 | 0.9500 | 0.9700 | 0.9600 (collapsed at round 2) | 0.9700 | rejected |" in text
     assert "| 1 | 0.05 | 0.1 | 0.9300 | 0.9500 | 0.9400 | 0.9300 | 0.9400 |" in text
     assert (
-        "| 2 | 0.01 | 0.1 | 0.9000 | 0.9200 | 0.1100 (ended at chance level (0.11)) | did not finish | rejected |"
+        "| 2 | 0.01 | 0.1 | 0.9000 | 0.1100 (ended at chance level (0.11)) | did not finish | not run | rejected |"
         in text
     )
 
@@ -335,6 +335,34 @@ def test_confirmation_rejects_a_candidate_unstable_on_any_seed(tmp_path: Path) -
         ValueError, match=r"no confirmed candidate is stable on every seed \(trial 0: seed 1: collapsed"
     ):
         tune_report.report(tmp_path / "tune", "smoke", ["hvp"], top=5)
+
+
+def test_a_candidates_seeds_not_yet_started_are_dropped_once_one_of_them_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The confirmation's jobs run one at a time here: candidate A's seed 0 stops, so A's seeds 1 and 2 (which could
+    no longer make A pass) are not started; candidate B's are, and nothing is dropped without ``drop_group``."""
+    # each "federation" exits with the status it is given and leaves a mark
+    monkeypatch.setattr(
+        launch, "PERFEDAVG", (sys.executable, "-c", "import sys; print('ran'); sys.exit(int(sys.argv[1]))")
+    )
+
+    def jobs() -> list[launch.Job]:
+        plan = [("A", 0, "1"), ("A", 1, "0"), ("A", 2, "0"), ("B", 0, "0"), ("B", 1, "0")]
+        return [launch.Job(f"{c} seed {s}", [code], tmp_path / c / f"seed{s}.log", c) for c, s, code in plan]
+
+    failed = launch.run_parallel("tune", jobs(), 1, drop_group=True)
+    assert [j.label for j in failed] == ["A seed 0"]
+    ran = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.log"))
+    assert ran == ["A/seed0.log", "B/seed0.log", "B/seed1.log"]
+    err = capsys.readouterr().err
+    assert "[tune] A seed 1 not run: A seed 0 stopped, so its group cannot pass" in err
+    assert "A seed 2 not run" in err and "B seed 0 not run" not in err
+
+    shutil.rmtree(tmp_path / "A")
+    shutil.rmtree(tmp_path / "B")
+    assert [j.label for j in launch.run_parallel("tune", jobs(), 1)] == ["A seed 0"]
+    assert len(list(tmp_path.rglob("*.log"))) == 5
 
 
 # -- a study cut off continues (perfedavg.analysis.study_store) ------------------------------------------------------

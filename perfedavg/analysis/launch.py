@@ -71,16 +71,20 @@ def perfedavg(args: Sequence[str], log: Path | None = None, env: dict[str, str] 
 
 @dataclass
 class Job:
-    """One federation of a batch: its label (for progress lines), its overrides and its log file."""
+    """One federation of a batch: its label (for progress lines), its overrides and its log file; ``group`` names
+    the jobs that stand or fall together (a tuning candidate's seeds), for :func:`run_parallel`'s ``drop_group``."""
 
     label: str
     args: list[str]
     log: Path
+    group: str = ""
 
 
-def run_parallel(tool: str, jobs: Sequence[Job], at_once: int) -> list[Job]:
-    """Run ``jobs`` (``perfedavg`` processes), ``at_once`` at a time; returns those that failed. Ctrl-C stops the
-    running ones (each saves its checkpoint on SIGINT) before it is raised again."""
+def run_parallel(tool: str, jobs: Sequence[Job], at_once: int, drop_group: bool = False) -> list[Job]:
+    """Run ``jobs`` (``perfedavg`` processes), ``at_once`` at a time; returns those that failed. With ``drop_group``
+    a failed job's pending group-mates are not started (said on a progress line): their group already failed, and
+    their runs would only cost time. Ctrl-C stops the running ones (each saves its checkpoint on SIGINT) before it
+    is raised again."""
     pending = list(jobs)
     running: dict[subprocess.Popen, Job] = {}
     failed: list[Job] = []
@@ -99,6 +103,10 @@ def run_parallel(tool: str, jobs: Sequence[Job], at_once: int) -> list[Job]:
                 else:
                     failed.append(job)
                     say(tool, f"{job.label} stopped (exit {process.returncode}; see {job.log})")
+                    if drop_group and job.group:
+                        for mate in [j for j in pending if j.group == job.group]:
+                            pending.remove(mate)
+                            say(tool, f"{mate.label} not run: {job.label} stopped, so its group cannot pass")
             time.sleep(0.2)
     except KeyboardInterrupt:
         for process in running:

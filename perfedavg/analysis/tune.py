@@ -21,8 +21,9 @@ reports on it (``eval_split=val``), so tuning never sees test data; seed 0; in-p
    seeds 0…``--confirm-seeds``−1 (default 3); a candidate is rejected if any of its seeds does not finish (diverges),
    collapses (a round's training loss beyond 100× the first's) or ends at chance level, and the chosen values are
    the stable candidate's with the best mean objective over its seeds: a setting that wins on one seed and diverges
-   on another (second-order Per-FedAvg at large α, docs/curvature.md#stability) is not chosen. ``--confirm 0``
-   skips it.
+   on another (second-order Per-FedAvg at large α, docs/curvature.md#stability) is not chosen. Once one of a
+   candidate's runs stops, its seeds not yet started are not run (the report marks them "not run"). ``--confirm 0``
+   skips the stage.
 
 Writes the tuned experiment (``--tuned-config``, default ``<config dir>/experiment/EXPERIMENT_tuned.yaml``: run it as
 ``perfedavg experiment=EXPERIMENT_tuned``) and the tuning report (``--report``, default
@@ -212,10 +213,10 @@ def confirm(args: argparse.Namespace, tune_dir: Path) -> None:
             run_dir = tune_dir / method / f"confirm-{trial}-seed{seed}"
             overrides = [f"experiment={args.experiment}", *algorithms.method_overrides(method), *chosen]
             overrides += [*validation(args.val_fraction), f"seed={seed}", "resume=auto", f"hydra.run.dir={run_dir}"]
-            jobs.append(
-                Job(f"{method}: confirm-{trial} seed {seed}", [*overrides, *args.overrides], Path(f"{run_dir}.log"))
-            )
-    launch.run_parallel(TOOL, jobs, args.jobs)  # a run that stops is reported; its trial is not chosen
+            label = f"{method}: confirm-{trial} seed {seed}"
+            jobs.append(Job(label, [*overrides, *args.overrides], Path(f"{run_dir}.log"), f"{method} {trial}"))
+    # A run that stops is reported and its trial is not chosen, so its seeds not yet started are not run.
+    launch.run_parallel(TOOL, jobs, args.jobs, drop_group=True)
     say(TOOL, "confirmation done")
 
 

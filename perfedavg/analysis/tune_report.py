@@ -388,8 +388,8 @@ def _confirmation_lines(confirmed: dict[int, list[Trial]], search: dict[int, Tri
         cells = [f"{searched:.4f}" if searched is not None else "–"]
         for s in seeds:
             t = by_seed.get(s)
-            if t is None:
-                cells.append("–")
+            if t is None:  # not started: cut off, or dropped once another seed of this candidate stopped
+                cells.append("not run")
             elif t.objective is None:
                 cells.append("did not finish")
             else:
