@@ -27,7 +27,7 @@ from pathlib import Path
 from perfedavg.analysis.launch import AnalysisError, Job, default_jobs, run_parallel, say
 from perfedavg.analysis.report import paired_test
 from perfedavg.analysis.results_file import provenance
-from perfedavg.analysis.tune_report import collapsed_round
+from perfedavg.federation.divergence import collapsed_round
 
 TOOL = "stability-check"
 
@@ -90,7 +90,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "hvp-safeguard": ("hessian=hvp", "stability.safeguard=1"),
 }
 
-# A round "collapsed" where its training loss is not finite or exceeds tune_report.COLLAPSE_FACTOR (100) × the
+# A round "collapsed" where its training loss is not finite or exceeds divergence.COLLAPSE_FACTOR (100) × the
 # run's first round's (the tuner rejects such runs by the same rule), or where the run stopped on a diverged update.
 # (Not 10: on the paper split the meta-model's own loss, which the training loss is, wanders to 5–10× its first
 # value in FO runs that personalize at 0.95; the collapses jump to 10³–10¹⁷ times it.)
@@ -182,7 +182,7 @@ def first_warning(
 
 
 def collapse_round(rounds: Sequence[dict[str, float]], stopped: bool, planned: int) -> int | None:
-    """The first collapsed round (:func:`perfedavg.analysis.tune_report.collapsed_round`); a stopped run's next
+    """The first collapsed round (:func:`perfedavg.federation.divergence.collapsed_round`); a stopped run's next
     round if none is logged."""
     if not rounds:
         return None

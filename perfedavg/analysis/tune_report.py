@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from perfedavg import algorithms
 from perfedavg.analysis import study_store
 from perfedavg.analysis.results_file import recording
 from perfedavg.config import EXECUTION_KEYS
+from perfedavg.federation.divergence import collapsed_round
 
 #: Methods that take another method's tuned values: the same algorithm with another estimate of the Hessian term.
 SHARED = {"exact": "hvp"}
@@ -140,32 +139,16 @@ def read_trials(study: Path) -> list[Trial]:
     return trials
 
 
-#: A confirmation run *collapsed* where a round's training loss is not finite or exceeds this multiple of its first
-#: round's (perfedavg.analysis.stability_check uses the same rule).
-COLLAPSE_FACTOR = 100.0
 #: ... or where it ends at chance level: a final personalized accuracy at most this multiple of 1 / num_classes.
 CHANCE_FACTOR = 1.5
 
 _CONFIRMATION = re.compile(r"confirm-trial(\d+)(?:-seed(\d+))?")
 
 
-def collapsed_round(rounds: Sequence[Mapping[str, float]]) -> int | None:
-    """The first round whose training loss is not finite or exceeds :data:`COLLAPSE_FACTOR` × the first round's;
-    None where there is none (the rule :func:`instability` and perfedavg.analysis.stability_check share)."""
-    if not rounds:
-        return None
-    first = rounds[0].get("train/loss", math.nan)
-    for r in rounds:
-        loss = r.get("train/loss", math.nan)
-        if not math.isfinite(loss) or loss > COLLAPSE_FACTOR * first:
-            return int(r["round"])
-    return None
-
-
 def instability(run_dir: Path, summary: dict) -> str | None:
-    """Why a finished run cannot stand for a stable setting: ``collapsed at round R`` (its training loss left
-    :data:`COLLAPSE_FACTOR` × its first round's, or was not finite, though the run went on) or ``ended at chance
-    level (0.10)``; None where neither."""
+    """Why a finished run cannot stand for a stable setting: ``collapsed at round R`` (its training loss left 100×
+    its first round's, or was not finite, though the run went on: :mod:`perfedavg.federation.divergence`) or
+    ``ended at chance level (0.10)``; None where neither."""
     import yaml
 
     collapsed = collapsed_round(summary.get("rounds") or [])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from perfedavg.federation.divergence import collapse_note
+
 #: A run shows its ETA in the round line once that much time remains (short runs stay uncluttered).
 ETA_FROM_S = 60.0
 
@@ -44,6 +46,7 @@ def progress_line(server_round: int, total: int, m: Mapping[str, float], eta_s: 
 
 
 def done_line(summary: Mapping[str, Any]) -> str:
-    """The closing console line of a run: wall time and the final metrics, 4 decimals (CLI and ``flwr run`` alike)."""
+    """The closing console line of a run: wall time and the final metrics, 4 decimals (CLI and ``flwr run`` alike),
+    and where the training loss collapsed on the way (:mod:`perfedavg.federation.divergence`), that it did."""
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items())
-    return f"done in {summary['wall_s']:.1f} s: {shown}"
+    return f"done in {summary['wall_s']:.1f} s: {shown}" + collapse_note(summary.get("rounds") or [])

@@ -31,6 +31,7 @@ from perfedavg.curvature.stability import REPLY_ALPHA, REPLY_KEY, REPLY_SECONDS,
 from perfedavg.federation import FederationError, step_estimate
 from perfedavg.federation.client_states import ClientStateStore
 from perfedavg.federation.clients import ClientChannel
+from perfedavg.federation.divergence import LossWatch
 from perfedavg.federation.reporting import RoundReporter
 from perfedavg.federation.round_math import (
     aggregate,
@@ -94,6 +95,7 @@ class Federation:
             and monitor.get("safeguard") is None,
         )
         self.guarded = monitor.get("safeguard") is not None
+        self.loss_watch = LossWatch(cfg["alpha"], cfg["beta"])
         self.completed = int(resume_state["round"]) if resume_state else 0  # the last checkpointed round
 
     def run(self) -> dict[str, Any]:
@@ -113,6 +115,8 @@ class Federation:
                     raise FederationInterrupted.now(self.completed) from None
                 raise
             self.history.rounds.append({"round": server_round, **metrics})
+            if warning := self.loss_watch.observe(self.history.rounds):
+                log.warning(warning)
             self.reporter.report(server_round, metrics, per_client, self.round_histograms)
             self._checkpoint(server_round, weights)
             self.completed = server_round
