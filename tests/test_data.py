@@ -447,7 +447,8 @@ for port in sys.argv[1:]:
         ((ports[0], "no answer within 3 s"), (ports[1], "Connection refused")), (lines[0:2], lines[2:4]), strict=True
     ):
         seconds, message = load.split(" ", 1)
-        assert float(seconds) < 5 and float(download.split()[0]) < 5
+        # the probe waits 3 s; the slack is for a loaded machine (5.3 s seen); the retries it replaced took ~30 s
+        assert float(seconds) < 10 and float(download.split()[0]) < 10
         assert f"the Hugging Face hub (http://127.0.0.1:{port}) cannot be reached ({reason}" in message
         assert "is not in the local cache" in message and "perfedavg.data.fetch mnist" in message
         assert download.endswith("fetch exit 1")
