@@ -337,32 +337,38 @@ def test_confirmation_rejects_a_candidate_unstable_on_any_seed(tmp_path: Path) -
         tune_report.report(tmp_path / "tune", "smoke", ["hvp"], top=5)
 
 
-def test_a_candidates_seeds_not_yet_started_are_dropped_once_one_of_them_stops(
+def test_a_candidates_seeds_not_yet_started_are_dropped_once_one_of_them_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The confirmation's jobs run one at a time here: candidate A's seed 0 stops, so A's seeds 1 and 2 (which could
-    no longer make A pass) are not started; candidate B's are, and nothing is dropped without ``drop_group``."""
+    """The confirmation's jobs run one at a time here: candidate A's seed 0 stops and B's finishes but collapsed, so
+    their later seeds (which could no longer make them pass) are not started; C's are, and nothing is dropped
+    without ``drop_group``."""
     # each "federation" exits with the status it is given and leaves a mark
     monkeypatch.setattr(
         launch, "PERFEDAVG", (sys.executable, "-c", "import sys; print('ran'); sys.exit(int(sys.argv[1]))")
     )
+    plan = [("A", 0, "1"), ("A", 1, "0"), ("A", 2, "0"), ("B", 0, "0"), ("B", 1, "0"), ("C", 0, "0"), ("C", 1, "0")]
 
     def jobs() -> list[launch.Job]:
-        plan = [("A", 0, "1"), ("A", 1, "0"), ("A", 2, "0"), ("B", 0, "0"), ("B", 1, "0")]
         return [launch.Job(f"{c} seed {s}", [code], tmp_path / c / f"seed{s}.log", c) for c, s, code in plan]
 
-    failed = launch.run_parallel("tune", jobs(), 1, drop_group=True)
+    def judge(job: launch.Job) -> str | None:
+        return "collapsed at round 9" if job.label == "B seed 0" else None
+
+    failed = launch.run_parallel("tune", jobs(), 1, drop_group=True, judge=judge)
     assert [j.label for j in failed] == ["A seed 0"]
     ran = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.log"))
-    assert ran == ["A/seed0.log", "B/seed0.log", "B/seed1.log"]
+    assert ran == ["A/seed0.log", "B/seed0.log", "C/seed0.log", "C/seed1.log"]
     err = capsys.readouterr().err
     assert "[tune] A seed 1 not run: A seed 0 stopped, so its group cannot pass" in err
-    assert "A seed 2 not run" in err and "B seed 0 not run" not in err
+    assert "[tune] B seed 0 finished, but collapsed at round 9" in err
+    assert "[tune] B seed 1 not run: B seed 0 collapsed at round 9, so its group cannot pass" in err
+    assert "A seed 2 not run" in err and "C seed 1 not run" not in err
 
-    shutil.rmtree(tmp_path / "A")
-    shutil.rmtree(tmp_path / "B")
-    assert [j.label for j in launch.run_parallel("tune", jobs(), 1)] == ["A seed 0"]
-    assert len(list(tmp_path.rglob("*.log"))) == 5
+    for group in "ABC":
+        shutil.rmtree(tmp_path / group)
+    assert [j.label for j in launch.run_parallel("tune", jobs(), 1, judge=judge)] == ["A seed 0"]
+    assert len(list(tmp_path.rglob("*.log"))) == len(plan)
 
 
 # -- a study cut off continues (perfedavg.analysis.study_store) ------------------------------------------------------

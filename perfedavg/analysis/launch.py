@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,11 +80,18 @@ class Job:
     group: str = ""
 
 
-def run_parallel(tool: str, jobs: Sequence[Job], at_once: int, drop_group: bool = False) -> list[Job]:
-    """Run ``jobs`` (``perfedavg`` processes), ``at_once`` at a time; returns those that failed. With ``drop_group``
-    a failed job's pending group-mates are not started (said on a progress line): their group already failed, and
-    their runs would only cost time. Ctrl-C stops the running ones (each saves its checkpoint on SIGINT) before it
-    is raised again."""
+def run_parallel(
+    tool: str,
+    jobs: Sequence[Job],
+    at_once: int,
+    drop_group: bool = False,
+    judge: Callable[[Job], str | None] | None = None,
+) -> list[Job]:
+    """Run ``jobs`` (``perfedavg`` processes), ``at_once`` at a time; returns those that failed (a non-zero exit).
+    ``judge`` says why a job that finished cannot count (e.g. ``collapsed at round 452``), or None. With
+    ``drop_group`` the pending group-mates of a job that failed or was judged are not started (said on a progress
+    line): their group can no longer pass, and their runs would only cost time. Ctrl-C stops the running ones (each
+    saves its checkpoint on SIGINT) before it is raised again."""
     pending = list(jobs)
     running: dict[subprocess.Popen, Job] = {}
     failed: list[Job] = []
@@ -99,14 +106,16 @@ def run_parallel(tool: str, jobs: Sequence[Job], at_once: int, drop_group: bool 
             for process in [p for p in running if p.poll() is not None]:
                 job = running.pop(process)
                 if process.returncode == 0:
-                    say(tool, f"{job.label} finished")
+                    problem = judge(job) if judge else None
+                    say(tool, f"{job.label} finished" + (f", but {problem}" if problem else ""))
                 else:
                     failed.append(job)
+                    problem = "stopped"
                     say(tool, f"{job.label} stopped (exit {process.returncode}; see {job.log})")
-                    if drop_group and job.group:
-                        for mate in [j for j in pending if j.group == job.group]:
-                            pending.remove(mate)
-                            say(tool, f"{mate.label} not run: {job.label} stopped, so its group cannot pass")
+                if problem and drop_group and job.group:
+                    for mate in [j for j in pending if j.group == job.group]:
+                        pending.remove(mate)
+                        say(tool, f"{mate.label} not run: {job.label} {problem}, so its group cannot pass")
             time.sleep(0.2)
     except KeyboardInterrupt:
         for process in running:

@@ -22,7 +22,8 @@ reports on it (``eval_split=val``), so tuning never sees test data; seed 0; in-p
    collapses (a round's training loss beyond 100× the first's) or ends at chance level, and the chosen values are
    the stable candidate's with the best mean objective over its seeds: a setting that wins on one seed and diverges
    on another (second-order Per-FedAvg at large α, docs/curvature.md#stability) is not chosen. Once one of a
-   candidate's runs stops, its seeds not yet started are not run (the report marks them "not run"). ``--confirm 0``
+   candidate's runs stops, collapses or ends at chance level, its seeds not yet started are not run (the report
+   marks them "not run"). ``--confirm 0``
    skips the stage.
 
 Writes the tuned experiment (``--tuned-config``, default ``<config dir>/experiment/EXPERIMENT_tuned.yaml``: run it as
@@ -39,6 +40,7 @@ their checkpoints.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -205,7 +207,7 @@ def confirm(args: argparse.Namespace, tune_dir: Path) -> None:
         lines = tune_report.candidates(tune_dir, args.methods, args.confirm)
     except ValueError as e:
         raise SystemExit(f"[{TOOL}] {e}") from None
-    jobs = []
+    jobs, run_dirs = [], {}
     for line in lines:
         method, trial, *chosen = line.split()
         say(TOOL, f"{method}: confirming {' '.join(chosen)} on seeds 0–{args.confirm_seeds - 1}")
@@ -215,8 +217,16 @@ def confirm(args: argparse.Namespace, tune_dir: Path) -> None:
             overrides += [*validation(args.val_fraction), f"seed={seed}", "resume=auto", f"hydra.run.dir={run_dir}"]
             label = f"{method}: confirm-{trial} seed {seed}"
             jobs.append(Job(label, [*overrides, *args.overrides], Path(f"{run_dir}.log"), f"{method} {trial}"))
-    # A run that stops is reported and its trial is not chosen, so its seeds not yet started are not run.
-    launch.run_parallel(TOOL, jobs, args.jobs, drop_group=True)
+            run_dirs[label] = run_dir
+
+    def judge(job: Job) -> str | None:  # a finished run that collapsed or ended at chance level
+        run_dir = run_dirs[job.label]
+        if not (run_dir / "metrics.json").exists():
+            return None
+        return tune_report.instability(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+
+    # A run that stops, collapses or ends at chance level rejects its trial, so its seeds not yet started are not run.
+    launch.run_parallel(TOOL, jobs, args.jobs, drop_group=True, judge=judge)
     say(TOOL, "confirmation done")
 
 
