@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from support import run_command
+from support import cli, run_command
 
 from perfedavg import task
 from perfedavg.config import ConfigError, to_container, validate
@@ -233,6 +233,25 @@ def test_report_plots_tick_whole_rounds_only(rounds: list[int]) -> None:
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     plt.close(fig)
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+@pytest.mark.slow
+def test_a_run_whose_loss_blows_up_says_so_on_the_console_and_in_the_report(tmp_path: Path) -> None:
+    """FedAvg at β = 3 on the smoke data: its training loss leaves 100× round 1's at round 2 but stays finite, so the
+    run goes on to its end (tuned FedAvg on MNIST's paper split did so silently at round 807 of seed 5). The console
+    warns once and the closing line says DIVERGED; the sweep report keeps the run in its table and lists it."""
+    from perfedavg.analysis import report
+
+    run_dir = tmp_path / "sweep" / "fedavg-seed0"
+    args = ["experiment=smoke", "num_rounds=4", "num_clients=6", "fraction=0.5", "local_steps=2", "eval_every=2"]
+    out = cli([*args, "algorithm=fedavg", "beta=3", "backend=inprocess", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    console = out.stdout + out.stderr
+    assert console.count("is diverging") == 1 and "round 2: the training loss" in console and "beta=3.0" in console
+    assert "(DIVERGED: the training loss left 100× round 1's at round 2; see the warning above)" in console
+    text, _, _ = report.sweep_report(tmp_path / "sweep", tmp_path, "", "## Sweep:")
+    listed = "\n".join(text).split("Collapsed on the way (1; in the table):", 1)[1]
+    assert "- fedavg-seed0 (FedAvg, seed 0): training loss beyond 100× round 1's at round 2; final" in listed
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ import numpy as np
 
 from perfedavg import algorithms
 from perfedavg.config import reads_key
+from perfedavg.federation.divergence import COLLAPSE_FACTOR, collapsed_round
 
 #: (metric tag, column title), in table order; regression runs have losses instead of accuracies.
 CLASSIFICATION = [("eval/global_acc", "global accuracy"), ("eval/personalized_acc", "personalized accuracy")]
@@ -119,6 +120,13 @@ def stop_reason(run: Run) -> str:
         else "no reason logged (still running, or cut off)"
     )
     return f"last logged round {last_round(run)} of {run.config['num_rounds']}; {why[:160]}"
+
+
+def collapse_of(run: Run) -> int | None:
+    """The round where the run's training loss collapsed (:func:`perfedavg.federation.divergence.collapsed_round`,
+    from its logged curve), or None."""
+    steps, values = run.curves.get("train/loss", ((), ()))
+    return collapsed_round([{"round": int(s), "train/loss": float(v)} for s, v in zip(steps, values, strict=True)])
 
 
 def final_value(run: Run, tag: str) -> float:
@@ -402,6 +410,15 @@ def sweep_report(
     if stopped:
         text += ["", f"Stopped before their last round ({len(stopped)}; not in the table):", ""]
         text += [f"- {r.path.name} ({r.method}, seed {r.seed}): {stop_reason(r)}" for r in stopped]
+    collapsed = [(r, at) for r in usable if (at := collapse_of(r)) is not None]
+    if collapsed:
+        tag, title = metrics[1]
+        text += ["", f"Collapsed on the way ({len(collapsed)}; in the table):", ""]
+        text += [
+            f"- {r.path.name} ({r.method}, seed {r.seed}): training loss beyond {COLLAPSE_FACTOR:g}× round 1's at "
+            f"round {at}; final {title} {final_value(r, tag):.4f}"
+            for r, at in collapsed
+        ]
     if skipped:
         text += ["", f"Skipped {len(skipped)} run(s) without the metrics: " + ", ".join(str(p) for p in skipped)]
     return text, skipped, 9 if comparison else 7
