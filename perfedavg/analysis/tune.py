@@ -23,8 +23,7 @@ reports on it (``eval_split=val``), so tuning never sees test data; seed 0; in-p
    the stable candidate's with the best mean objective over its seeds: a setting that wins on one seed and diverges
    on another (second-order Per-FedAvg at large α, docs/curvature.md#stability) is not chosen. Once one of a
    candidate's runs stops, collapses or ends at chance level, its seeds not yet started are not run (the report
-   marks them "not run"). ``--confirm 0``
-   skips the stage.
+   marks them "not run"). ``--confirm 0`` skips the stage.
 
 Writes the tuned experiment (``--tuned-config``, default ``<config dir>/experiment/EXPERIMENT_tuned.yaml``: run it as
 ``perfedavg experiment=EXPERIMENT_tuned``) and the tuning report (``--report``, default

@@ -139,7 +139,8 @@ def read_trials(study: Path) -> list[Trial]:
     return trials
 
 
-#: ... or where it ends at chance level: a final personalized accuracy at most this multiple of 1 / num_classes.
+#: A finished run fails where it collapsed (:mod:`perfedavg.federation.divergence`) or ends at chance level: a final
+#: personalized accuracy at most this multiple of 1 / num_classes.
 CHANCE_FACTOR = 1.5
 
 _CONFIRMATION = re.compile(r"confirm-trial(\d+)(?:-seed(\d+))?")
