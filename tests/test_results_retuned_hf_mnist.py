@@ -11,6 +11,7 @@ from results_text import RESULTS, ROOT, table_after, unsigned
 
 REPORT = (RESULTS / "tune_paper_mnist_hf.md").read_text()
 PAGE = unsigned((ROOT / "docs" / "results.md").read_text())
+README = unsigned((ROOT / "README.md").read_text())
 SECTION = PAGE.split("### MNIST's paper split with HF re-tuned on three seeds", 1)[1].split("###", 1)[0]
 
 
@@ -27,6 +28,7 @@ def test_the_chosen_pair_is_the_reports_and_the_experiments() -> None:
     for row in chosen:
         assert table[row["method"]] == {"alpha": float(row["α"]), "beta": float(row["β"])}, row
         assert f"α = {row['α']}, β = {row['β']}" in SECTION
+        assert f"both HF variants now take α = {row['α']}, β = {row['β']}" in README
     assert table["hvp"] == table["fd"] == table["exact"]
 
 
