@@ -11,7 +11,7 @@ import pytest
 from support import federate
 
 from perfedavg.federation.console import done_line
-from perfedavg.federation.divergence import LossWatch, collapse_note, collapsed_round
+from perfedavg.federation.divergence import LossWatch, at_chance, collapse_note, collapsed_round
 
 SMALL = ["num_rounds=4", "num_clients=6", "fraction=0.5", "local_steps=2", "eval_every=2", "backend=inprocess"]
 
@@ -25,6 +25,12 @@ def test_a_round_collapses_beyond_100_times_the_first_rounds_loss_or_when_not_fi
     assert collapsed_round(rounds(1.0, 5.0, 101.0, 2.0)) == 3
     assert collapsed_round(rounds(1.0, float("nan"))) == 2
     assert collapsed_round([]) is None
+
+
+def test_chance_level_is_at_most_one_and_a_half_times_a_uniform_guess() -> None:
+    assert at_chance(0.15, 10) and at_chance(0.052, 10) and not at_chance(0.151, 10)
+    assert at_chance(0.75, 2) and not at_chance(0.76, 2)
+    assert not at_chance(0.0, 0) and not at_chance(0.0, 1)  # no classes, no chance level
 
 
 def test_the_watch_warns_once_at_the_first_collapsed_round_naming_the_step_sizes() -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from perfedavg.analysis import report  # reading runs, method names, the paired test
 from perfedavg.analysis.results_file import recording
+from perfedavg.federation.divergence import at_chance
 
 TAG = "eval/personalized_acc"
 LOSS = "eval/personalized_loss"
@@ -55,11 +56,10 @@ class Cell:
 
 
 def is_collapsed(run: report.Run) -> bool:
-    """Whether a finished run's final personalized accuracy is at most 1.5 / num_classes (for 10 classes: 0.15),
-    i.e. its model ended no better than about chance: it diverged, but its values stayed finite (a loss of 1e17
-    is finite), so the federation did not stop it."""
-    num_classes = int(run.config["dataset"].get("num_classes") or 0)
-    return num_classes > 1 and report.final_value(run, TAG) <= 1.5 / num_classes
+    """Whether a finished run's final personalized accuracy is at chance level (at most 1.5 / num_classes, 0.15 for
+    10 classes: :func:`perfedavg.federation.divergence.at_chance`): it diverged, but its values stayed finite (a
+    loss of 1e17 is finite), so the federation did not stop it."""
+    return at_chance(report.final_value(run, TAG), int(run.config["dataset"].get("num_classes") or 0))
 
 
 def _failed_runs(cell: Cell) -> str:

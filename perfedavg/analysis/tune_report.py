@@ -38,7 +38,7 @@ from perfedavg import algorithms
 from perfedavg.analysis import study_store
 from perfedavg.analysis.results_file import recording
 from perfedavg.config import EXECUTION_KEYS
-from perfedavg.federation.divergence import collapsed_round
+from perfedavg.federation.divergence import at_chance, collapsed_round
 
 #: Methods that take another method's tuned values: the same algorithm with another estimate of the Hessian term.
 SHARED = {"exact": "hvp"}
@@ -139,10 +139,6 @@ def read_trials(study: Path) -> list[Trial]:
     return trials
 
 
-#: A finished run fails where it collapsed (:mod:`perfedavg.federation.divergence`) or ends at chance level: a final
-#: personalized accuracy at most this multiple of 1 / num_classes.
-CHANCE_FACTOR = 1.5
-
 _CONFIRMATION = re.compile(r"confirm-trial(\d+)(?:-seed(\d+))?")
 
 
@@ -161,7 +157,7 @@ def instability(run_dir: Path, summary: dict) -> str | None:
         (yaml.safe_load(config.read_text()) or {}).get("dataset", {}).get("num_classes") if config.exists() else None
     )
     acc = final.get("eval/personalized_acc")
-    if acc is not None and classes and acc <= CHANCE_FACTOR / int(classes):
+    if acc is not None and classes and at_chance(acc, int(classes)):
         return f"ended at chance level ({acc:.2f})"
     return None
 

@@ -1,5 +1,5 @@
-"""A run whose training loss blows up but stays finite: the rule that calls it *collapsed*, and the one warning a run
-prints when it happens.
+"""A run whose training loss blows up but stays finite: the rules that call it *collapsed* or *at chance level*, and
+the one warning a run prints when its loss blows up.
 
 A model that overflows stops the run (the loop refuses non-finite weights), but a finite blow-up does not: tuned
 FedAvg on MNIST's paper split (β = 0.288, seed 5) went from a training loss of 0.017 to 3.6e9 in two rounds at round
@@ -16,6 +16,17 @@ from collections.abc import Mapping, Sequence
 #: Far beyond a healthy run's drift (on MNIST's paper split FO's meta-loss wanders to 5–10× its first value while it
 #: personalizes at 0.95), and reached within a round or two by the collapses seen (10³–10¹⁷ times it).
 COLLAPSE_FACTOR = 100.0
+
+
+#: A run *ended at chance level* where its final accuracy is at most this multiple of 1 / classes (0.15 for 10):
+#: its model diverged but its values stayed finite, so nothing stopped it.
+CHANCE_FACTOR = 1.5
+
+
+def at_chance(accuracy: float, num_classes: int) -> bool:
+    """Whether a final ``accuracy`` over ``num_classes`` classes is at chance level (:data:`CHANCE_FACTOR`); never
+    for fewer than two classes (regression, or no class count)."""
+    return num_classes > 1 and accuracy <= CHANCE_FACTOR / num_classes
 
 
 def collapsed_round(rounds: Sequence[Mapping[str, float]]) -> int | None:
