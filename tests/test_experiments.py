@@ -250,7 +250,10 @@ def test_a_run_whose_loss_blows_up_says_so_on_the_console_and_in_the_report(tmp_
     assert console.count("is diverging") == 1 and "round 2: the training loss" in console and "beta=3.0" in console
     assert "(DIVERGED: the training loss left 100× round 1's at round 2; see the warning above)" in console
     text, _, _ = report.sweep_report(tmp_path / "sweep", tmp_path, "", "## Sweep:")
-    listed = "\n".join(text).split("Collapsed on the way (1; in the table):", 1)[1]
+    whole = "\n".join(text)
+    assert "| FedAvg | 1 (0) |" in whole and "(one run) |" in whole  # one run has no spread to show as ± 0
+    assert "same seeds" not in whole  # one method: nothing to compare with it, so no empty comparison table
+    listed = whole.split("Collapsed on the way (1; in the table):", 1)[1]
     assert "- fedavg-seed0 (FedAvg, seed 0): training loss beyond 100× round 1's at round 2; final" in listed
 
 

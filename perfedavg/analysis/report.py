@@ -134,8 +134,10 @@ def final_value(run: Run, tag: str) -> float:
 
 
 def mean_std(values: list[float]) -> str:
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.4f} ± {std:.4f}"
+    """``0.9834 ± 0.0025``; one value has no spread to show (``0.0521 (one run)``)."""
+    if len(values) == 1:
+        return f"{values[0]:.4f} (one run)"
+    return f"{np.mean(values):.4f} ± {float(np.std(values, ddof=1)):.4f}"
 
 
 def ordered(methods: list[str]) -> list[str]:
@@ -207,7 +209,7 @@ def paired(by_method: dict[str, list[Run]], tag: str, title: str, baseline: str 
             interval, p = paired_test(diffs)
             ahead = sum(d > 0 for d in diffs)
             lines.append(f"| {method} | {mean_std(diffs)} | {interval} | {p} | {ahead}/{len(diffs)} seeds |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else None  # nothing listed after the baseline: no table
 
 
 def whole_rounds(ax: Any, rounds: Sequence[float]) -> None:
@@ -384,13 +386,13 @@ def sweep_report(
     if comparison:
         text += [comparison, ""]
     against_fo = paired(by_method, *metrics[1], baseline=FO)  # the paper's HF ≥ FO, seed by seed
-    if against_fo and against_fo.count("\n") > 1:
+    if against_fo:
         text += [against_fo, ""]
     for baseline in dict.fromkeys(against):  # --against: the methods listed after it, seed by seed
         if baseline in ("FedAvg", FO):  # already shown above
             continue
         more = paired(by_method, *metrics[1], baseline=baseline)
-        if more and more.count("\n") > 1:
+        if more:
             text += [more, ""]
     for tag, title in metrics:
         png = files / f"{prefix}{tag.split('/')[1]}.png"
