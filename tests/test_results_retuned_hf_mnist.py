@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import yaml
-from results_text import RESULTS, ROOT, table_after, unsigned
+from results_text import RESULTS, ROOT, check_paired, differences, finals, mean_sd, table_after, unsigned
 
 REPORT = (RESULTS / "tune_paper_mnist_hf.md").read_text()
 PAGE = unsigned((ROOT / "docs" / "results.md").read_text())
@@ -51,3 +51,101 @@ def test_the_sections_run_times_are_the_reports() -> None:
     assert budget, "no budget line in the report"
     hvp_s, fd_s = (f"{int(v):,}" for v in budget.groups())
     assert f"the runs took {hvp_s} s (hvp) and {fd_s} s (fd)" in SECTION
+
+
+# --- the ten-seed sweeps at the re-tuned pair, on two arithmetic paths (scripts/results/mnist_paper_hf_retuned.md) ---
+
+TEN = "### MNIST's paper split re-tuned: ten seeds on two arithmetic paths"
+TEN_RAW = (ROOT / "docs" / "results.md").read_text().split(TEN, 1)[1].split("\n#", 1)[0]
+TEN_SECTION = unsigned(TEN_RAW)
+SWEEP = RESULTS / "mnist_paper_hf_retuned.md"
+CSVS = {"default": "mnist_paper_hf_retuned_1_runs.csv", "avx2": "mnist_paper_hf_retuned_2_runs.csv"}
+FEDAVG, FO, FD, HVP = "FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)"
+
+
+def collapsed(sweep: str) -> list[tuple[str, int, int, str]]:
+    """(method, seed, round, final) of each run the report lists under "Collapsed on the way" for a sweep."""
+    part = SWEEP.read_text().split(f"## Sweep: {sweep}\n", 1)[1].split("\n## Sweep:", 1)[0]
+    pattern = r"- \S+ \((.+?), seed (\d+)\): training loss beyond 100× round 1's at round (\d+); final \S+ \S+ (\S+)"
+    return [(m, int(s), int(r), final) for m, s, r, final in re.findall(pattern, part)]
+
+
+def test_every_method_ran_ten_seeds_on_its_path() -> None:
+    assert {m: sorted(by) for m, by in finals(CSVS["default"]).items()} == {
+        m: list(range(10)) for m in (FEDAVG, FO, FD, HVP)
+    }
+    assert {m: sorted(by) for m, by in finals(CSVS["avx2"]).items()} == {m: list(range(10)) for m in (FO, FD, HVP)}
+    assert {m: sorted(by) for m, by in finals("mnist_paper_hf_retuned_3_runs.csv").items()} == {FEDAVG: [5]}
+
+
+def test_fo_took_the_same_bits_on_both_paths_and_every_hf_run_differs() -> None:
+    default, avx2 = finals(CSVS["default"]), finals(CSVS["avx2"])
+    assert default[FO] == avx2[FO]
+    assert all(default[m][s] != avx2[m][s] for m in (FD, HVP) for s in range(10))
+    assert "FO came out bit for bit the same on the two paths; every HF run differs between them." in TEN_SECTION
+
+
+def test_the_table_is_the_csvs() -> None:
+    rows = {row["path"]: row for row in table_after(TEN_RAW, "Report and per-seed CSVs")}
+    for path, name in CSVS.items():
+        runs = finals(name)
+        for method, column in ((FO, "FO"), (FD, "HF (fd)"), (HVP, "HF (hvp)")):
+            assert rows[path][column] == mean_sd(runs[method]), (path, method)
+        check_paired(rows[path]["HF (fd) − FO, same seeds"], differences(runs, FD, FO))
+        check_paired(rows[path]["HF (hvp) − FO, same seeds"], differences(runs, HVP, FO))
+    assert rows["default"]["FedAvg"] == mean_sd(finals(CSVS["default"])[FEDAVG])
+
+
+def test_the_collapses_are_the_reports_and_the_text_names_them() -> None:
+    assert collapsed("default") == [(FEDAVG, 5, 807, "0.1467"), (FEDAVG, 6, 9, "0.9305"), (HVP, 7, 595, "0.0531")]
+    assert collapsed("avx2") == []
+    assert collapsed("avx2-fedavg") == [(FEDAVG, 5, 807, "0.0521")]
+    assert (
+        "collapsed on 1 of 10 seeds on the default path: seed 7's training loss left 100× round 1's at round 595"
+        in TEN_SECTION
+    )
+    assert "ended at chance level (0.0531)" in TEN_SECTION
+    default, avx2 = finals(CSVS["default"]), finals(CSVS["avx2"])
+    assert f"finished on the AVX2 path ({avx2[HVP][7]:.4f})" in TEN_SECTION
+    assert f"and recovered ({default[FD][7]:.4f})" in TEN_SECTION
+    assert "seed 5 at round 807, ending at 0.1467 (on the AVX2 path too: 0.0521), and seed 6 at round 9," in TEN_SECTION
+    others = [v for s, v in default[FEDAVG].items() if s not in (5, 6)]
+    assert f"the other eight ended at {min(others):.4f}–{max(others):.4f}" in TEN_SECTION
+    hf_runs = sum(len(finals(name)[m]) for name in CSVS.values() for m in (FD, HVP))
+    hf_lost = sum(m in (FD, HVP) for m, *_ in collapsed("default") + collapsed("avx2"))
+    assert f"{hf_lost} of the {hf_runs} HF runs failed" in TEN_SECTION
+    assert f"at that pair {hf_lost} of {hf_runs} HF runs (ten seeds, two variants, two paths) still collapsed" in README
+
+
+def test_the_sections_paired_figures_are_the_csvs() -> None:
+    default, avx2 = finals(CSVS["default"]), finals(CSVS["avx2"])
+    for text, runs, method in (
+        ("fd +0.0015 (p = 0.012) on the default path", default, FD),
+        ("and +0.0012 (p = 0.076) on AVX2", avx2, FD),
+        ("hvp +0.0013 (p = 0.044) on AVX2", avx2, HVP),
+    ):
+        assert text in TEN_SECTION, text
+        figure = re.search(r"[+-]\d\.\d{4} \(p = [\d.]+\)", text).group(0)
+        check_paired(figure.replace("(", "").replace(")", ""), differences(runs, method, FO))
+    finished = {s: v for s, v in default[HVP].items() if s != 7}
+    nine = differences({HVP: finished, FO: default[FO]}, HVP, FO)
+    check_paired("+0.0011 [-0.0003, +0.0025], 6/9", nine)
+    assert "on the default path, +0.0011 [-0.0003, +0.0025], 6/9" in TEN_SECTION
+    check_paired("+0.1013 [-0.0833, +0.2859]", differences(default, FO, FEDAVG))
+    assert "over the ten seeds is +0.1013 [-0.0833, +0.2859]" in TEN_SECTION
+    kept = {s: v for s, v in default[FEDAVG].items() if s not in (5, 6)}
+    check_paired("+0.0157 [+0.0136, +0.0178], 8/8", differences({FEDAVG: kept, FO: default[FO]}, FO, FEDAVG))
+    assert "collapse it is +0.0157 [+0.0136, +0.0178], 8/8" in TEN_SECTION
+
+
+def test_the_readme_quotes_the_csvs() -> None:
+    default, avx2 = finals(CSVS["default"]), finals(CSVS["avx2"])
+    for text, runs, method in (
+        ("fd - FO = +0.0015 [+0.0004, +0.0026], 8/10 on the default path", default, FD),
+        ("and +0.0012 [-0.0002, +0.0025], 7/10 on AVX2", avx2, FD),
+        ("hvp - FO = +0.0013 [+0.0000, +0.0026], 7/10 on AVX2", avx2, HVP),
+    ):
+        assert text in README, text
+        check_paired(re.search(r"[+-]\d\.\d{4} \[.*?\], \d+/\d+", text).group(0), differences(runs, method, FO))
+    assert "and hvp collapsed on 1 of 10 seeds on the default path" in README
+    assert "where over ten seeds tuned FedAvg also collapsed on two" in README
