@@ -258,6 +258,40 @@ def test_a_run_whose_loss_blows_up_says_so_on_the_console_and_in_the_report(tmp_
 
 
 @pytest.mark.slow
+def test_the_report_says_where_the_stability_monitor_warned(tmp_path: Path) -> None:
+    """HF (hvp) at α = 0.6 on the smoke data, probed every 2 rounds: the monitor warns at round 2 (its log line);
+    FO beside it is probed but never warned about. The report's CSV gives the warning's round per run ("–" where the
+    monitor could not warn) and its summary counts the warned runs per method."""
+    import csv
+
+    from perfedavg.analysis import report
+
+    args = ["experiment=smoke", "num_rounds=4", "num_clients=6", "fraction=0.5", "local_steps=2", "eval_every=2"]
+    for mode in ("hvp", "fo"):
+        run_dir = tmp_path / "sweep" / f"{mode}-seed0"
+        out = cli(
+            [
+                *args,
+                f"hessian={mode}",
+                "alpha=0.6",
+                "stability.every=2",
+                "backend=inprocess",
+                f"hydra.run.dir={run_dir}",
+            ],
+            tmp_path,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+    assert "round 2: α·λ_max > 2 on" in (tmp_path / "sweep" / "hvp-seed0" / "main.log").read_text()
+    text, _, _ = report.sweep_report(tmp_path / "sweep", tmp_path, "", "## Sweep:")
+    whole = "\n".join(text)
+    assert "- Per-FedAvg (HF, hvp): warned in 1 of 1 runs" in whole
+    assert "Per-FedAvg (FO): warned" not in whole
+    with (tmp_path / "runs.csv").open() as f:
+        warned = {row["method"]: row["stability_warning"] for row in csv.DictReader(f)}
+    assert warned == {"Per-FedAvg (FO)": "–", "Per-FedAvg (HF, hvp)": "2"}
+
+
+@pytest.mark.slow
 def test_report_names_why_a_run_stopped(tmp_path: Path) -> None:
     """A run that stopped before its last round is listed with the reason its job log gives (Hydra's job log is
     main.log: the report once read cli.log, the name before the CLI became a package, and said "no reason logged")."""

@@ -83,6 +83,7 @@ def test_the_watch_sums_up_a_round_and_warns_once_per_episode() -> None:
     assert rough.metrics["stability/safe_alpha"] == pytest.approx(1 / 25)
     assert rough.warning is not None
     assert "round 2" in rough.warning and "2 of 4" in rough.warning and "alpha ≤ 0.04" in rough.warning
+    assert stability.WARNING_PATTERN.search(f"[run] {rough.warning}").group(1) == "2"  # how perfedavg-report finds it
     assert watch.observe(3, [25.0, 30.0, 8.0, 1.0], [0.1] * 4).warning is None  # said once
     assert watch.observe(4, [5.0, 5.0, 8.0, 1.0], [0.1] * 4).warning is None  # calm again
     assert watch.observe(5, [25.0, 30.0, 8.0, 1.0], [0.1] * 4).warning is not None  # a new episode

@@ -34,6 +34,7 @@ import numpy as np
 
 from perfedavg import algorithms
 from perfedavg.config import reads_key
+from perfedavg.curvature.stability import TAG_PREFIX, WARNING_PATTERN
 from perfedavg.federation.divergence import COLLAPSE_FACTOR, collapsed_round
 
 #: (metric tag, column title), in table order; regression runs have losses instead of accuracies.
@@ -127,6 +128,21 @@ def collapse_of(run: Run) -> int | None:
     from its logged curve), or None."""
     steps, values = run.curves.get("train/loss", ((), ()))
     return collapsed_round([{"round": int(s), "train/loss": float(v)} for s, v in zip(steps, values, strict=True)])
+
+
+def can_warn(run: Run) -> bool:
+    """Whether the run's stability monitor could warn: it probed (its curves are logged) in a run that applies
+    (I − αH); first-order runs are measured, never warned about (docs/curvature.md#stability)."""
+    return TAG_PREFIX + "fraction_above_2" in run.curves and run.method != FO
+
+
+def stability_warning(run: Run) -> int | None:
+    """The round of the stability monitor's first warning in the run's job log (``round R: α·λ_max > …``), or None."""
+    for log in sorted(run.path.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if found := WARNING_PATTERN.search(line):
+                return int(found.group(1))
+    return None
 
 
 def final_value(run: Run, tag: str) -> float:
@@ -340,19 +356,21 @@ CSV_KEYS = ("alpha", "beta", "lam", "adapt_steps")
 
 def runs_csv(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
     """One line per run (methods in table order, then seeds): method, seed, α, β, λ (where read), adapt_steps,
-    rounds, the final values of ``metrics`` (full precision) and the run's directory name."""
+    rounds, the final values of ``metrics`` (full precision), the run's directory name and the round of the
+    stability monitor's first warning (empty: none; ``–``: a run whose monitor could not warn, :func:`can_warn`)."""
     import csv
     import io
 
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["method", "seed", *CSV_KEYS, "rounds", *(tag for tag, _ in metrics), "run"])
+    writer.writerow(["method", "seed", *CSV_KEYS, "rounds", *(tag for tag, _ in metrics), "run", "stability_warning"])
     for method in ordered(list(by_method)):
         for run in sorted(by_method[method], key=lambda r: r.seed):
             c = run.config
             lam = c["algorithm"]["lam"] if c["algorithm"]["name"] in READS_LAM else ""
             row = [method, run.seed, c["alpha"], c["beta"], lam, c["adapt_steps"], last_round(run)]
-            writer.writerow([*row, *(repr(final_value(run, tag)) for tag, _ in metrics), run.path.name])
+            warned = (stability_warning(run) or "") if can_warn(run) else "–"
+            writer.writerow([*row, *(repr(final_value(run, tag)) for tag, _ in metrics), run.path.name, warned])
     return out.getvalue()
 
 
@@ -421,9 +439,33 @@ def sweep_report(
             f"round {at}; final {title} {final_value(r, tag):.4f}"
             for r, at in collapsed
         ]
+    text += monitor_summary(by_method, {r.path: at for r, at in collapsed})
     if skipped:
         text += ["", f"Skipped {len(skipped)} run(s) without the metrics: " + ", ".join(str(p) for p in skipped)]
     return text, skipped, 9 if comparison else 7
+
+
+def monitor_summary(by_method: dict[str, list[Run]], collapsed: dict[Path, int]) -> list[str]:
+    """Per method whose runs' stability monitor could warn: in how many runs it warned, and of the runs that
+    collapsed (run directory → round), before how many it warned and how many rounds ahead (what a warning is
+    worth: docs/curvature.md#stability)."""
+    lines = []
+    for method in ordered(list(by_method)):
+        runs = [r for r in by_method[method] if can_warn(r)]
+        if not runs:
+            continue
+        warned = {r.path: w for r in runs if (w := stability_warning(r)) is not None}
+        line = f"- {method}: warned in {len(warned)} of {len(runs)} runs"
+        fell = [r.path for r in runs if r.path in collapsed]
+        if fell:
+            ahead = [collapsed[p] - warned[p] for p in fell if p in warned and warned[p] < collapsed[p]]
+            line += f"; {len(fell)} collapsed, warned before {len(ahead)} of them"
+            line += f" ({', '.join(str(a) for a in ahead)} rounds ahead)" if ahead else ""
+        lines.append(line)
+    if not lines:
+        return []
+    head = "Stability monitor (docs/curvature.md#stability; a warning's round per run in the CSV):"
+    return ["", head, "", *lines]
 
 
 def main(argv: list[str] | None = None) -> int:

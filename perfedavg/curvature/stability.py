@@ -19,6 +19,7 @@ clients' values into the round's metrics and, when the share of clients past the
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ TAG_PREFIX = "stability/"
 #: a first-order run (which is never warned about: the probe would only add curves, at 14 % of FO's training time
 #: on MNIST's paper round against 7 % of HF's, scripts/results/stability.md).
 AUTO_EVERY = 20
+#: The monitor's warning line as the run's log has it (``round 420: α·λ_max > 2 on 5 of 10 monitored clients …``,
+#: :meth:`StabilityWatch.observe`): perfedavg-report finds a run's first warning by it.
+WARNING_PATTERN = re.compile(r"round (\d+): α·λ_max > \S+ on \d+ of \d+ monitored clients")
 
 
 def probe_every(every: int | None, hessian_mode: str) -> int:
