@@ -4,6 +4,7 @@ conf/experiment/paper_mnist_tuned.yaml, so a re-tune that moves them fails this 
 
 from __future__ import annotations
 
+import csv
 import re
 
 import yaml
@@ -151,3 +152,19 @@ def test_the_readme_quotes_the_csvs() -> None:
         check_paired(re.search(r"[+-]\d\.\d{4} \[.*?\], \d+/\d+", text).group(0), differences(runs, method, FO))
     assert "and hvp collapsed on 1 of 10 seeds on the default path" in README
     assert "where over ten seeds tuned FedAvg also collapsed on two" in README
+
+
+def test_the_monitors_warnings_are_the_csvs() -> None:
+    """The round of the stability monitor's first warning per run (the report's CSV column): how many HF runs it
+    warned in, and how far ahead of the one HF collapse."""
+    warned: dict[tuple[str, str, int], str] = {}
+    for path, name in CSVS.items():
+        with (RESULTS / name).open() as f:
+            for row in csv.DictReader(f):
+                if row["method"] in (FD, HVP):
+                    warned[(path, row["method"], int(row["seed"]))] = row["stability_warning"]
+    fired = sum(bool(w) for w in warned.values())
+    ((method, seed, at, _),) = [c for c in collapsed("default") if c[0] in (FD, HVP)]
+    before = int(warned[("default", method, seed)])
+    assert f"had warned in that run at round {before}, {at - before} rounds ahead" in TEN_SECTION
+    assert f"it warned in {fired} of the {len(warned)} HF runs, {fired - 1} of which finished" in TEN_SECTION
