@@ -7,14 +7,16 @@ Every directory under SWEEP_DIR with a ``.hydra/config.yaml`` and event files is
 method (algorithm and Hessian mode) and summarised over their seeds. Writes into SWEEP_DIR:
 
 - ``report.md``: per method, the number of runs, its step sizes α and β, and the final global and personalized
-  accuracy (mean ± sample standard deviation over seeds; losses for regression data);
+  accuracy (mean ± sample standard deviation over seeds; losses for regression data); the paired differences to
+  FedAvg and FO; the runs that stopped early or collapsed on the way; and, where the stability monitor could warn
+  (runs that apply (I − αH)), in how many runs it did and how many rounds before each collapse;
 - ``personalized_acc.png`` and ``global_acc.png``: the curve per method (mean over seeds) with a band of ± one
   standard deviation;
 - when the runs logged curvature diagnostics (``diagnostics.every``, ``perfedavg-reproduce --diagnostics N``): a
   table of them per method and ``curvature.png``, one line per run (runs that stopped early dashed: their last
   rounds are often the instructive ones);
-- ``runs.csv``: one row per finished run (method, seed, step sizes, final values), the per-seed numbers behind the
-  tables, so a later comparison can be checked against them.
+- ``runs.csv``: one row per finished run (method, seed, step sizes, final values, the round of the monitor's first
+  warning), the per-seed numbers behind the tables, so a later comparison can be checked against them.
 
 With ``--out FILE`` the same report also goes to FILE (under a comment naming the command and commit), its plots
 and CSV beside it as ``<FILE's stem>_<name>``; several sweep directories then give one section each.
