@@ -1,7 +1,7 @@
 """docs/results.md's CIFAR-10 section and the README's CIFAR-10 figures, re-derived from committed per-seed CSVs
 (issue 34): FedAvg from the baselines sweep, HF (hvp) from the fine-tuning comparison, FO and HF (fd) from their
 re-run (scripts/results/paper_cifar10_tuned_fo_fd.md, the same figures as paper_cifar10_tuned.md's table), and FO at
-HF's step sizes (paper_cifar10_fo_at_hf_steps.md)."""
+HF's step sizes (paper_cifar10_fo_at_hf_steps_rerun.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from results_text import ROOT, check_paired, differences, finals, mean_sd, table
 
 FEDAVG, FO, FD, HVP = "FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)"
 TUNED = ("paper_cifar10_baselines_runs.csv", "paper_cifar10_ft_vs_hf_runs.csv", "paper_cifar10_tuned_fo_fd_runs.csv")
-CONTROL = "paper_cifar10_fo_at_hf_steps_runs.csv"  # FO at α = 0.0133, β = 0.0419
+CONTROL = "paper_cifar10_fo_at_hf_steps_rerun_runs.csv"  # FO at α = 0.0133, β = 0.0419
 RAW = (ROOT / "docs" / "results.md").read_text().split("## CIFAR-10 (the paper's setting)", 1)[1].split("\n## ", 1)[0]
 SECTION = unsigned(RAW)
 README = unsigned((ROOT / "README.md").read_text())
@@ -57,3 +57,22 @@ def test_the_readme_cells_are_the_csvs() -> None:
         cells = [c.strip() for c in row.split("|")]
         assert cells[3].startswith(mean_sd(runs[method])), (label, cells[3])
         check_paired(cells[4], differences(runs, method, FEDAVG))
+
+
+def test_the_control_at_hfs_step_sizes_is_the_csvs() -> None:
+    """FO re-run at fd's and hvp's pair over the same seeds: its mean, HF − FO per HF variant, the global models."""
+    runs, global_acc = tuned(), tuned("eval/global_acc")
+    control, control_global = finals(CONTROL)[FO], finals(CONTROL, tag="eval/global_acc")[FO]
+    assert sorted(control) == list(range(5))
+    assert f"reaches {mean_sd(control)} personalized" in SECTION
+    fd, hvp = (differences({m: runs[m], FO: control}, m, FO) for m in (FD, HVP))
+    check_paired("+0.0013 [-0.0098, +0.0125], p = 0.76, 3/5", fd)
+    assert "HF - FO = +0.0013 for fd (95 % interval [-0.0098, +0.0125], p = 0.76, 3/5 seeds)" in SECTION
+    check_paired("+0.0004 [-0.0087, +0.0094], p = 0.91, 4/5", hvp)
+    assert "and +0.0004 for hvp ([-0.0087, +0.0094], p = 0.91, 4/5)" in SECTION
+    hf_global = statistics.mean([*global_acc[FD].values(), *global_acc[HVP].values()])
+    fo_global = statistics.mean(global_acc[FO].values())
+    shown = f"0.{round(100 * hf_global):02d} with HF, 0.{round(100 * statistics.mean(control_global.values())):02d}"
+    assert f"{shown} with FO at the same step sizes (0.{round(100 * fo_global):02d} at FO's own)" in SECTION
+    assert f"(0.{round(10000 * statistics.mean(control.values())):04d} at HF's steps)" in README
+    assert "CIFAR-10 at equal step sizes (HF - FO = +0.0004, p = 0.91)" in README
