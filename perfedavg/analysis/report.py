@@ -356,10 +356,11 @@ def describe(run: Run) -> str:
 CSV_KEYS = ("alpha", "beta", "lam", "adapt_steps")
 
 
-def runs_csv(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> str:
+def runs_csv(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]], warnings: dict[Path, int | None]) -> str:
     """One line per run (methods in table order, then seeds): method, seed, α, β, λ (where read), adapt_steps,
     rounds, the final values of ``metrics`` (full precision), the run's directory name and the round of the
-    stability monitor's first warning (empty: none; ``–``: a run whose monitor could not warn, :func:`can_warn`)."""
+    stability monitor's first warning (``warnings``: run directory → round or None, for the runs whose monitor could
+    warn, :func:`can_warn`; empty: none; ``–``: a run not in it)."""
     import csv
     import io
 
@@ -371,7 +372,7 @@ def runs_csv(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) ->
             c = run.config
             lam = c["algorithm"]["lam"] if c["algorithm"]["name"] in READS_LAM else ""
             row = [method, run.seed, c["alpha"], c["beta"], lam, c["adapt_steps"], last_round(run)]
-            warned = (stability_warning(run) or "") if can_warn(run) else "–"
+            warned = (warnings[run.path] or "") if run.path in warnings else "–"
             writer.writerow([*row, *(repr(final_value(run, tag)) for tag, _ in metrics), run.path.name, warned])
     return out.getvalue()
 
@@ -427,7 +428,8 @@ def sweep_report(
         text += ["", "Curvature diagnostics (medians over diagnosed rounds and runs):", "", curvature_table(diagnosed)]
         text += ["", f"![curvature diagnostics]({prefix}curvature.png)"]
     csv_file = files / f"{prefix}runs.csv"
-    csv_file.write_text(runs_csv(by_method, metrics))
+    warnings = {r.path: stability_warning(r) for r in usable if can_warn(r)}  # each job log read once
+    csv_file.write_text(runs_csv(by_method, metrics, warnings))
     text += ["", f"Per run (seed by seed): [{csv_file.name}]({csv_file.name})."]
     if stopped:
         text += ["", f"Stopped before their last round ({len(stopped)}; not in the table):", ""]
@@ -441,22 +443,24 @@ def sweep_report(
             f"round {at}; final {title} {final_value(r, tag):.4f}"
             for r, at in collapsed
         ]
-    text += monitor_summary(by_method, {r.path: at for r, at in collapsed})
+    text += monitor_summary(by_method, {r.path: at for r, at in collapsed}, warnings)
     if skipped:
         text += ["", f"Skipped {len(skipped)} run(s) without the metrics: " + ", ".join(str(p) for p in skipped)]
     return text, skipped, 9 if comparison else 7
 
 
-def monitor_summary(by_method: dict[str, list[Run]], collapsed: dict[Path, int]) -> list[str]:
-    """Per method whose runs' stability monitor could warn: in how many runs it warned, and of the runs that
-    collapsed (run directory → round), before how many it warned and how many rounds ahead (what a warning is
-    worth: docs/curvature.md#stability)."""
+def monitor_summary(
+    by_method: dict[str, list[Run]], collapsed: dict[Path, int], warnings: dict[Path, int | None]
+) -> list[str]:
+    """Per method whose runs' stability monitor could warn (the runs in ``warnings``: run directory → the round of
+    its first warning or None): in how many runs it warned, and of the runs that collapsed (run directory → round),
+    before how many it warned and how many rounds ahead (what a warning is worth: docs/curvature.md#stability)."""
     lines = []
     for method in ordered(list(by_method)):
-        runs = [r for r in by_method[method] if can_warn(r)]
+        runs = [r for r in by_method[method] if r.path in warnings]
         if not runs:
             continue
-        warned = {r.path: w for r in runs if (w := stability_warning(r)) is not None}
+        warned = {r.path: w for r in runs if (w := warnings[r.path]) is not None}
         line = f"- {method}: warned in {len(warned)} of {len(runs)} runs"
         fell = [r.path for r in runs if r.path in collapsed]
         if fell:
