@@ -40,6 +40,9 @@ def fd_confirmation() -> dict[tuple[str, str], dict[str, str]]:
 def test_the_pair_is_a_confirmed_candidate_and_the_experiment_keeps_the_tuners_choice() -> None:
     row = fd_confirmation()[("0.016", "0.0805")]
     assert row["confirmed (mean)"] != "rejected" and row["trial"] == "15"
+    for name in MARGIN.values():  # every run of the sweep at that pair
+        with (RESULTS / name).open() as f:
+            assert {(r["alpha"], r["beta"]) for r in csv.DictReader(f)} == {(row["α"], row["β"])}, name
     assert f"trial 15 of the fd study, confirmed on seeds 0–2 (mean {row['confirmed (mean)']};" in SECTION
     table = yaml.safe_load((ROOT / "conf" / "experiment" / "paper_mnist_tuned.yaml").read_text())["step_sizes"]
     assert table["fd"] == table["hvp"] == {"alpha": 0.0152, "beta": 0.179}
