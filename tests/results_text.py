@@ -9,7 +9,7 @@ import re
 import statistics
 from pathlib import Path
 
-from perfedavg.analysis.report import paired_test
+from perfedavg.analysis.report import paired_t
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "results"
@@ -51,27 +51,29 @@ def check_paired(cell: str, diffs: list[float]) -> None:
     assert shown, f"no signed figure leads {cell!r}"
     digits = len(shown.group(2))
     assert shown.group(1) == f"{statistics.mean(diffs):+.{digits}f}", (cell, statistics.mean(diffs))
-    interval, p = paired_test(diffs)
     shown_interval = re.search(r"\[([+-]\d+\.(\d+)), ([+-]\d+\.\d+)\]", cell)
+    p_shown = re.search(r"p = ([0-9.e-]+)", cell)
+    if shown_interval or p_shown:
+        test = paired_t(diffs)
+        assert test is not None, f"{cell!r} states an interval or p for differences without spread: {diffs}"
+        low, high, p = test
     if shown_interval:  # at the digits shown: [+0.016, +0.096] or [+0.0160, +0.0959]
         places = len(shown_interval.group(2))
-        low, high = interval_bounds(diffs)
-        assert shown_interval.group(1, 3) == (f"{low:+.{places}f}", f"{high:+.{places}f}"), (cell, interval)
-    p_shown = re.search(r"p = ([0-9.e-]+)", cell)
-    if p_shown:
+        assert shown_interval.group(1, 3) == (f"{low:+.{places}f}", f"{high:+.{places}f}"), (cell, low, high)
+    if p_shown:  # to the digits shown
         decimals = len(p_shown.group(1).split(".")[1]) if "." in p_shown.group(1) else 0
-        assert abs(float(p_shown.group(1)) - float(p)) <= 0.5 * 10**-decimals + 1e-12, (cell, p)
+        assert abs(float(p_shown.group(1)) - p) <= 0.5 * 10**-decimals + 1e-12, (cell, p)
     ahead = re.search(r"(\d+)/(\d+)", cell)
     if ahead:
         assert (int(ahead.group(1)), int(ahead.group(2))) == (sum(d > 0 for d in diffs), len(diffs)), cell
 
 
-def interval_bounds(diffs: list[float]) -> tuple[float, float]:
-    """The 95 % t interval of the differences' mean (as :func:`paired_test` gives it, unrounded)."""
-    from scipy import stats
-
-    result = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence_level=0.95)
-    return float(result.low), float(result.high)
+def collapsed(report: str, sweep: str) -> list[tuple[str, int, int, str]]:
+    """(method, seed, round, final) of each run that ``perfedavg-report``'s ``report`` (a file of scripts/results)
+    lists under "Collapsed on the way" in its section for ``sweep``."""
+    part = (RESULTS / report).read_text().split(f"## Sweep: {sweep}\n", 1)[1].split("\n## Sweep:", 1)[0]
+    pattern = r"- \S+ \((.+?), seed (\d+)\): training loss beyond 100× round 1's at round (\d+); final \S+ \S+ (\S+)"
+    return [(m, int(s), int(r), final) for m, s, r, final in re.findall(pattern, part)]
 
 
 def table_after(text: str, marker: str) -> list[dict[str, str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import re
 
+import results_text
 import yaml
 from results_text import RESULTS, ROOT, check_paired, differences, finals, mean_sd, table_after, unsigned
 
@@ -65,10 +66,8 @@ FEDAVG, FO, FD, HVP = "FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, fd)", "Per-F
 
 
 def collapsed(sweep: str) -> list[tuple[str, int, int, str]]:
-    """(method, seed, round, final) of each run the report lists under "Collapsed on the way" for a sweep."""
-    part = SWEEP.read_text().split(f"## Sweep: {sweep}\n", 1)[1].split("\n## Sweep:", 1)[0]
-    pattern = r"- \S+ \((.+?), seed (\d+)\): training loss beyond 100× round 1's at round (\d+); final \S+ \S+ (\S+)"
-    return [(m, int(s), int(r), final) for m, s, r, final in re.findall(pattern, part)]
+    """The runs the ten-seed report lists as collapsed in its section for ``sweep``."""
+    return results_text.collapsed(SWEEP.name, sweep)
 
 
 def test_every_method_ran_ten_seeds_on_its_path() -> None:

@@ -197,17 +197,27 @@ def table(by_method: dict[str, list[Run]], metrics: list[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
-def paired_test(diffs: list[float]) -> tuple[str, str]:
-    """The 95 % confidence interval of the mean of per-seed differences and the two-sided p-value of the paired
-    t-test (a one-sample t-test of the differences against 0, which is scipy's ``ttest_rel``), as table cells; "–"
-    with fewer than two pairs or no spread."""
+def paired_t(diffs: list[float]) -> tuple[float, float, float] | None:
+    """The 95 % confidence interval (low, high) of the mean of per-seed differences and the two-sided p-value of the
+    paired t-test (a one-sample t-test of the differences against 0, which is scipy's ``ttest_rel``), unrounded;
+    None with fewer than two pairs or no spread."""
     from scipy import stats
 
     if len(diffs) < 2 or float(np.std(diffs)) == 0.0:
-        return "–", "–"
+        return None
     result = stats.ttest_1samp(diffs, 0.0)
     low, high = result.confidence_interval(confidence_level=0.95)
-    return f"[{low:+.4f}, {high:+.4f}]", f"{result.pvalue:.2g}"
+    return float(low), float(high), float(result.pvalue)
+
+
+def paired_test(diffs: list[float]) -> tuple[str, str]:
+    """:func:`paired_t` as table cells: the interval to four decimals and p to two significant digits; "–" where
+    it gives none."""
+    test = paired_t(diffs)
+    if test is None:
+        return "–", "–"
+    low, high, p = test
+    return f"[{low:+.4f}, {high:+.4f}]", f"{p:.2g}"
 
 
 def paired(by_method: dict[str, list[Run]], tag: str, title: str, baseline: str = "FedAvg") -> str | None:
