@@ -87,3 +87,33 @@ def table_after(text: str, marker: str) -> list[dict[str, str]]:
         block.append([c.strip() for c in line.strip().strip("|").split("|")])
     header, rows = block[0], block[2:]
     return [dict(zip(header, row)) for row in rows]
+
+
+def curvature_medians(path: Path) -> dict[str, list[str]]:
+    """method → its row of ``perfedavg-report``'s curvature table (runs, diagnosed rounds, the four diagnostics'
+    medians, α·λ_max median / max, to three significant digits) recomputed from the report's per-round CSV
+    (``*_curvature.csv``) with the standard library alone: the medians over every diagnosed round of every run,
+    rounds without a value left out."""
+    rows: dict[str, list[dict[str, str]]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            rows.setdefault(row["method"], []).append(row)
+    tags = [
+        "curvature/correction_ratio",
+        "curvature/cosine_to_fo",
+        "curvature/fd_rel_error",
+        "curvature/top_eigenvalue",
+    ]
+    out = {}
+    for method, found in rows.items():
+        per_run: dict[str, int] = {}
+        for row in found:
+            per_run[row["run"]] = per_run.get(row["run"], 0) + 1
+        cells = [str(len(per_run)), "/".join(sorted({str(n) for n in per_run.values()}))]
+        for tag in tags:
+            values = [float(r[tag]) for r in found if r[tag] != "nan"]
+            cells.append(f"{statistics.median(values):.3g}" if values else "—")
+        scaled = [float(r["alpha"]) * float(r[tags[3]]) for r in found if r[tags[3]] != "nan"]
+        cells.append(f"{statistics.median(scaled):.3g} / {max(scaled):.3g}" if scaled else "—")
+        out[method] = cells
+    return out

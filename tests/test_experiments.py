@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from results_text import curvature_medians
 from support import cli, run_command
 
 from perfedavg import task
@@ -134,6 +135,9 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     assert "Curvature diagnostics" in report
     assert re.search(r"\| Per-FedAvg \(HF, hvp\) \| 2 \| 1 \| [0-9.e+-]+ \| [0-9.e+-]+ \|", report), report
     assert "| FedAvg | 2 | 1 |" not in report
+    for method, cells in curvature_medians(sweep / "curvature.csv").items():  # the table is the CSV's medians
+        assert f"| {method} | " + " | ".join(cells) + " |" in report, (method, cells, report)
+    assert set(curvature_medians(sweep / "curvature.csv")) == {"Per-FedAvg (FO)", "Per-FedAvg (HF, hvp)"}
     for png in ("personalized_acc.png", "global_acc.png", "curvature.png"):
         data = (sweep / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -154,8 +158,14 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     written = results.read_text()
     renamed = report.strip().replace("](", "](smoke_sweep_").replace("[runs.csv]", "[smoke_sweep_runs.csv]")
+    renamed = renamed.replace("[curvature.csv]", "[smoke_sweep_curvature.csv]")
     assert written.startswith("<!-- written by: ") and renamed in written
-    for name in ("smoke_sweep_personalized_acc.png", "smoke_sweep_curvature.png", "smoke_sweep_runs.csv"):
+    for name in (
+        "smoke_sweep_personalized_acc.png",
+        "smoke_sweep_curvature.png",
+        "smoke_sweep_runs.csv",
+        "smoke_sweep_curvature.csv",
+    ):
         assert (results.parent / name).stat().st_size > 100
     # --against: a paired table against any method; one the report already compares with (FO) is not repeated
     args = [*REPORT, str(sweep), "--against", "Per-FedAvg (FO)", "--against", "FedAvg"]

@@ -13,8 +13,9 @@ method (algorithm and Hessian mode) and summarised over their seeds. Writes into
 - ``personalized_acc.png`` and ``global_acc.png``: the curve per method (mean over seeds) with a band of ± one
   standard deviation;
 - when the runs logged curvature diagnostics (``diagnostics.every``, ``perfedavg-reproduce --diagnostics N``): a
-  table of them per method and ``curvature.png``, one line per run (runs that stopped early dashed: their last
-  rounds are often the instructive ones);
+  table of them per method, ``curvature.png``, one line per run (runs that stopped early dashed: their last
+  rounds are often the instructive ones), and ``curvature.csv``, one row per run and diagnosed round, the values
+  behind the table's medians;
 - ``runs.csv``: one row per finished run (method, seed, step sizes, final values, the round of the monitor's first
   warning), the per-seed numbers behind the tables, so a later comparison can be checked against them.
 
@@ -303,6 +304,33 @@ def curvature_table(by_method: dict[str, list[Run]]) -> str:
     return "\n".join(lines)
 
 
+#: The cost columns of curvature.csv: the diagnostics' mean time per client, and each client's whole handler
+#: (local update, diagnostics and encoding), both in seconds, as logged at the diagnosed round.
+DIAGNOSTIC_TIMES = ("time/diagnostics_s", "time/client_compute_s")
+
+
+def curvature_csv(by_method: dict[str, list[Run]]) -> str:
+    """One line per diagnosed round of each run that logged diagnostics (methods in table order, then seeds, then
+    rounds): method, seed, α, round, the four diagnostics and their cost at that round (:data:`DIAGNOSTIC_TIMES`;
+    full precision, ``nan`` where a round has no value), and the run's directory name. Every value behind
+    :func:`curvature_table`'s medians, stopped runs included."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    tags = [tag for tag, _ in DIAGNOSTICS] + list(DIAGNOSTIC_TIMES)
+    writer.writerow(["method", "seed", "alpha", "round", *tags, "run"])
+    for method in ordered(list(by_method)):
+        for run in sorted(by_method[method], key=lambda r: r.seed):
+            rounds = run.curves[DIAGNOSTICS[0][0]][0]
+            columns = [dict(zip(*run.curves[tag])) if tag in run.curves else {} for tag in tags]
+            for step in rounds:
+                values = [repr(float(column.get(step, float("nan")))) for column in columns]
+                writer.writerow([method, run.seed, run.config["alpha"], int(step), *values, run.path.name])
+    return out.getvalue()
+
+
 #: Per method in display order: a colour map (one shade per seed) and a marker, so that methods whose lines
 #: coincide (fd under hvp) still show, and seeds can be told apart.
 METHOD_STYLES = [("Greys", "o"), ("Blues", "s"), ("Oranges", "^"), ("Greens", "D"), ("Purples", "v"), ("Reds", "P")]
@@ -437,6 +465,8 @@ def sweep_report(
         plot_curvature(diagnosed, files / f"{prefix}curvature.png")
         text += ["", "Curvature diagnostics (medians over diagnosed rounds and runs):", "", curvature_table(diagnosed)]
         text += ["", f"![curvature diagnostics]({prefix}curvature.png)"]
+        (files / f"{prefix}curvature.csv").write_text(curvature_csv(diagnosed))
+        text += ["", f"Per run and diagnosed round: [{prefix}curvature.csv]({prefix}curvature.csv)."]
     csv_file = files / f"{prefix}runs.csv"
     warnings = {r.path: stability_warning(r) for r in usable if can_warn(r)}  # each job log read once
     csv_file.write_text(runs_csv(by_method, metrics, warnings))
