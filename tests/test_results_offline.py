@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 
 import pytest
-from results_text import ROOT, differences, finals, mean_sd, table_after
+from results_text import ROOT, check_paired, differences, finals, mean_sd, table_after, unsigned
 
 PAGE = (ROOT / "docs" / "results.md").read_text()
 FEDAVG = "FedAvg"
@@ -55,3 +56,18 @@ def test_the_prose_on_hf_against_fo_is_the_csvs() -> None:
     assert all(d > 0 for d in s_fd) and sum(d > 0 for d in s_hvp) == 4
     fo_synthetic = differences(synthetic, fo, FEDAVG)
     assert f"all 5 synthetic seeds ({statistics.mean(fo_synthetic):+.4f} on average)" in page
+
+
+def test_the_prose_under_the_paper_mnist_table_is_the_csv() -> None:
+    """HF − FO (fd and hvp), the seeds ahead of FedAvg, and FedAvg's personalization step, as the text quotes them."""
+    fo, fd, hvp = "Per-FedAvg (FO)", "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)"
+    runs, global_acc = finals("paper_mnist_runs.csv"), finals("paper_mnist_runs.csv", tag="eval/global_acc")
+    text = unsigned(PAGE.split("**`paper_mnist` on the real MNIST**", 1)[1].split("**Step sizes tuned per method**")[0])
+    quoted = re.search(r"HF - FO = (\S+ \[\S+ \S+\], \d/5), for fd and hvp alike", text)
+    assert quoted, text
+    check_paired(quoted.group(1), differences(runs, fd, fo))
+    assert differences(runs, fd, fo) == differences(runs, hvp, fo)  # "alike": the same runs to the last bit
+    ahead = [sum(d > 0 for d in differences(runs, m, FEDAVG)) for m in (fd, hvp, fo)]
+    assert ahead == [5, 5, 4] and "HF is ahead of FedAvg on 5 of 5 seeds, FO on 4 of 5" in text
+    before, after = statistics.mean(global_acc[FEDAVG].values()), statistics.mean(runs[FEDAVG].values())
+    assert f"about {after - before:.4f} (global {before:.4f} → personalized {after:.4f} for FedAvg)" in text
