@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 
-from results_text import ROOT, check_paired, differences, finals, mean_sd, table_after, unsigned
+from results_text import RESULTS, ROOT, check_paired, differences, finals, mean_sd, table_after, unsigned
 
 FEDAVG, FO, FD, HVP = "FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, fd)", "Per-FedAvg (HF, hvp)"
 TUNED = ("paper_cifar10_baselines_runs.csv", "paper_cifar10_ft_vs_hf_runs.csv", "paper_cifar10_tuned_fo_fd_runs.csv")
@@ -76,3 +76,22 @@ def test_the_control_at_hfs_step_sizes_is_the_csvs() -> None:
     assert f"{shown} with FO at the same step sizes (0.{round(100 * fo_global):02d} at FO's own)" in SECTION
     assert f"(0.{round(10000 * statistics.mean(control.values())):04d} at HF's steps)" in README
     assert "CIFAR-10 at equal step sizes (HF - FO = +0.0004, p = 0.91)" in README
+
+
+def test_the_curvature_bullet_quotes_the_reports_tables() -> None:
+    """The diagnostics' medians as the CIFAR-10 reports print them (their per-round values were not committed): the
+    tuned sweep's table, whose FO and fd rows the re-run's table repeats."""
+    tables = {}
+    for name in ("paper_cifar10_tuned.md", "paper_cifar10_tuned_fo_fd.md"):
+        report = (RESULTS / name).read_text()
+        tables[name] = {r["method"]: r for r in table_after(report, "Curvature diagnostics (medians")}
+    tuned, rerun = tables["paper_cifar10_tuned.md"], tables["paper_cifar10_tuned_fo_fd.md"]
+    assert rerun == {m: tuned[m] for m in (FO, FD)}
+    ratio, cosine, top, scaled = "‖αHg‖ / ‖g‖", "cos((I − αH)g, g)", "λ_max(H) on D″", "α·λ_max median / max"
+    fd, hvp = tuned[FD], tuned[HVP]
+    assert f"median ‖αHg‖/‖g‖ = {fd[ratio]} (fd) and {hvp[ratio]} (hvp)" in SECTION
+    assert f"cos((I - αH)g, g) = {fd[cosine]} and {hvp[cosine]} (the term" in SECTION
+    assert fd[top] == hvp[top] and f"λ_max(H) ≈ {fd[top]}" in SECTION
+    (median, fd_max), (median_hvp, hvp_max) = fd[scaled].split(" / "), hvp[scaled].split(" / ")
+    assert median == median_hvp and f"α·λ_max = {median} at the median (max {fd_max} and {hvp_max})" in SECTION
+    assert f"on FO's trajectory the term would have been {tuned[FO][ratio]} of g" in SECTION
