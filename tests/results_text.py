@@ -109,7 +109,7 @@ def curvature_medians(path: Path) -> dict[str, list[str]]:
         per_run: dict[str, int] = {}
         for row in found:
             per_run[row["run"]] = per_run.get(row["run"], 0) + 1
-        cells = [str(len(per_run)), "/".join(sorted({str(n) for n in per_run.values()}))]
+        cells = [str(len(per_run)), "/".join(str(n) for n in sorted(set(per_run.values())))]
         for tag in tags:
             values = [float(r[tag]) for r in found if r[tag] != "nan"]
             cells.append(f"{statistics.median(values):.3g}" if values else "—")

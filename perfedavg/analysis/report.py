@@ -294,7 +294,11 @@ def curvature_table(by_method: dict[str, list[Run]]) -> str:
         runs = [r for r in by_method[method] if DIAGNOSTICS[0][0] in r.curves]
         if not runs:
             continue
-        cells = [method, str(len(runs)), "/".join(sorted({str(len(r.curves[DIAGNOSTICS[0][0]][0])) for r in runs}))]
+        cells = [
+            method,
+            str(len(runs)),
+            "/".join(str(n) for n in sorted({len(r.curves[DIAGNOSTICS[0][0]][0]) for r in runs})),
+        ]
         for tag, _ in DIAGNOSTICS:
             values = np.concatenate([r.curves[tag][1] for r in runs if tag in r.curves])
             cells.append(f"{np.nanmedian(values):.3g}" if np.isfinite(values).any() else "—")
