@@ -145,5 +145,11 @@ def test_the_readme_counts_of_failed_hf_seeds_are_the_csvs() -> None:
     mnist = finals(*MNIST)[HF]
     lost = sum(v < 0.5 for v in mnist.values())  # the others end above 0.98
     assert lost == 2 and all(v > 0.98 for v in mnist.values() if v >= 0.5)
-    assert f"HF lost 1 of 10 seeds on the machine that made the ten-seed table and {lost} of 5 on this one" in README
+    intel = {**finals("paper_mnist_tuned_rerun_1_runs.csv")[HF], **finals("paper_mnist_tuned_rerun_2_runs.csv")[HF]}
+    intel_lost = 10 - sum(v >= 0.5 for v in intel.values())  # stopped (no row) or collapsed
+    assert intel_lost == 4
+    assert (
+        f"HF (hvp) lost 1 of 10 seeds on the machine that made the ten-seed table, {lost} of 5 on this one and "
+        f"{intel_lost} of 10 on an Intel Xeon, where FO finished every seed on all three"
+    ) in README
     assert f"at the first tuning's α = 0.144 HF (hvp) collapsed on {lost} of these 5 seeds" in README
