@@ -145,3 +145,15 @@ def test_the_cost_of_the_diagnostics_is_the_per_round_csv() -> None:
     assert f"against {rest[FO]:.3f} s (FO) to {rest[FD]:.3f} s (fd)" in text and rest[FO] < rest[HVP] < rest[FD]
     shares = [cost / (50 * r) * 100 for r in (rest[FD], rest[FO])]
     assert f"they add {shares[0]:.1f}–{shares[1]:.0f} % to the clients' compute" in text
+
+
+def test_fd_on_the_two_hosts_is_the_csvs() -> None:
+    intel, amd = finals(RERUN), finals(TEN_SEEDS)
+    amd = {m: {s: v for s, v in by.items() if s < 5} for m, by in amd.items()}
+    assert f"fd {mean_sd(intel[FD])} here and {mean_sd(amd[FD])} in the AMD" in SECTION
+    changed = sum(intel[FD][s] != amd[FD][s] for s in range(5))
+    assert f"different on {changed} of the 5 seeds" in SECTION
+    quoted = re.search(r"fd - FO is (\S+ \[\S+ \S+\]) here and (\S+ \[\S+ \S+\], \d/5),\s+there", SECTION)
+    assert quoted, SECTION
+    check_paired(quoted.group(1), differences(intel, FD, FO))
+    check_paired(quoted.group(2), differences(amd, FD, FO))

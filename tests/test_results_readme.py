@@ -150,6 +150,6 @@ def test_the_readme_counts_of_failed_hf_seeds_are_the_csvs() -> None:
     assert intel_lost == 4
     assert (
         f"HF (hvp) lost 1 of 10 seeds on the machine that made the ten-seed table, {lost} of 5 on this one and "
-        f"{intel_lost} of 10 on an Intel Xeon, where FO finished every seed on all three"
+        f"{intel_lost} of 10 on an Intel Xeon, where FO finished every seed it ran on all three"
     ) in README
     assert f"at the first tuning's α = 0.144 HF (hvp) collapsed on {lost} of these 5 seeds" in README
