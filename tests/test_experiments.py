@@ -3,6 +3,7 @@ perfedavg-report summarises it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
@@ -138,13 +139,14 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     for method, cells in curvature_medians(sweep / "curvature.csv").items():  # the table is the CSV's medians
         assert f"| {method} | " + " | ".join(cells) + " |" in report, (method, cells, report)
     assert set(curvature_medians(sweep / "curvature.csv")) == {"Per-FedAvg (FO)", "Per-FedAvg (HF, hvp)"}
+    with (sweep / "curvature.csv").open() as f:  # the cost columns: the round's own logged times
+        for row in csv.DictReader(f):
+            assert 0 < float(row["time/diagnostics_s"]) < float(row["time/client_compute_s"]), row
     for png in ("personalized_acc.png", "global_acc.png", "curvature.png"):
         data = (sweep / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert "(personalized_acc.png)" in report
     # runs.csv: the per-seed numbers behind the tables, exactly the runs' own final values
-    import csv
-
     rows = list(csv.DictReader((sweep / "runs.csv").open()))
     assert len(rows) == 6 and [r["method"] for r in rows[::2]] == ["FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF, hvp)"]
     for row in rows:

@@ -31,6 +31,8 @@ PAGE = (ROOT / "docs" / "results.md").read_text()
 RAW = PAGE.split("**`paper_mnist_tuned` on the real MNIST, test data**", 1)[1].split("\n## ", 1)[0]
 SECTION = unsigned(RAW)
 DIAGNOSTICS_RAW = PAGE.split("## What the second-order term does", 1)[1].split("\n## ", 1)[0]
+with (RESULTS / "paper_mnist_tuned_rerun_1_curvature.csv").open() as _f:
+    PER_ROUND = list(csv.DictReader(_f))  # the re-run's curvature diagnostics, a row per run and diagnosed round
 MACHINES = unsigned(PAGE.split("### HF at MNIST's tuned step sizes depends on the machine", 1)[1].split("\n#", 1)[0])
 
 
@@ -119,11 +121,9 @@ def test_the_curvature_table_is_the_per_round_csv() -> None:
         cells = list(row.values())
         assert cells[2:] == medians[row["method"]][2:], (row, medians[row["method"]])
     assert medians[FO][:2] == medians[FD][:2] == ["5", "20"] and medians[HVP][:2] == ["4", "19/20"]
-    with (RESULTS / "paper_mnist_tuned_rerun_1_curvature.csv").open() as f:
-        diagnosed = sorted({int(r["seed"]) for r in csv.DictReader(f) if r["method"] == HVP})
+    diagnosed = sorted({int(r["seed"]) for r in PER_ROUND if r["method"] == HVP})
     assert diagnosed == [0, 1, 3, 4] and failed("paper_mnist_tuned", range(5))[2] == "stopped"
-    with (RESULTS / "paper_mnist_tuned_rerun_1_curvature.csv").open() as f:
-        errors = [(r["method"], float(r["curvature/fd_rel_error"])) for r in csv.DictReader(f)]
+    errors = [(r["method"], float(r["curvature/fd_rel_error"])) for r in PER_ROUND]
     fd_median = statistics.median(e for m, e in errors if m == FD)
     assert f"within {100 * fd_median:.2f} % of the exact" in unsigned(DIAGNOSTICS_RAW)
     assert max(e for _, e in errors) <= 0.20 and "client mean is off by more than 20 %" in unsigned(DIAGNOSTICS_RAW)
@@ -131,8 +131,7 @@ def test_the_curvature_table_is_the_per_round_csv() -> None:
 
 
 def test_the_cost_of_the_diagnostics_is_the_per_round_csv() -> None:
-    with (RESULTS / "paper_mnist_tuned_rerun_1_curvature.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = PER_ROUND
     cost = statistics.median(float(r["time/diagnostics_s"]) for r in rows)
     rest = {
         m: statistics.median(
