@@ -82,3 +82,5 @@ def test_the_count_over_three_paths_is_the_csvs() -> None:
     assert "Collapsed on the way" not in REPORT and "Stopped before" not in REPORT  # none on this host
     assert (len(lost), amd_runs, intel_runs) == (1, 40, 20)
     assert f"collapsed once in {amd_runs + intel_runs} ({amd_runs} on the AMD EPYC, {intel_runs} here)" in SECTION
+    readme = unsigned((ROOT / "README.md").read_text())
+    assert f"still collapsed (none of {intel_runs} on the Intel Xeon)" in readme

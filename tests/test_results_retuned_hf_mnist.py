@@ -24,13 +24,17 @@ def confirmations(method: str) -> dict[str, dict[str, str]]:
     return {row["trial"]: row for row in rows}
 
 
-def test_the_chosen_pair_is_the_reports_and_the_experiments() -> None:
-    table = yaml.safe_load((ROOT / "conf" / "experiment" / "paper_mnist_tuned.yaml").read_text())["step_sizes"]
+def test_the_chosen_pair_is_the_reports_and_the_experiment_names_it() -> None:
+    """The re-tune's choice, as its report gives it; the experiment has since moved HF to a pair with less than half
+    the outer step (tests/test_results_mnist_margin.py) and says in its header how to get the tuner's pair back."""
+    config = (ROOT / "conf" / "experiment" / "paper_mnist_tuned.yaml").read_text()
+    table = yaml.safe_load(config)["step_sizes"]
     chosen = table_after(REPORT, "Chosen per method")
     for row in chosen:
-        assert table[row["method"]] == {"alpha": float(row["α"]), "beta": float(row["β"])}, row
+        assert table[row["method"]] != {"alpha": float(row["α"]), "beta": float(row["β"])}, row
         assert f"α = {row['α']}, β = {row['β']}" in SECTION
-        assert f"both HF variants now take α = {row['α']}, β = {row['β']}" in README
+        assert f"both HF variants chose α = {row['α']}, β = {row['β']}" in README
+        assert f"The tuner's pair: step_sizes.hvp.alpha={row['α']} step_sizes.hvp.beta={row['β']}" in config
     assert table["hvp"] == table["fd"] == table["exact"]
 
 
