@@ -108,6 +108,11 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
             values = [f[key] for f in finals]
             cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
         assert f"| {method} | 2 (0,1) | 3 | 0.05 | 0.02 | {cells[0]} | {cells[1]} |" in report, (method, report)
+    from perfedavg import host
+
+    recorded = [json.loads(m.read_text())["host"] for m in sorted(sweep.glob("*/metrics.json"))]
+    assert len(recorded) == 6 and all(r == host.describe() for r in recorded)  # every run says where it ran
+    assert f"Ran on: {host.label(recorded[0])}: 6 runs." in report
 
     def personalized(prefix: str, seed: int) -> float:
         metrics = json.loads((sweep / f"{prefix}-seed{seed}" / "metrics.json").read_text())

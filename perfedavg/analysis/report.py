@@ -100,6 +100,25 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[Path]]:
     return runs, empty
 
 
+def hosts(runs: Sequence[Run]) -> str:
+    """The machines the runs computed on, as their ``metrics.json`` records them (:mod:`perfedavg.host`), each with
+    its number of runs: ``Intel(R) Xeon(R) Processor, 2 cores, torch 2.14.1 (AVX512): 20 runs``; runs from before
+    the record, or without a ``metrics.json``, count as "not recorded"."""
+    import json
+
+    from perfedavg import host
+
+    counts: dict[str, int] = {}
+    for run in runs:
+        try:
+            recorded = json.loads((run.path / "metrics.json").read_text()).get("host")
+        except (OSError, ValueError):
+            recorded = None
+        name = host.label(recorded) if isinstance(recorded, dict) else "not recorded"
+        counts[name] = counts.get(name, 0) + 1
+    return "; ".join(f"{name}: {n} run{'s' if n != 1 else ''}" for name, n in counts.items())
+
+
 def last_round(run: Run) -> int:
     return max(int(steps[-1]) for steps, _ in run.curves.values() if len(steps))
 
@@ -440,6 +459,7 @@ def sweep_report(
         f"{heading} {name}",  # perfedavg-heterogeneity's OUT_DIR/<level>/runs: named by data set and level
         "",
         f"Setting: {describe(usable[0])}.",
+        f"Ran on: {hosts(usable)}.",
         "Final values are at each run's last evaluated round; mean ± sample standard deviation over seeds.",
         "",
         table(by_method, metrics),

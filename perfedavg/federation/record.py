@@ -10,7 +10,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from perfedavg import algorithms, atomic, checkpoint, task
+from perfedavg import algorithms, atomic, checkpoint, host, task
 from perfedavg.config import EXECUTION_KEYS, reads_key
 from perfedavg.federation.loop import Federation
 from perfedavg.federation.transport import Transport
@@ -79,7 +79,8 @@ def run_overrides(run_dir: Path) -> list[str]:
 def run_and_record(
     grid: Grid, cfg: dict[str, Any], run_dir: Path, transport: Transport | None = None
 ) -> dict[str, Any]:
-    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too."""
+    """Run the federation with TensorBoard logging into ``run_dir``; write ``metrics.json`` there too (the summary and
+    the machine it ran on: ``"host"``)."""
     from perfedavg.federation.tracking import RunLogger
 
     run_dir = Path(run_dir)
@@ -92,5 +93,6 @@ def run_and_record(
         tracker.hparams(hparams_of(cfg, run_overrides(run_dir))[0])
     finally:
         tracker.close()
-    atomic.write_text(run_dir / "metrics.json", json.dumps(summary, indent=1))
+    # where the run computed (perfedavg.host): its bits at large steps can depend on the machine
+    atomic.write_text(run_dir / "metrics.json", json.dumps({**summary, "host": host.describe()}, indent=1))
     return summary
