@@ -58,11 +58,8 @@ def test_no_hf_seed_collapsed_here_and_fo_is_the_amd_runs() -> None:
         for path, runs in (("default", amd), ("avx2", avx2))
         for m in (HVP, FD)
     }
-    assert (
-        f"differ from the AMD default path's on {differ['default', HVP]} of 10 seeds (hvp, and fd)" in SECTION
-        and differ["default", FD] == differ["default", HVP]
-    )
-    assert f"from the AVX2 path's on {differ['avx2', HVP]} of 10 (hvp) and {differ['avx2', FD]} of 10 (fd)" in SECTION
+    assert len(set(differ.values())) == 1  # "on 9 of 10 seeds, for each variant" against each path
+    assert f"differ from each AMD path's on {differ['default', HVP]} of 10 seeds, for each variant" in SECTION
     warned = REPORT.split("Stability monitor", 1)[1]
     count = {m: int(warned.split(f"{m}: warned in ", 1)[1].split(" of ", 1)[0]) for m in (HVP, FD)}
     assert f"warned in {count[HVP]} of the 10 hvp runs and {count[FD]} of the 10 fd runs" in SECTION
