@@ -3,8 +3,10 @@
 The bits of a second-order run at a large step can depend on the CPU and the kernels torch picks for it
 (docs/results.md, "HF at MNIST's tuned step sizes depends on the machine"), so every run says where it ran: the CPU
 model, the cores, torch's version and the instruction set its CPU kernels use (``ATEN_CPU_CAPABILITY`` and
-``MKL_ENABLE_INSTRUCTIONS`` too, where set). A resumed run records the machine that finished it. Cost: one read of
-``/proc/cpuinfo``.
+``MKL_ENABLE_INSTRUCTIONS`` too, where set). It is the machine of the process that writes ``metrics.json``, the
+server's: in a simulation (in-process or a local Ray) every client computed there too; with a Ray cluster or real
+clients (docs/scaling-out.md) they may have run elsewhere. A resumed run records the machine that finished it.
+Cost: one read of ``/proc/cpuinfo``.
 """
 
 from __future__ import annotations
