@@ -38,6 +38,19 @@ def differences(runs: dict[str, dict[int, float]], method: str, baseline: str) -
     return [runs[method][s] - runs[baseline][s] for s in sorted(runs[baseline]) if s in runs[method]]
 
 
+def first_hvp_pair_failures() -> tuple[int, int, int]:
+    """MNIST's paper split, HF (hvp) at the first tuning's α = 0.144, β = 0.134: the seeds lost (stopped, or ended
+    below 0.5 where the others end above 0.98) on the three hosts that ran it — the earlier AMD EPYC's ten-seed report
+    (its per-seed values were never committed: the stopped runs it lists, of 10), the later AMD EPYC's baselines sweep
+    (of 5) and the Intel Xeon's re-run (of 10)."""
+    hvp = "Per-FedAvg (HF, hvp)"
+    ten = (RESULTS / "paper_mnist_tuned_fo_hvp_10seeds.md").read_text()
+    earlier = len(re.findall(r"- perfedavg-hvp-seed\d+ \(Per-FedAvg \(HF, hvp\), seed \d+\): last logged round", ten))
+    later = sum(v < 0.5 for v in finals("baselines_1_runs.csv")[hvp].values())
+    intel = finals("paper_mnist_tuned_rerun_1_runs.csv", "paper_mnist_tuned_rerun_2_runs.csv")[hvp]
+    return earlier, later, 10 - sum(v >= 0.5 for v in intel.values())
+
+
 def unsigned(text: str) -> str:
     """The docs' typography made plain: − → -, no bold, one space between words."""
     return " ".join(text.replace("−", "-").replace("**", "").split())

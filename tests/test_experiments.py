@@ -167,6 +167,7 @@ def test_report_summarises_a_parallel_sweep(tmp_path: Path) -> None:
     renamed = report.strip().replace("](", "](smoke_sweep_").replace("[runs.csv]", "[smoke_sweep_runs.csv]")
     renamed = renamed.replace("[curvature.csv]", "[smoke_sweep_curvature.csv]")
     assert written.startswith("<!-- written by: ") and renamed in written
+    assert written.splitlines()[1].endswith(f", {host.label(host.describe())} -->")  # the machine that wrote it
     for name in (
         "smoke_sweep_personalized_acc.png",
         "smoke_sweep_curvature.png",

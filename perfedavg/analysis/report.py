@@ -105,17 +105,17 @@ def hosts(runs: Sequence[Run]) -> str:
     its number of runs: ``Intel(R) Xeon(R) Processor, 2 cores, torch 2.14.1 (AVX512): 20 runs``; runs from before
     the record, or without a ``metrics.json``, count as "not recorded"."""
     import json
+    from collections import Counter
 
     from perfedavg import host
 
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for run in runs:
         try:
             recorded = json.loads((run.path / "metrics.json").read_text()).get("host")
         except (OSError, ValueError):
             recorded = None
-        name = host.label(recorded) if isinstance(recorded, dict) else "not recorded"
-        counts[name] = counts.get(name, 0) + 1
+        counts[host.label(recorded) if isinstance(recorded, dict) else "not recorded"] += 1
     return "; ".join(f"{name}: {n} run{'s' if n != 1 else ''}" for name, n in counts.items())
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from perfedavg import host
 
 
 def code_version() -> str:
@@ -43,7 +44,7 @@ def provenance() -> str:
     rev = code_version()
     command = " ".join([Path(sys.executable).name, *sys.argv])
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    machine = f"{platform.machine()}, {host.label(host.describe())}"  # the CPU model and kernels, as runs record them
     return f"<!-- written by: {command}\n     commit {rev}, {when}, {machine} -->\n"
 
 
